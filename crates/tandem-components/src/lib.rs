@@ -1,0 +1,24 @@
+//! The component contract of Tandem.
+//!
+//! Everything a backend crate (`components/*`) needs and nothing more:
+//!
+//! - [`error`]: the closed set of semantic errors a component may return. Components never pick
+//!   status codes; the runtime maps these kinds onto Dapr's error table.
+//! - [`metadata`]: a component's `spec.metadata`, read case-insensitively with Dapr's string forms
+//!   (`"20s"`, `"true"`, `"1"`).
+//! - [`state`]: the [`state::StateStore`] trait, its request and response types, and optional
+//!   abilities exposed as sub-trait accessors ([`state::StateStore::transactional`]).
+//! - [`secrets`]: the [`secrets::SecretStore`] trait.
+//! - [`memory`]: `state.in-memory`, the reference state store every other store is compared with.
+//! - [`conformance`]: the generic suites every implementation runs.
+
+pub mod error;
+pub mod memory;
+pub mod metadata;
+pub mod secrets;
+pub mod state;
+
+pub mod conformance;
+
+pub use error::{BoxError, Error, Result};
+pub use metadata::Metadata;
