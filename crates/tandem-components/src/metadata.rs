@@ -92,7 +92,11 @@ impl Metadata {
     pub fn duration_or(&self, key: &str, default: Duration) -> Result<Duration> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => parse_duration(v).map_err(|reason| Error::invalid_metadata(key, reason)),
+            // The parser's message quotes the text; metadata values may be secrets, so say
+            // only what was expected.
+            Some(v) => parse_duration(v).map_err(|_| {
+                Error::invalid_metadata(key, "expected a duration such as 5s, 1m30s or 250ms")
+            }),
         }
     }
 
@@ -205,5 +209,9 @@ mod tests {
         assert_eq!(m.get("empty"), None);
         assert!(m.required("missing").is_err());
         assert!(m.bool_or("redisHost", false).is_err());
+        let secret = Metadata::new("c", "app").with("timeout", "hunter2");
+        let err = secret.duration_or("timeout", Duration::ZERO).unwrap_err();
+        assert!(err.to_string().contains("timeout"));
+        assert!(!err.to_string().contains("hunter2"));
     }
 }

@@ -1,0 +1,461 @@
+//! Loading components from their definitions, and the set of loaded components.
+//!
+//! Order matters: secret stores are built first (deferring any whose own `secretKeyRef`s point
+//! at a store not built yet), then every other component, concurrently, each under its
+//! `initTimeout`. A failure is fatal unless the component sets `ignoreErrors`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_components::Metadata;
+use tandem_components::secrets::SecretStore;
+use tandem_components::state::{self, RequestMetadata, StateStore};
+use tandem_config::{Component, MetadataValue};
+use tokio::task::JoinSet;
+
+use crate::registry::{Block, Registry};
+
+/// Dapr's default component `initTimeout`.
+pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A component that failed to load, named with where it was defined.
+#[derive(Debug, thiserror::Error)]
+#[error("component {name} ({type_name}) defined in {file} document {document}: {reason}")]
+pub struct ComponentError {
+    /// Component name.
+    pub name: String,
+    /// Component type.
+    pub type_name: String,
+    /// The file that defined it.
+    pub file: String,
+    /// The document's 1-based index in that file.
+    pub document: usize,
+    /// What went wrong (never a metadata value).
+    pub reason: String,
+}
+
+impl ComponentError {
+    fn new(c: &Component, reason: impl Into<String>) -> Self {
+        Self {
+            name: c.name.clone(),
+            type_name: c.type_name.clone(),
+            file: c.source.file.display().to_string(),
+            document: c.source.document,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What `GET /v1.0/metadata` says about a loaded component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentInfo {
+    /// `metadata.name`.
+    pub name: String,
+    /// `spec.type`.
+    pub type_name: String,
+    /// `spec.version` (`v1` when unset).
+    pub version: String,
+    /// Capability strings.
+    pub capabilities: Vec<&'static str>,
+}
+
+/// How a state store's keys are prefixed (component metadata `keyPrefix`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyPrefix {
+    /// Keys are stored as given.
+    None,
+    /// Keys are stored as `<prefix>||<key>`.
+    Prefix(String),
+}
+
+pub(crate) struct StateEntry {
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) prefix: KeyPrefix,
+}
+
+/// Every loaded component, by name, per building block.
+#[derive(Default)]
+pub struct Components {
+    pub(crate) state: HashMap<String, StateEntry>,
+    pub(crate) secrets: HashMap<String, Arc<dyn SecretStore>>,
+    pub(crate) infos: Vec<ComponentInfo>,
+}
+
+impl Components {
+    /// What the metadata API lists.
+    pub fn infos(&self) -> &[ComponentInfo] {
+        &self.infos
+    }
+
+    /// Adds a state store built outside the loader (tests, embedded use).
+    pub fn insert_state(
+        &mut self,
+        name: &str,
+        type_name: &str,
+        store: Arc<dyn StateStore>,
+        prefix: KeyPrefix,
+    ) {
+        self.infos.push(ComponentInfo {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            version: "v1".into(),
+            capabilities: state::capabilities(&*store),
+        });
+        self.state
+            .insert(name.to_owned(), StateEntry { store, prefix });
+    }
+
+    /// Adds a secret store built outside the loader.
+    pub fn insert_secret_store(
+        &mut self,
+        name: &str,
+        type_name: &str,
+        store: Arc<dyn SecretStore>,
+    ) {
+        self.infos.push(ComponentInfo {
+            name: name.to_owned(),
+            type_name: type_name.to_owned(),
+            version: "v1".into(),
+            capabilities: store.features().to_vec(),
+        });
+        self.secrets.insert(name.to_owned(), store);
+    }
+}
+
+/// What the loader needs besides the definitions.
+pub struct LoadContext<'a> {
+    /// The sidecar's app-id.
+    pub app_id: &'a str,
+    /// `NAMESPACE`, when set.
+    pub namespace: Option<&'a str>,
+    /// The sidecar's environment (for `envRef`).
+    pub env: &'a HashMap<String, String>,
+}
+
+/// Outcome of loading: the components, and non-fatal failures (`ignoreErrors`).
+pub struct Loaded {
+    /// The loaded set.
+    pub components: Components,
+    /// Components skipped because of `ignoreErrors: true`.
+    pub ignored: Vec<ComponentError>,
+}
+
+/// Builds every component in `defs`.
+pub async fn load(
+    defs: &[Component],
+    registry: &Registry,
+    ctx: &LoadContext<'_>,
+) -> Result<Loaded, ComponentError> {
+    let mut out = Components::default();
+    let mut ignored = Vec::new();
+    let mut fail = |c: &Component, err: ComponentError| -> Result<(), ComponentError> {
+        if c.ignore_errors {
+            tracing::warn!(component = %c.name, error = %err, "component failed to load; ignoreErrors is set, continuing");
+            ignored.push(err);
+            Ok(())
+        } else {
+            Err(err)
+        }
+    };
+
+    let (secret_defs, other_defs): (Vec<&Component>, Vec<&Component>) = defs
+        .iter()
+        .partition(|c| Registry::block_of(&c.type_name) == Some(Block::SecretStore));
+
+    // Secret stores, in rounds: a store referencing a store not built yet waits for it.
+    let mut pending = secret_defs;
+    loop {
+        let mut progress = false;
+        let mut waiting = Vec::new();
+        for c in pending {
+            let refs_ready = !has_secret_refs(c)
+                || c.secret_store
+                    .as_deref()
+                    .is_some_and(|s| out.secrets.contains_key(s));
+            let refs_possible = c
+                .secret_store
+                .as_deref()
+                .is_some_and(|s| defs.iter().any(|d| d.name == s));
+            if !refs_ready && refs_possible {
+                waiting.push(c);
+                continue;
+            }
+            progress = true;
+            match build_secret_store(c, registry, ctx, &out).await {
+                Ok(store) => out.insert_secret_store_from(c, store),
+                Err(e) => fail(c, e)?,
+            }
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        if !progress {
+            for c in waiting {
+                let err = ComponentError::new(
+                    c,
+                    "its secret store depends on a secret store that cannot be loaded (a cycle?)",
+                );
+                fail(c, err)?;
+            }
+            break;
+        }
+        pending = waiting;
+    }
+
+    // Everything else, concurrently.
+    let mut tasks = JoinSet::new();
+    for (idx, c) in other_defs.iter().enumerate() {
+        let prepared = prepare(c, registry, ctx, &out).await;
+        match prepared {
+            Ok(fut) => {
+                let timeout = c.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
+                tasks.spawn(async move { (idx, tokio::time::timeout(timeout, fut).await) });
+            }
+            Err(e) => fail(c, e)?,
+        }
+    }
+    let mut built: Vec<(usize, Arc<dyn StateStore>)> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (idx, res) = match joined {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "component build task failed");
+                continue;
+            }
+        };
+        let c = other_defs[idx];
+        match res {
+            Ok(Ok(store)) => built.push((idx, store)),
+            Ok(Err(e)) => fail(c, ComponentError::new(c, format!("init failed: {e}")))?,
+            Err(_) => fail(
+                c,
+                ComponentError::new(
+                    c,
+                    format!(
+                        "init timed out after {:?} (spec.initTimeout)",
+                        c.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT)
+                    ),
+                ),
+            )?,
+        }
+    }
+    built.sort_by_key(|(idx, _)| *idx);
+    for (idx, store) in built {
+        let c = other_defs[idx];
+        let meta = resolve_plain(c, ctx);
+        let prefix = key_prefix(&meta, c, ctx);
+        out.infos.push(ComponentInfo {
+            name: c.name.clone(),
+            type_name: c.type_name.clone(),
+            version: version_of(c),
+            capabilities: state::capabilities(&*store),
+        });
+        out.state
+            .insert(c.name.clone(), StateEntry { store, prefix });
+    }
+    Ok(Loaded {
+        components: out,
+        ignored,
+    })
+}
+
+impl Components {
+    fn insert_secret_store_from(&mut self, c: &Component, store: Arc<dyn SecretStore>) {
+        self.infos.push(ComponentInfo {
+            name: c.name.clone(),
+            type_name: c.type_name.clone(),
+            version: version_of(c),
+            capabilities: store.features().to_vec(),
+        });
+        self.secrets.insert(c.name.clone(), store);
+    }
+}
+
+fn version_of(c: &Component) -> String {
+    if c.version.is_empty() {
+        "v1".into()
+    } else {
+        c.version.clone()
+    }
+}
+
+fn has_secret_refs(c: &Component) -> bool {
+    c.metadata
+        .iter()
+        .any(|m| matches!(m.value, MetadataValue::SecretKeyRef { .. }))
+}
+
+async fn build_secret_store(
+    c: &Component,
+    registry: &Registry,
+    ctx: &LoadContext<'_>,
+    loaded: &Components,
+) -> Result<Arc<dyn SecretStore>, ComponentError> {
+    let factory = registry
+        .secret_factory(&c.type_name, &c.version)
+        .ok_or_else(|| unknown_type(c))?
+        .clone();
+    let meta = resolve_metadata(c, ctx, loaded).await?;
+    let timeout = c.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
+    match tokio::time::timeout(timeout, factory(meta)).await {
+        Ok(Ok(store)) => Ok(store),
+        Ok(Err(e)) => Err(ComponentError::new(c, format!("init failed: {e}"))),
+        Err(_) => Err(ComponentError::new(
+            c,
+            format!("init timed out after {timeout:?} (spec.initTimeout)"),
+        )),
+    }
+}
+
+async fn prepare(
+    c: &Component,
+    registry: &Registry,
+    ctx: &LoadContext<'_>,
+    loaded: &Components,
+) -> Result<crate::registry::BuildFuture<Arc<dyn StateStore>>, ComponentError> {
+    match Registry::block_of(&c.type_name) {
+        Some(Block::State) => {
+            let factory = registry
+                .state_factory(&c.type_name, &c.version)
+                .ok_or_else(|| unknown_type(c))?
+                .clone();
+            let meta = resolve_metadata(c, ctx, loaded).await?;
+            Ok(factory(meta))
+        }
+        _ => Err(unknown_type(c)),
+    }
+}
+
+fn unknown_type(c: &Component) -> ComponentError {
+    ComponentError::new(
+        c,
+        format!(
+            "unknown component type {}/{}: this build of Tandem does not provide it",
+            c.type_name,
+            version_of(c)
+        ),
+    )
+}
+
+fn base_metadata(c: &Component, ctx: &LoadContext<'_>) -> Metadata {
+    let mut meta = Metadata::new(c.name.clone(), ctx.app_id);
+    meta.namespace = ctx.namespace.map(str::to_owned);
+    meta
+}
+
+/// Metadata with plain values only (secret references left out): for runtime-level keys.
+fn resolve_plain(c: &Component, ctx: &LoadContext<'_>) -> Metadata {
+    let mut meta = base_metadata(c, ctx);
+    for item in &c.metadata {
+        if let MetadataValue::Value(v) = &item.value {
+            meta.insert(item.name.clone(), v.clone());
+        }
+    }
+    meta
+}
+
+async fn resolve_metadata(
+    c: &Component,
+    ctx: &LoadContext<'_>,
+    loaded: &Components,
+) -> Result<Metadata, ComponentError> {
+    let mut meta = base_metadata(c, ctx);
+    for item in &c.metadata {
+        let value = match &item.value {
+            MetadataValue::Value(v) => v.clone(),
+            MetadataValue::EnvRef(var) => env_ref(var, ctx.env).map_err(|reason| {
+                ComponentError::new(c, format!("metadata field '{}': {reason}", item.name))
+            })?,
+            MetadataValue::SecretKeyRef { name, key } => {
+                let store_name = c.secret_store.as_deref().ok_or_else(|| {
+                    ComponentError::new(
+                        c,
+                        format!(
+                            "metadata field '{}' has a secretKeyRef but the component sets no auth.secretStore",
+                            item.name
+                        ),
+                    )
+                })?;
+                let store = loaded.secrets.get(store_name).ok_or_else(|| {
+                    ComponentError::new(
+                        c,
+                        format!(
+                            "metadata field '{}': secret store '{store_name}' is not loaded",
+                            item.name
+                        ),
+                    )
+                })?;
+                let mut req_meta = RequestMetadata::new();
+                if let Some(ns) = ctx.namespace {
+                    req_meta.insert("namespace".into(), ns.to_owned());
+                }
+                let secret = store.get(name, &req_meta).await.map_err(|e| {
+                    ComponentError::new(
+                        c,
+                        format!(
+                            "metadata field '{}': cannot read secret '{name}' from secret store '{store_name}': {e}",
+                            item.name
+                        ),
+                    )
+                })?;
+                secret.get(key).cloned().ok_or_else(|| {
+                    ComponentError::new(
+                        c,
+                        format!(
+                            "metadata field '{}': secret '{name}' in secret store '{store_name}' has no key '{key}'",
+                            item.name
+                        ),
+                    )
+                })?
+            }
+        };
+        meta.insert(item.name.clone(), value);
+    }
+    Ok(meta)
+}
+
+fn env_ref(var: &str, env: &HashMap<String, String>) -> Result<String, String> {
+    if var == "APP_API_TOKEN" || var.starts_with("DAPR_") || var.contains(' ') {
+        return Err(format!("envRef to '{var}' is not allowed"));
+    }
+    if let Some(allow) = env.get("DAPR_ENV_KEYS")
+        && !allow.split([',', ' ']).any(|k| k.trim() == var)
+    {
+        return Err(format!("envRef '{var}' is not listed in DAPR_ENV_KEYS"));
+    }
+    Ok(env.get(var).cloned().unwrap_or_default())
+}
+
+fn key_prefix(meta: &Metadata, c: &Component, ctx: &LoadContext<'_>) -> KeyPrefix {
+    match meta.get("keyPrefix").map(str::to_owned) {
+        None => KeyPrefix::Prefix(ctx.app_id.to_owned()),
+        Some(p) => match p.to_ascii_lowercase().as_str() {
+            "appid" => KeyPrefix::Prefix(ctx.app_id.to_owned()),
+            "name" => KeyPrefix::Prefix(c.name.clone()),
+            "none" => KeyPrefix::None,
+            "namespace" => match ctx.namespace {
+                Some(ns) => KeyPrefix::Prefix(format!("{ns}.{}", ctx.app_id)),
+                None => KeyPrefix::Prefix(ctx.app_id.to_owned()),
+            },
+            _ => KeyPrefix::Prefix(p),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_refs_follow_daprs_rules() {
+        let mut env = HashMap::new();
+        env.insert("MY_HOST".to_owned(), "h".to_owned());
+        assert_eq!(env_ref("MY_HOST", &env).unwrap(), "h");
+        assert_eq!(env_ref("UNSET", &env).unwrap(), "");
+        assert!(env_ref("DAPR_API_TOKEN", &env).is_err());
+        assert!(env_ref("APP_API_TOKEN", &env).is_err());
+        env.insert("DAPR_ENV_KEYS".to_owned(), "OTHER".to_owned());
+        assert!(env_ref("MY_HOST", &env).is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! The secrets building block, with the Configuration's secret scopes applied.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tandem_components::secrets::Secret;
+use tandem_components::state::RequestMetadata;
+
+use crate::components::Components;
+use crate::error::{ApiError, ErrorCode};
+
+/// Access rules for one secret store (`spec.secrets.scopes[]` of the Configuration).
+pub use tandem_config::SecretScope;
+
+/// The secrets service.
+pub struct SecretsService {
+    components: Arc<Components>,
+    scopes: HashMap<String, SecretScope>,
+}
+
+impl SecretsService {
+    pub(crate) fn new(components: Arc<Components>, scopes: HashMap<String, SecretScope>) -> Self {
+        Self { components, scopes }
+    }
+
+    fn allowed(&self, store: &str, secret: &str) -> bool {
+        self.scopes.get(store).is_none_or(|s| s.allows(secret))
+    }
+
+    fn store(
+        &self,
+        name: &str,
+    ) -> Result<&Arc<dyn tandem_components::secrets::SecretStore>, ApiError> {
+        if self.components.secrets.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::SecretStoresNotConfigured,
+                "secret store is not configured",
+            ));
+        }
+        self.components.secrets.get(name).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::SecretStoreNotFound,
+                format!("failed finding secret store with key {name}"),
+            )
+        })
+    }
+
+    /// Reads one secret.
+    pub async fn get(
+        &self,
+        store_name: &str,
+        key: &str,
+        metadata: &RequestMetadata,
+    ) -> Result<Secret, ApiError> {
+        let store = self.store(store_name)?;
+        if !self.allowed(store_name, key) {
+            return Err(ApiError::new(
+                ErrorCode::SecretPermissionDenied,
+                format!("access denied by policy to get {key:?} from {store_name:?}"),
+            ));
+        }
+        store.get(key, metadata).await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::SecretGet,
+                format!("failed getting secret with key {key} from secret store {store_name}: {e}"),
+            )
+        })
+    }
+
+    /// Reads every secret the scopes allow.
+    pub async fn bulk_get(
+        &self,
+        store_name: &str,
+        metadata: &RequestMetadata,
+    ) -> Result<BTreeMap<String, Secret>, ApiError> {
+        let store = self.store(store_name)?;
+        let mut all = store.bulk_get(metadata).await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::SecretGet,
+                format!("failed getting secrets from secret store {store_name}: {e}"),
+            )
+        })?;
+        all.retain(|name, _| self.allowed(store_name, name));
+        Ok(all)
+    }
+}

@@ -1,0 +1,332 @@
+//! The state building block: the only place state API logic lives.
+//!
+//! Front ends decode requests into these calls; this module finds the store, prefixes keys,
+//! runs the component and maps its semantic errors onto the error table.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tandem_components::Error as ComponentError;
+use tandem_components::state::{
+    BulkGetItem, Consistency, DeleteRequest, ETag, GetRequest, RequestMetadata, SetRequest,
+    StateItem, StateOptions, TransactionOperation, TransactionRequest,
+};
+
+use crate::components::{Components, KeyPrefix, StateEntry};
+use crate::error::{ApiError, Detail, ErrorCode};
+
+const KEY_SEPARATOR: &str = "||";
+
+/// One item of a save request, as decoded by a front end.
+#[derive(Clone, Debug, Default)]
+pub struct SaveItem {
+    /// The key, unprefixed.
+    pub key: String,
+    /// The bytes to store.
+    pub value: Bytes,
+    /// Optional ETag for a conditional write.
+    pub etag: Option<ETag>,
+    /// Item metadata (already merged with request metadata).
+    pub metadata: RequestMetadata,
+    /// Concurrency and consistency.
+    pub options: StateOptions,
+}
+
+/// One operation of a transaction, as decoded by a front end.
+#[derive(Clone, Debug)]
+pub enum TxOperation {
+    /// `upsert`.
+    Upsert(SaveItem),
+    /// `delete`.
+    Delete {
+        /// The key, unprefixed.
+        key: String,
+        /// Optional ETag.
+        etag: Option<ETag>,
+        /// Item metadata.
+        metadata: RequestMetadata,
+        /// Concurrency and consistency.
+        options: StateOptions,
+    },
+}
+
+/// The state service.
+pub struct StateService {
+    components: Arc<Components>,
+    app_id: String,
+}
+
+impl StateService {
+    pub(crate) fn new(components: Arc<Components>, app_id: String) -> Self {
+        Self { components, app_id }
+    }
+
+    fn store(&self, name: &str) -> Result<&StateEntry, ApiError> {
+        if self.components.state.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::StateStoreNotConfigured,
+                format!("state store {name} is not configured"),
+            )
+            .with_info("appID", self.app_id.clone()));
+        }
+        self.components.state.get(name).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::StateStoreNotFound,
+                format!("state store {name} is not found"),
+            )
+            .with_info("appID", self.app_id.clone())
+        })
+    }
+
+    /// Reads one key; `Ok(None)` when missing.
+    pub async fn get(
+        &self,
+        store_name: &str,
+        key: &str,
+        consistency: &str,
+        metadata: &RequestMetadata,
+    ) -> Result<Option<StateItem>, ApiError> {
+        let entry = self.store(store_name)?;
+        let full = prefixed(store_name, &entry.prefix, key)?;
+        let req = GetRequest {
+            key: &full,
+            consistency: Consistency::parse(consistency).unwrap_or_default(),
+            metadata,
+        };
+        entry.store.get(req).await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::StateGet,
+                format!("fail to get {key} from state store {store_name}: {e}"),
+            )
+        })
+    }
+
+    /// Saves items (one `set`, or a `bulk_set` for several).
+    pub async fn save(&self, store_name: &str, items: Vec<SaveItem>) -> Result<(), ApiError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let entry = self.store(store_name)?;
+        let mut reqs = Vec::with_capacity(items.len());
+        for item in items {
+            reqs.push(self.set_request(store_name, &entry.prefix, item)?);
+        }
+        let res = if reqs.len() == 1 {
+            let req = reqs.pop().unwrap_or_default();
+            entry.store.set(req).await
+        } else {
+            entry.store.bulk_set(reqs).await
+        };
+        res.map_err(|e| {
+            let code = match e {
+                ComponentError::ETagMismatch => ErrorCode::StateSaveETagMismatch,
+                ComponentError::ETagInvalid(_) => ErrorCode::StateSaveETagInvalid,
+                _ => ErrorCode::StateSave,
+            };
+            ApiError::new(
+                code,
+                format!("failed saving state in state store {store_name}: {e}"),
+            )
+        })
+    }
+
+    fn set_request(
+        &self,
+        store_name: &str,
+        prefix: &KeyPrefix,
+        item: SaveItem,
+    ) -> Result<SetRequest, ApiError> {
+        if item.key.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::MalformedRequest,
+                "\"key\" is a required field",
+            ));
+        }
+        Ok(SetRequest {
+            key: prefixed(store_name, prefix, &item.key)?,
+            value: item.value,
+            etag: item.etag,
+            metadata: item.metadata,
+            options: item.options,
+        })
+    }
+
+    /// Deletes one key.
+    pub async fn delete(
+        &self,
+        store_name: &str,
+        key: &str,
+        etag: Option<ETag>,
+        options: StateOptions,
+        metadata: RequestMetadata,
+    ) -> Result<(), ApiError> {
+        let entry = self.store(store_name)?;
+        let req = DeleteRequest {
+            key: prefixed(store_name, &entry.prefix, key)?,
+            etag,
+            metadata,
+            options,
+        };
+        entry.store.delete(req).await.map_err(|e| {
+            let code = match e {
+                ComponentError::ETagMismatch => ErrorCode::StateDeleteETagMismatch,
+                ComponentError::ETagInvalid(_) => ErrorCode::StateDeleteETagInvalid,
+                _ => ErrorCode::StateDelete,
+            };
+            ApiError::new(code, format!("failed deleting state with key {key}: {e}"))
+        })
+    }
+
+    /// Reads several keys; the answer carries the keys as requested (unprefixed).
+    pub async fn bulk_get(
+        &self,
+        store_name: &str,
+        keys: &[String],
+        metadata: &RequestMetadata,
+    ) -> Result<Vec<BulkGetItem>, ApiError> {
+        let entry = self.store(store_name)?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let full: Vec<String> = keys
+            .iter()
+            .map(|k| prefixed(store_name, &entry.prefix, k))
+            .collect::<Result<_, _>>()?;
+        let mut items = entry.store.bulk_get(&full, metadata).await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::StateBulkGet,
+                format!("failed getting state in state store {store_name}: {e}"),
+            )
+        })?;
+        for item in &mut items {
+            if let Some(pos) = full.iter().position(|f| *f == item.key) {
+                item.key.clone_from(&keys[pos]);
+            }
+        }
+        Ok(items)
+    }
+
+    /// Runs a transaction.
+    pub async fn transaction(
+        &self,
+        store_name: &str,
+        operations: Vec<TxOperation>,
+        metadata: RequestMetadata,
+    ) -> Result<(), ApiError> {
+        let entry = self.store(store_name)?;
+        let Some(tx) = entry.store.transactional() else {
+            return Err(ApiError::new(
+                ErrorCode::StateTransactionsNotSupported,
+                format!("state store {store_name} doesn't support transactions"),
+            )
+            .with_detail(Detail::Help {
+                description: "Check the list of state stores and the features they support",
+                url: "https://docs.dapr.io/reference/components-reference/supported-state-stores/",
+            })
+            .with_detail(resource_info(store_name)));
+        };
+        if operations.is_empty() {
+            return Ok(());
+        }
+        if let Some(max) = tx.max_operations()
+            && operations.len() > max
+        {
+            return Err(ApiError::new(
+                    ErrorCode::StateTooManyTransactions,
+                    format!(
+                        "the transaction contains {} operations, which is more than what the state store supports: {max}",
+                        operations.len()
+                    ),
+                )
+                .with_detail(resource_info(store_name))
+                .with_info("currentOpsTransaction", operations.len().to_string())
+                .with_info("maxOpsPerTransaction", max.to_string()));
+        }
+        let mut ops = Vec::with_capacity(operations.len());
+        for op in operations {
+            ops.push(match op {
+                TxOperation::Upsert(item) => TransactionOperation::Upsert(self.set_request(
+                    store_name,
+                    &entry.prefix,
+                    item,
+                )?),
+                TxOperation::Delete {
+                    key,
+                    etag,
+                    metadata,
+                    options,
+                } => {
+                    if key.is_empty() {
+                        return Err(ApiError::new(
+                            ErrorCode::MalformedRequest,
+                            "\"key\" is a required field",
+                        ));
+                    }
+                    TransactionOperation::Delete(DeleteRequest {
+                        key: prefixed(store_name, &entry.prefix, &key)?,
+                        etag,
+                        metadata,
+                        options,
+                    })
+                }
+            });
+        }
+        tx.multi(TransactionRequest {
+            operations: ops,
+            metadata,
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::StateTransaction,
+                format!("error while executing state transaction: {e}"),
+            )
+        })
+    }
+}
+
+fn resource_info(store_name: &str) -> Detail {
+    Detail::ResourceInfo {
+        resource_type: "state",
+        resource_name: store_name.to_owned(),
+        description: String::new(),
+    }
+}
+
+/// The stored form of `key`: `<prefix>||<key>`, or the key itself with `keyPrefix: none`.
+fn prefixed(store_name: &str, prefix: &KeyPrefix, key: &str) -> Result<String, ApiError> {
+    if key.contains(KEY_SEPARATOR) {
+        let msg = format!("input key/keyPrefix '{key}' can't contain '{KEY_SEPARATOR}'");
+        return Err(ApiError::new(ErrorCode::StateIllegalKey, msg.clone())
+            .with_detail(Detail::BadRequest {
+                field: key.to_owned(),
+                description: msg,
+            })
+            .with_detail(resource_info(store_name)));
+    }
+    Ok(match prefix {
+        KeyPrefix::None => key.to_owned(),
+        KeyPrefix::Prefix(p) => {
+            let mut full = String::with_capacity(p.len() + KEY_SEPARATOR.len() + key.len());
+            full.push_str(p);
+            full.push_str(KEY_SEPARATOR);
+            full.push_str(key);
+            full
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_prefixing() {
+        let p = KeyPrefix::Prefix("app".into());
+        assert_eq!(prefixed("s", &p, "k").unwrap(), "app||k");
+        assert_eq!(prefixed("s", &KeyPrefix::None, "k").unwrap(), "k");
+        let err = prefixed("s", &p, "a||b").unwrap_err();
+        assert_eq!(err.code, ErrorCode::StateIllegalKey);
+        assert_eq!(err.code.code(), "ERR_MALFORMED_REQUEST");
+    }
+}

@@ -1,0 +1,245 @@
+//! Starting and stopping the sidecar process.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::ArgMatches;
+use tandem_api::http::HttpOptions;
+use tandem_runtime::lifecycle::StopKind;
+use tandem_runtime::metadata::{AppConnectionInfo, AppHealthInfo};
+use tandem_runtime::{Runtime, RuntimeOptions};
+use tokio::net::TcpListener;
+use tracing::{debug, error, info, warn};
+
+use crate::cli::sidecar::{SidecarArgs, unimplemented_flags_set};
+use crate::{logging, registry};
+
+/// Runs `tandem sidecar` to completion.
+pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
+    if args.version {
+        println!("{}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if args.build_info {
+        println!(
+            "Version: {}\nRuntime: tandem (Rust)",
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&args.log_level, args.log_as_json);
+    for flag in unimplemented_flags_set(matches) {
+        warn!(flag = %flag, "flag accepted for compatibility with daprd; it has no effect in this build yet");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(args))
+}
+
+async fn run(args: SidecarArgs) -> ExitCode {
+    if args.wait {
+        return wait_outbound(args.dapr_http_port).await;
+    }
+    match start(args).await {
+        Ok(code) => code,
+        Err(msg) => {
+            error!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
+    if args.mode == "kubernetes" {
+        return Err(
+            "--mode kubernetes is not supported by this build of tandem yet; use --mode standalone"
+                .into(),
+        );
+    }
+    if args.app_id.is_empty() {
+        return Err("--app-id is required".into());
+    }
+    if args.app_id.contains('.') {
+        return Err(format!(
+            "invalid --app-id '{}': app ids cannot contain dots",
+            args.app_id
+        ));
+    }
+    let max_body_size = args.max_body_size()?;
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let non_empty = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+    let namespace = non_empty("NAMESPACE");
+
+    let ctx = tandem_config::LoadContext {
+        app_id: args.app_id.clone(),
+        namespace: namespace.clone(),
+        pod_name: non_empty("POD_NAME"),
+    };
+    let resources =
+        tandem_config::load_resources(&args.resource_paths(), &ctx).map_err(|e| e.to_string())?;
+    for skipped in &resources.skipped {
+        debug!(reason = %skipped, "resource skipped");
+    }
+    let configuration = if args.config.is_empty() {
+        tandem_config::Configuration::default()
+    } else {
+        tandem_config::load_configuration(&args.config, &|k| env.get(k).cloned())
+            .map_err(|e| e.to_string())?
+    };
+
+    let options = RuntimeOptions {
+        app_id: args.app_id.clone(),
+        namespace,
+        app_connection: AppConnectionInfo {
+            port: args.app_port,
+            protocol: args.app_protocol.clone(),
+            channel_address: args.app_channel_address.clone(),
+            max_concurrency: u32::try_from(args.app_max_concurrency)
+                .ok()
+                .filter(|n| *n > 0),
+            health: args.enable_app_health_check.then(|| AppHealthInfo {
+                path: args
+                    .app_protocol
+                    .starts_with("http")
+                    .then(|| args.app_health_check_path.clone()),
+                interval: format!("{}s", args.app_health_probe_interval),
+                timeout: format!("{}ms", args.app_health_probe_timeout),
+                threshold: args.app_health_threshold,
+            }),
+        },
+        env: env.clone(),
+    };
+    let runtime = Runtime::build(options, &resources, &configuration, &registry::registry())
+        .await
+        .map_err(|e| e.to_string())?;
+    for c in runtime.metadata.snapshot().components {
+        info!(component = %c.name, r#type = %c.type_name, version = %c.version, "component loaded");
+    }
+
+    let http_options = HttpOptions {
+        max_body_size,
+        api_token: non_empty("DAPR_API_TOKEN"),
+    };
+    let router = tandem_api::http::router(runtime.clone(), &http_options);
+    let mut port = args.dapr_http_port;
+    let mut servers = Vec::new();
+    for addr in args.listen_addresses() {
+        let listener = TcpListener::bind((addr.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot listen on {addr}:{port} (--dapr-http-port): {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        port = bound.port();
+        info!(address = %bound, "HTTP API listening");
+        let shutdown = runtime.shutdown.wait();
+        let router = router.clone();
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = tandem_api::http::serve(listener, router, async move {
+                shutdown.await;
+            })
+            .await
+            {
+                error!(error = %e, "HTTP API server failed");
+            }
+        }));
+    }
+    if let Some(path) = &args.ports_file {
+        write_ports_file(path, port)
+            .map_err(|e| format!("cannot write --ports-file {}: {e}", path.display()))?;
+    }
+    runtime.readiness.set_outbound_ready();
+    runtime.readiness.set_ready();
+    info!(app_id = %runtime.app_id, http_port = port, "tandem sidecar is ready");
+
+    let kind = wait_for_stop(&runtime).await;
+    if kind == StopKind::Forced {
+        warn!("forced shutdown requested: exiting at once");
+        return Ok(ExitCode::FAILURE);
+    }
+    info!("shutting down gracefully");
+    let grace = Duration::from_secs(args.dapr_graceful_shutdown_seconds);
+    let drain = async {
+        for s in servers {
+            let _ = s.await;
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        warn!(
+            seconds = args.dapr_graceful_shutdown_seconds,
+            "graceful shutdown timed out"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_stop(runtime: &Arc<Runtime>) -> StopKind {
+    let stop = runtime.shutdown.wait();
+    tokio::select! {
+        kind = stop => kind,
+        _ = terminate_signal() => {
+            runtime.shutdown.trigger();
+            StopKind::Graceful
+        }
+    }
+}
+
+async fn terminate_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn write_ports_file(path: &Path, http: u16) -> std::io::Result<()> {
+    let body = serde_json::json!({ "http": http, "pid": std::process::id() });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(tmp, path)
+}
+
+/// `--wait`: polls `/v1.0/healthz/outbound` of a running sidecar until it answers 204.
+async fn wait_outbound(port: u16) -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let req = format!(
+                "GET /v1.0/healthz/outbound HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+            );
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = s.read(&mut buf).await
+                    && buf[..n].starts_with(b"HTTP/1.1 204")
+                {
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    error!(port, "the sidecar did not become ready within 60s");
+    ExitCode::FAILURE
+}

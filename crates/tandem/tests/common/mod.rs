@@ -1,0 +1,67 @@
+//! Shared helpers of the end-to-end tests.
+#![allow(dead_code, unreachable_pub)]
+
+use serde_json::Value;
+use tandem_testkit::{Sidecar, SidecarBuilder};
+
+/// A builder for the binary under test.
+pub fn tandem() -> SidecarBuilder {
+    SidecarBuilder::new(env!("CARGO_BIN_EXE_tandem"))
+}
+
+pub const IN_MEMORY: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: statestore
+spec:
+  type: state.in-memory
+  version: v1
+"#;
+
+pub fn sqlite_store(name: &str, path: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: {name}
+spec:
+  type: state.sqlite
+  version: v1
+  metadata:
+  - name: connectionString
+    value: "{}"
+{extra}
+"#,
+        path.display()
+    )
+}
+
+/// Starts a sidecar, panicking with its log on failure.
+pub async fn start(builder: SidecarBuilder) -> Sidecar {
+    builder.spawn().await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Asserts an error answer: status, `errorCode`, and that the message contains `msg`.
+pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str, msg: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    let body: Value = resp.json().await.expect("JSON error body");
+    assert_eq!(body["errorCode"], code, "errorCode in {body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(msg),
+        "message {message:?} should contain {msg:?}"
+    );
+    body
+}
