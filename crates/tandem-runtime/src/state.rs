@@ -87,9 +87,9 @@ impl StateService {
         metadata: &RequestMetadata,
     ) -> Result<Option<StateItem>, ApiError> {
         let entry = self.store(store_name)?;
-        let full = prefixed(store_name, &entry.prefix, key)?;
+        let full = KeyBuf::new(store_name, &entry.prefix, key)?;
         let req = GetRequest {
-            key: &full,
+            key: full.as_str(),
             consistency: Consistency::parse(consistency).unwrap_or_default(),
             metadata,
         };
@@ -293,6 +293,39 @@ fn resource_info(store_name: &str) -> Detail {
     }
 }
 
+/// A prefixed key built on the stack when short, so a read allocates nothing for it.
+enum KeyBuf {
+    Stack([u8; 160], usize),
+    Heap(String),
+}
+
+impl KeyBuf {
+    fn new(store_name: &str, prefix: &KeyPrefix, key: &str) -> Result<Self, ApiError> {
+        let KeyPrefix::Prefix(p) = prefix else {
+            return prefixed(store_name, prefix, key).map(KeyBuf::Heap);
+        };
+        let len = p.len() + KEY_SEPARATOR.len() + key.len();
+        if len > 160 || key.contains(KEY_SEPARATOR) {
+            return prefixed(store_name, prefix, key).map(KeyBuf::Heap);
+        }
+        let mut buf = [0u8; 160];
+        let mut at = 0;
+        for part in [p.as_bytes(), KEY_SEPARATOR.as_bytes(), key.as_bytes()] {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        Ok(KeyBuf::Stack(buf, len))
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Built from whole `&str`s, so always UTF-8.
+            KeyBuf::Stack(buf, len) => std::str::from_utf8(&buf[..*len]).unwrap_or_default(),
+            KeyBuf::Heap(s) => s,
+        }
+    }
+}
+
 /// The stored form of `key`: `<prefix>||<key>`, or the key itself with `keyPrefix: none`.
 fn prefixed(store_name: &str, prefix: &KeyPrefix, key: &str) -> Result<String, ApiError> {
     if key.contains(KEY_SEPARATOR) {
@@ -325,6 +358,13 @@ mod tests {
         let p = KeyPrefix::Prefix("app".into());
         assert_eq!(prefixed("s", &p, "k").unwrap(), "app||k");
         assert_eq!(prefixed("s", &KeyPrefix::None, "k").unwrap(), "k");
+        assert_eq!(KeyBuf::new("s", &p, "k").unwrap().as_str(), "app||k");
+        let long = "x".repeat(300);
+        assert_eq!(
+            KeyBuf::new("s", &p, &long).unwrap().as_str(),
+            format!("app||{long}")
+        );
+        assert!(KeyBuf::new("s", &p, "a||b").is_err());
         let err = prefixed("s", &p, "a||b").unwrap_err();
         assert_eq!(err.code, ErrorCode::StateIllegalKey);
         assert_eq!(err.code.code(), "ERR_MALFORMED_REQUEST");

@@ -3,7 +3,7 @@
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tandem_runtime::error::{ApiError, Detail, Shape};
 
 /// An [`ApiError`] on its way out over HTTP.
@@ -46,18 +46,24 @@ fn detail_json(d: &Detail) -> Value {
     }
 }
 
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    #[serde(rename = "errorCode")]
+    error_code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Vec<Value>>,
+}
+
 /// Renders the error body per Dapr's two shapes.
 pub fn error_body(e: &ApiError) -> Bytes {
-    let mut body = Map::new();
-    body.insert("errorCode".into(), Value::from(e.code.code()));
-    body.insert("message".into(), Value::from(e.message.as_str()));
-    if e.code.shape() == Shape::Rich && !e.details.is_empty() {
-        body.insert(
-            "details".into(),
-            Value::Array(e.details.iter().map(detail_json).collect()),
-        );
-    }
-    Bytes::from(serde_json::to_vec(&Value::Object(body)).unwrap_or_default())
+    let rich = e.code.shape() == Shape::Rich && !e.details.is_empty();
+    let body = Body {
+        error_code: e.code.code(),
+        message: &e.message,
+        details: rich.then(|| e.details.iter().map(detail_json).collect()),
+    };
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
 impl IntoResponse for HttpError {

@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
+use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tandem_components::state::{Concurrency, Consistency, ETag, StateOptions};
@@ -44,12 +45,13 @@ fn save_item(
     }
 }
 
-/// `GET /v1.0/state/{store}/{key}`.
-pub(crate) async fn get(
-    State(api): State<ApiState>,
-    Path((store, key)): Path<(String, String)>,
-    uri: Uri,
-) -> Result<Response> {
+/// `GET /v1.0/state/{store}/{key}`: the hot read path. Store and key are sliced out of the
+/// request path (decoded only when escaped) rather than extracted into new strings.
+pub(crate) async fn get(State(api): State<ApiState>, uri: Uri) -> Result<Response> {
+    let rest = uri.path().strip_prefix("/v1.0/state/").unwrap_or_default();
+    let (store, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let store = percent_decode_str(store).decode_utf8_lossy();
+    let key = percent_decode_str(key).decode_utf8_lossy();
     get_key(&api.runtime, &store, &key, &uri).await
 }
 
