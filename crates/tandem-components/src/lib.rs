@@ -9,12 +9,15 @@
 //! - [`state`]: the [`state::StateStore`] trait, its request and response types, and optional
 //!   abilities exposed as sub-trait accessors ([`state::StateStore::transactional`]).
 //! - [`secrets`]: the [`secrets::SecretStore`] trait.
+//! - [`pubsub`]: the [`pubsub::PubSub`] trait; components move bytes, the runtime handles
+//!   CloudEvents and the app.
 //! - [`memory`]: `state.in-memory`, the reference state store every other store is compared with.
 //! - [`conformance`]: the generic suites every implementation runs.
 
 pub mod error;
 pub mod memory;
 pub mod metadata;
+pub mod pubsub;
 pub mod secrets;
 pub mod state;
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_components::Metadata;
+use tandem_components::pubsub::PubSub;
 use tandem_components::secrets::SecretStore;
 use tandem_components::state::{self, RequestMetadata, StateStore};
 use tandem_config::{Component, MetadataValue};
@@ -74,11 +75,26 @@ pub(crate) struct StateEntry {
     pub(crate) prefix: KeyPrefix,
 }
 
+/// A loaded pub/sub component and the runtime-level settings read from its metadata.
+pub struct PubSubEntry {
+    /// The component.
+    pub component: Arc<dyn PubSub>,
+    /// `consumerID`, defaulting to the app-id: the consumer group of this app's subscriptions.
+    pub consumer_group: String,
+}
+
+/// A component produced by a factory.
+enum Built {
+    State(Arc<dyn StateStore>),
+    PubSub(Arc<dyn PubSub>),
+}
+
 /// Every loaded component, by name, per building block.
 #[derive(Default)]
 pub struct Components {
     pub(crate) state: HashMap<String, StateEntry>,
     pub(crate) secrets: HashMap<String, Arc<dyn SecretStore>>,
+    pub(crate) pubsub: HashMap<String, PubSubEntry>,
     pub(crate) infos: Vec<ComponentInfo>,
 }
 
@@ -104,6 +120,11 @@ impl Components {
         });
         self.state
             .insert(name.to_owned(), StateEntry { store, prefix });
+    }
+
+    /// The loaded pub/sub components.
+    pub fn pubsubs(&self) -> &HashMap<String, PubSubEntry> {
+        &self.pubsub
     }
 
     /// Adds a secret store built outside the loader.
@@ -215,7 +236,7 @@ pub async fn load(
             Err(e) => fail(c, e)?,
         }
     }
-    let mut built: Vec<(usize, Arc<dyn StateStore>)> = Vec::new();
+    let mut built: Vec<(usize, Built)> = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (idx, res) = match joined {
             Ok(v) => v,
@@ -241,18 +262,35 @@ pub async fn load(
         }
     }
     built.sort_by_key(|(idx, _)| *idx);
-    for (idx, store) in built {
+    for (idx, component) in built {
         let c = other_defs[idx];
         let meta = resolve_plain(c, ctx);
-        let prefix = key_prefix(&meta, c, ctx);
+        let capabilities = match &component {
+            Built::State(store) => state::capabilities(&**store),
+            Built::PubSub(p) => p.features().iter().map(|f| f.as_str()).collect(),
+        };
         out.infos.push(ComponentInfo {
             name: c.name.clone(),
             type_name: c.type_name.clone(),
             version: version_of(c),
-            capabilities: state::capabilities(&*store),
+            capabilities,
         });
-        out.state
-            .insert(c.name.clone(), StateEntry { store, prefix });
+        match component {
+            Built::State(store) => {
+                let prefix = key_prefix(&meta, c, ctx);
+                out.state.insert(c.name.clone(), StateEntry { store, prefix });
+            }
+            Built::PubSub(component) => {
+                let consumer_group = meta.get("consumerID").unwrap_or(ctx.app_id).to_owned();
+                out.pubsub.insert(
+                    c.name.clone(),
+                    PubSubEntry {
+                        component,
+                        consumer_group,
+                    },
+                );
+            }
+        }
     }
     Ok(Loaded {
         components: out,
@@ -313,7 +351,7 @@ async fn prepare(
     registry: &Registry,
     ctx: &LoadContext<'_>,
     loaded: &Components,
-) -> Result<crate::registry::BuildFuture<Arc<dyn StateStore>>, ComponentError> {
+) -> Result<crate::registry::BuildFuture<Built>, ComponentError> {
     match Registry::block_of(&c.type_name) {
         Some(Block::State) => {
             let factory = registry
@@ -321,7 +359,17 @@ async fn prepare(
                 .ok_or_else(|| unknown_type(c))?
                 .clone();
             let meta = resolve_metadata(c, ctx, loaded).await?;
-            Ok(factory(meta))
+            let fut = factory(meta);
+            Ok(Box::pin(async move { fut.await.map(Built::State) }))
+        }
+        Some(Block::PubSub) => {
+            let factory = registry
+                .pubsub_factory(&c.type_name, &c.version)
+                .ok_or_else(|| unknown_type(c))?
+                .clone();
+            let meta = resolve_metadata(c, ctx, loaded).await?;
+            let fut = factory(meta);
+            Ok(Box::pin(async move { fut.await.map(Built::PubSub) }))
         }
         _ => Err(unknown_type(c)),
     }

@@ -11,6 +11,7 @@
 //!
 //! [`error`] holds the one error table; [`components`] loads component definitions.
 
+pub mod app_channel;
 pub mod components;
 pub mod error;
 pub mod lifecycle;
@@ -45,6 +46,8 @@ pub struct RuntimeOptions {
     pub app_connection: AppConnectionInfo,
     /// The process environment, read once at start-up (for `envRef`).
     pub env: HashMap<String, String>,
+    /// The app channel, when `--app-port` is set.
+    pub app_channel: Option<app_channel::AppChannelOptions>,
 }
 
 /// The sidecar: every building-block service, readiness and shutdown.
@@ -61,6 +64,10 @@ pub struct Runtime {
     pub readiness: Readiness,
     /// Shutdown signal.
     pub shutdown: Shutdown,
+    /// The channel to the app, when `--app-port` is set.
+    pub app_channel: Option<Arc<app_channel::AppChannel>>,
+    /// Every loaded component.
+    pub components: Arc<Components>,
 }
 
 /// Why the runtime could not start.
@@ -112,12 +119,9 @@ impl Runtime {
                 .collect(),
             app_connection: options.app_connection.clone(),
         };
-        Ok(Arc::new(Self::from_parts(
-            options.app_id,
-            components,
-            secret_scopes(configuration),
-            base,
-        )))
+        let mut runtime = Self::from_parts(options.app_id, components, secret_scopes(configuration), base);
+        runtime.app_channel = options.app_channel.map(app_channel::AppChannel::new);
+        Ok(Arc::new(runtime))
     }
 
     /// Builds a runtime around already-built components (tests and embedding).
@@ -130,9 +134,11 @@ impl Runtime {
         Self {
             state: StateService::new(components.clone(), app_id.clone()),
             secrets: SecretsService::new(components.clone(), scopes),
-            metadata: MetadataService::new(base, components),
+            metadata: MetadataService::new(base, components.clone()),
             readiness: Readiness::default(),
             shutdown: Shutdown::default(),
+            app_channel: None,
+            components,
             app_id,
         }
     }

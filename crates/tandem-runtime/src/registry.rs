@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tandem_components::pubsub::PubSub;
 use tandem_components::secrets::SecretStore;
 use tandem_components::state::StateStore;
 use tandem_components::{Metadata, Result};
@@ -23,6 +24,8 @@ pub enum Block {
     State,
     /// `secretstores.*`
     SecretStore,
+    /// `pubsub.*`
+    PubSub,
 }
 
 /// Constructors of every compiled-in component, by type and version.
@@ -30,6 +33,7 @@ pub enum Block {
 pub struct Registry {
     state: HashMap<String, Factory<Arc<dyn StateStore>>>,
     secrets: HashMap<String, Factory<Arc<dyn SecretStore>>>,
+    pubsub: HashMap<String, Factory<Arc<dyn PubSub>>>,
 }
 
 fn key(type_name: &str, version: &str) -> String {
@@ -88,6 +92,24 @@ impl Registry {
         self
     }
 
+    /// Registers a pub/sub component under each of `type_names` and `version`.
+    pub fn pubsub<F, Fut, S>(&mut self, type_names: &[&str], version: &str, build: F) -> &mut Self
+    where
+        F: Fn(Metadata) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S>> + Send + 'static,
+        S: PubSub,
+    {
+        let build = Arc::new(build);
+        let factory: Factory<Arc<dyn PubSub>> = Arc::new(move |meta| {
+            let fut = build(meta);
+            Box::pin(async move { Ok(Arc::new(fut.await?) as Arc<dyn PubSub>) })
+        });
+        for name in type_names {
+            self.pubsub.insert(key(name, version), factory.clone());
+        }
+        self
+    }
+
     /// The building block of a component type, from its prefix.
     pub fn block_of(type_name: &str) -> Option<Block> {
         let lower = type_name.to_ascii_lowercase();
@@ -95,6 +117,8 @@ impl Registry {
             Some(Block::State)
         } else if lower.starts_with("secretstores.") {
             Some(Block::SecretStore)
+        } else if lower.starts_with("pubsub.") {
+            Some(Block::PubSub)
         } else {
             None
         }
@@ -114,6 +138,10 @@ impl Registry {
         version: &str,
     ) -> Option<&Factory<Arc<dyn SecretStore>>> {
         self.secrets.get(&key(type_name, version))
+    }
+
+    pub(crate) fn pubsub_factory(&self, type_name: &str, version: &str) -> Option<&Factory<Arc<dyn PubSub>>> {
+        self.pubsub.get(&key(type_name, version))
     }
 
     /// Every registered `type/version`, sorted (for `--help` style listings and tests).

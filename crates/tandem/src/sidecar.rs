@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::ArgMatches;
 use tandem_api::http::HttpOptions;
+use tandem_runtime::app_channel::{AppChannelOptions, HealthCheck};
 use tandem_runtime::lifecycle::StopKind;
 use tandem_runtime::metadata::{AppConnectionInfo, AppHealthInfo};
 use tandem_runtime::{Runtime, RuntimeOptions};
@@ -120,6 +121,19 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             }),
         },
         env: env.clone(),
+        app_channel: args.app_port.map(|port| AppChannelOptions {
+            port,
+            address: args.app_channel_address.clone(),
+            protocol: args.app_protocol.clone(),
+            token: non_empty("APP_API_TOKEN"),
+            max_concurrency: usize::try_from(args.app_max_concurrency).ok().filter(|n| *n > 0),
+            health: args.enable_app_health_check.then(|| HealthCheck {
+                path: args.app_health_check_path.clone(),
+                interval: Duration::from_secs(args.app_health_probe_interval),
+                timeout: Duration::from_millis(args.app_health_probe_timeout),
+                threshold: args.app_health_threshold,
+            }),
+        }),
     };
     let runtime = Runtime::build(options, &resources, &configuration, &registry::registry())
         .await

@@ -1,0 +1,268 @@
+//! The app channel: how the sidecar calls its application over HTTP.
+//!
+//! One pooled HTTP client (keep-alive connections reused; HTTP/2 with prior knowledge for
+//! `--app-protocol h2c`), the `APP_API_TOKEN` header on every call but health probes, the
+//! `--app-max-concurrency` bound, waiting for the app port to open (with backoff, not a busy
+//! loop), and app health checks that pause deliveries while the app is unhealthy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+use crate::lifecycle::Shutdown;
+
+/// The body type sent to the app (and to other sidecars): any boxed stream of bytes.
+pub type AppBody = UnsyncBoxBody<Bytes, tandem_components::BoxError>;
+
+/// Wraps bytes as an [`AppBody`].
+pub fn full_body(bytes: impl Into<Bytes>) -> AppBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty [`AppBody`].
+pub fn empty_body() -> AppBody {
+    full_body(Bytes::new())
+}
+
+/// Settings of the app channel (daprd's `--app-*` flags).
+#[derive(Clone, Debug)]
+pub struct AppChannelOptions {
+    /// `--app-port`.
+    pub port: u16,
+    /// `--app-channel-address`.
+    pub address: String,
+    /// `--app-protocol` (`http` or `h2c` over this channel).
+    pub protocol: String,
+    /// `APP_API_TOKEN`, sent as `dapr-api-token`.
+    pub token: Option<String>,
+    /// `--app-max-concurrency` when positive.
+    pub max_concurrency: Option<usize>,
+    /// Health checking, when `--enable-app-health-check`.
+    pub health: Option<HealthCheck>,
+}
+
+/// App health-check settings.
+#[derive(Clone, Debug)]
+pub struct HealthCheck {
+    /// `--app-health-check-path`.
+    pub path: String,
+    /// `--app-health-probe-interval`.
+    pub interval: Duration,
+    /// `--app-health-probe-timeout`.
+    pub timeout: Duration,
+    /// `--app-health-threshold`.
+    pub threshold: u32,
+}
+
+/// Why a call to the app failed before it answered.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The app is marked unhealthy by the health checks.
+    #[error("app is not in a healthy state")]
+    Unhealthy,
+    /// The request could not be built or sent, or the connection failed.
+    #[error("error invoking app channel: {0}")]
+    Transport(String),
+}
+
+/// The sidecar's channel to its app.
+pub struct AppChannel {
+    client: Client<HttpConnector, AppBody>,
+    base: String,
+    token: Option<HeaderValue>,
+    limit: Option<Arc<Semaphore>>,
+    options: AppChannelOptions,
+    healthy: watch::Sender<bool>,
+}
+
+/// A response from the app, holding its concurrency permit until dropped.
+pub struct AppResponse {
+    /// The response.
+    pub response: Response<Incoming>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AppChannel {
+    /// A channel to `http://<address>:<port>`. Health is "unknown → unhealthy" until the
+    /// port opens (and, with health checks, until the first successful probe).
+    pub fn new(options: AppChannelOptions) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(90));
+        if options.protocol == "h2c" {
+            builder.http2_only(true);
+        }
+        let client = builder.build(connector);
+        let host = if options.address.contains(':') {
+            format!("[{}]", options.address)
+        } else {
+            options.address.clone()
+        };
+        Arc::new(Self {
+            client,
+            base: format!("http://{host}:{}", options.port),
+            token: options
+                .token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .and_then(|t| HeaderValue::from_str(t).ok()),
+            limit: options.max_concurrency.filter(|n| *n > 0).map(|n| Arc::new(Semaphore::new(n))),
+            options,
+            healthy: watch::Sender::new(false),
+        })
+    }
+
+    /// The app's base URL, e.g. `http://127.0.0.1:3000`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The channel's settings.
+    pub fn options(&self) -> &AppChannelOptions {
+        &self.options
+    }
+
+    /// Whether the app currently counts as healthy.
+    pub fn is_healthy(&self) -> bool {
+        *self.healthy.borrow()
+    }
+
+    /// Watches health changes (deliveries pause while `false`).
+    pub fn health(&self) -> watch::Receiver<bool> {
+        self.healthy.subscribe()
+    }
+
+    /// Resolves once the app is healthy.
+    pub async fn wait_healthy(&self) {
+        let mut rx = self.healthy.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
+    }
+
+    /// Waits for the app port to accept connections (backing off from 50 ms to 1 s between
+    /// attempts), then marks the app healthy or starts the health checks. Returns early when
+    /// the sidecar shuts down.
+    pub async fn start(self: &Arc<Self>, shutdown: &Shutdown) {
+        let addr = (self.options.address.clone(), self.options.port);
+        let mut delay = Duration::from_millis(50);
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr.clone()));
+            if let Ok(Ok(_)) = attempt.await {
+                break;
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+        tracing::info!(address = %self.base, "application is listening");
+        match self.options.health.clone() {
+            None => {
+                self.healthy.send_replace(true);
+            }
+            Some(check) => {
+                let me = self.clone();
+                let stop = shutdown.wait();
+                tokio::spawn(async move { me.probe_loop(check, stop).await });
+            }
+        }
+    }
+
+    async fn probe_loop(self: Arc<Self>, check: HealthCheck, stop: impl std::future::Future<Output = crate::lifecycle::StopKind>) {
+        tokio::pin!(stop);
+        let mut failures = 0u32;
+        let mut ticker = tokio::time::interval(check.interval.max(Duration::from_millis(10)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = ticker.tick() => {}
+            }
+            let ok = self.probe(&check).await;
+            if ok {
+                failures = 0;
+                if !self.is_healthy() {
+                    tracing::info!("application is healthy");
+                    self.healthy.send_replace(true);
+                }
+            } else {
+                failures += 1;
+                if failures >= check.threshold.max(1) && self.is_healthy() {
+                    tracing::warn!(failures, "application is unhealthy");
+                    self.healthy.send_replace(false);
+                }
+            }
+        }
+    }
+
+    async fn probe(&self, check: &HealthCheck) -> bool {
+        let Ok(uri) = format!("{}{}", self.base, check.path).parse::<Uri>() else {
+            return false;
+        };
+        let Ok(req) = Request::get(uri).body(empty_body()) else {
+            return false;
+        };
+        match tokio::time::timeout(check.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => resp.status().is_success(),
+            _ => false,
+        }
+    }
+
+    /// Sends a request to the app. `path_and_query` starts with `/`. The API token is added.
+    pub async fn send(&self, mut req: Request<AppBody>, path_and_query: &str) -> Result<AppResponse, AppError> {
+        if self.options.health.is_some() && !self.is_healthy() {
+            return Err(AppError::Unhealthy);
+        }
+        let uri: Uri = format!("{}{}", self.base, path_and_query)
+            .parse()
+            .map_err(|e| AppError::Transport(format!("invalid path: {e}")))?;
+        *req.uri_mut() = uri;
+        if let Some(token) = &self.token {
+            req.headers_mut().insert("dapr-api-token", token.clone());
+        }
+        let permit = match &self.limit {
+            Some(sem) => Some(
+                sem.clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| AppError::Transport("app channel closed".into()))?,
+            ),
+            None => None,
+        };
+        let response = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| AppError::Transport(error_chain(&e)))?;
+        Ok(AppResponse {
+            response,
+            _permit: permit,
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}
