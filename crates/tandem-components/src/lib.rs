@@ -11,12 +11,18 @@
 //! - [`secrets`]: the [`secrets::SecretStore`] trait.
 //! - [`pubsub`]: the [`pubsub::PubSub`] trait; components move bytes, the runtime handles
 //!   CloudEvents and the app.
+//! - [`nameresolution`]: the [`nameresolution::NameResolver`] trait (register / resolve /
+//!   unregister) used by service invocation, with an in-memory reference implementation.
 //! - [`memory`]: `state.in-memory`, the reference state store every other store is compared with.
+//! - [`memory_pubsub`]: `pubsub.in-memory`, the process-local reference bus (consumer groups,
+//!   redelivery with backoff, TTL).
 //! - [`conformance`]: the generic suites every implementation runs.
 
 pub mod error;
 pub mod memory;
+pub mod memory_pubsub;
 pub mod metadata;
+pub mod nameresolution;
 pub mod pubsub;
 pub mod secrets;
 pub mod state;

@@ -119,7 +119,10 @@ impl AppChannel {
                 .as_deref()
                 .filter(|t| !t.is_empty())
                 .and_then(|t| HeaderValue::from_str(t).ok()),
-            limit: options.max_concurrency.filter(|n| *n > 0).map(|n| Arc::new(Semaphore::new(n))),
+            limit: options
+                .max_concurrency
+                .filter(|n| *n > 0)
+                .map(|n| Arc::new(Semaphore::new(n))),
             options,
             healthy: watch::Sender::new(false),
         })
@@ -160,7 +163,10 @@ impl AppChannel {
         let stop = shutdown.wait();
         tokio::pin!(stop);
         loop {
-            let attempt = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr.clone()));
+            let attempt = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr.clone()),
+            );
             if let Ok(Ok(_)) = attempt.await {
                 break;
             }
@@ -183,7 +189,11 @@ impl AppChannel {
         }
     }
 
-    async fn probe_loop(self: Arc<Self>, check: HealthCheck, stop: impl std::future::Future<Output = crate::lifecycle::StopKind>) {
+    async fn probe_loop(
+        self: Arc<Self>,
+        check: HealthCheck,
+        stop: impl std::future::Future<Output = crate::lifecycle::StopKind>,
+    ) {
         tokio::pin!(stop);
         let mut failures = 0u32;
         let mut ticker = tokio::time::interval(check.interval.max(Duration::from_millis(10)));
@@ -224,7 +234,11 @@ impl AppChannel {
     }
 
     /// Sends a request to the app. `path_and_query` starts with `/`. The API token is added.
-    pub async fn send(&self, mut req: Request<AppBody>, path_and_query: &str) -> Result<AppResponse, AppError> {
+    pub async fn send(
+        &self,
+        mut req: Request<AppBody>,
+        path_and_query: &str,
+    ) -> Result<AppResponse, AppError> {
         if self.options.health.is_some() && !self.is_healthy() {
             return Err(AppError::Unhealthy);
         }

@@ -278,7 +278,8 @@ pub async fn load(
         match component {
             Built::State(store) => {
                 let prefix = key_prefix(&meta, c, ctx);
-                out.state.insert(c.name.clone(), StateEntry { store, prefix });
+                out.state
+                    .insert(c.name.clone(), StateEntry { store, prefix });
             }
             Built::PubSub(component) => {
                 let consumer_group = meta.get("consumerID").unwrap_or(ctx.app_id).to_owned();
@@ -403,7 +404,10 @@ fn resolve_plain(c: &Component, ctx: &LoadContext<'_>) -> Metadata {
     meta
 }
 
-async fn resolve_metadata(
+/// Resolves a definition's metadata: literal values, `envRef`s and `secretKeyRef`s (from the
+/// definition's `auth.secretStore`, among the stores already `loaded`). Also used for the
+/// headers of `HTTPEndpoint` resources.
+pub(crate) async fn resolve_metadata(
     c: &Component,
     ctx: &LoadContext<'_>,
     loaded: &Components,

@@ -78,6 +78,10 @@ error_table! {
     DirectInvokeNoAppId => "ERR_DIRECT_INVOKE", 404, NotFound, Legacy, None;
     /// Service invocation failure.
     DirectInvoke => "ERR_DIRECT_INVOKE", 500, Internal, Legacy, None;
+    /// Service invocation denied by the callee's access-control policy.
+    DirectInvokeForbidden => "ERR_DIRECT_INVOKE", 403, PermissionDenied, Legacy, None;
+    /// A call on the internal port for an app-id this sidecar does not serve.
+    DirectInvokeWrongApp => "ERR_DIRECT_INVOKE", 404, NotFound, Legacy, None;
     /// `/v1.0/healthz` not ready.
     HealthNotReady => "ERR_HEALTH_NOT_READY", 500, Internal, Legacy, None;
     /// `/v1.0/healthz?appid=` mismatch.
@@ -126,6 +130,28 @@ error_table! {
     SecretPermissionDenied => "ERR_PERMISSION_DENIED", 403, PermissionDenied, Legacy, None;
     /// A secret read failed.
     SecretGet => "ERR_SECRET_GET", 500, Internal, Legacy, None;
+    /// No pub/sub component is configured.
+    PubSubNotConfigured => "ERR_PUBSUB_NOT_CONFIGURED", 400, FailedPrecondition, Rich, Some("DAPR_PUBSUB_NOT_CONFIGURED");
+    /// The pub/sub name is empty.
+    PubSubEmpty => "ERR_PUBSUB_EMPTY", 404, InvalidArgument, Rich, Some("DAPR_PUBSUB_NAME_EMPTY");
+    /// The named pub/sub does not exist.
+    PubSubNotFound => "ERR_PUBSUB_NOT_FOUND", 404, InvalidArgument, Rich, Some("DAPR_PUBSUB_NOT_FOUND");
+    /// The topic is empty.
+    TopicNameEmpty => "ERR_TOPIC_NAME_EMPTY", 404, InvalidArgument, Rich, Some("DAPR_PUBSUB_TOPIC_NAME_EMPTY");
+    /// The topic is not allowed for this app (component topic scopes).
+    PubSubForbidden => "ERR_PUBSUB_FORBIDDEN", 403, PermissionDenied, Rich, Some("DAPR_PUBSUB_FORBIDDEN");
+    /// The component failed to publish.
+    PubSubPublishMessage => "ERR_PUBSUB_PUBLISH_MESSAGE", 500, Internal, Rich, Some("DAPR_PUBSUB_PUBLISH_MESSAGE");
+    /// Bad publish metadata (for example `rawPayload`).
+    PubSubRequestMetadata => "ERR_PUBSUB_REQUEST_METADATA", 400, InvalidArgument, Rich, Some("DAPR_PUBSUB_METADATA_DESERIALIZATION");
+    /// A CloudEvent could not be built from the request.
+    PubSubCloudEventsSer => "ERR_PUBSUB_CLOUD_EVENTS_SER", 500, InvalidArgument, Rich, Some("DAPR_PUBSUB_CLOUD_EVENT_CREATION");
+    /// A bulk-publish entry does not match its content type.
+    PubSubMarshalEnvelope => "ERR_PUBSUB_EVENTS_SER", 400, InvalidArgument, Rich, Some("DAPR_PUBSUB_MARSHAL_ENVELOPE");
+    /// Bulk-publish entries are invalid (missing or duplicate entryId).
+    PubSubMarshalEvents => "ERR_PUBSUB_EVENTS_SER", 400, InvalidArgument, Rich, Some("DAPR_PUBSUB_MARSHAL_EVENTS");
+    /// The bulk-publish body could not be decoded.
+    PubSubUnmarshalEvents => "ERR_PUBSUB_EVENTS_SER", 400, InvalidArgument, Rich, Some("DAPR_PUBSUB_UNMARSHAL_EVENTS");
 }
 
 /// A `google.rpc` error detail attached to rich errors.

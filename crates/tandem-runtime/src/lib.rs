@@ -7,6 +7,8 @@
 //! - [`state::StateService`]: state get / save / delete / bulk / transactions, key prefixing.
 //! - [`secrets::SecretsService`]: secrets with the Configuration's secret scopes.
 //! - [`metadata::MetadataService`]: `GET`/`PUT` metadata.
+//! - [`invoke::InvokeService`]: service invocation (local app, other sidecars through name
+//!   resolution and the internal listener, HTTPEndpoints, URLs) and access control.
 //! - [`lifecycle`]: readiness (health endpoints) and the shutdown signal.
 //!
 //! [`error`] holds the one error table; [`components`] loads component definitions.
@@ -14,8 +16,10 @@
 pub mod app_channel;
 pub mod components;
 pub mod error;
+pub mod invoke;
 pub mod lifecycle;
 pub mod metadata;
+pub mod pubsub;
 pub mod registry;
 pub mod secrets;
 pub mod state;
@@ -48,6 +52,8 @@ pub struct RuntimeOptions {
     pub env: HashMap<String, String>,
     /// The app channel, when `--app-port` is set.
     pub app_channel: Option<app_channel::AppChannelOptions>,
+    /// Service invocation: name resolution and this machine's identity.
+    pub invoke: invoke::InvokeOptions,
 }
 
 /// The sidecar: every building-block service, readiness and shutdown.
@@ -59,13 +65,21 @@ pub struct Runtime {
     /// Secrets.
     pub secrets: SecretsService,
     /// Metadata.
-    pub metadata: MetadataService,
+    pub metadata: Arc<MetadataService>,
+    /// Pub/sub (publishing).
+    pub pubsub: pubsub::PubSubService,
+    /// Declarative subscriptions, started with the app channel.
+    pub declarative_subscriptions: Vec<pubsub::subscriptions::SubscriptionSpec>,
+    /// Messages handed to the app at once per subscription.
+    pub max_in_flight: usize,
     /// Health.
     pub readiness: Readiness,
     /// Shutdown signal.
     pub shutdown: Shutdown,
     /// The channel to the app, when `--app-port` is set.
     pub app_channel: Option<Arc<app_channel::AppChannel>>,
+    /// Service invocation.
+    pub invoke: invoke::InvokeService,
     /// Every loaded component.
     pub components: Arc<Components>,
 }
@@ -93,6 +107,7 @@ impl Runtime {
         };
         let loaded = components::load(&resources.components, registry, &ctx).await?;
         let components = Arc::new(loaded.components);
+        let endpoints = invoke::load_endpoints(&resources.http_endpoints, &ctx, &components).await;
         let base = MetadataSnapshot {
             id: options.app_id.clone(),
             runtime_version: RUNTIME_VERSION.to_owned(),
@@ -119,8 +134,29 @@ impl Runtime {
                 .collect(),
             app_connection: options.app_connection.clone(),
         };
-        let mut runtime = Self::from_parts(options.app_id, components, secret_scopes(configuration), base);
+        let mut runtime = Self::from_parts(
+            options.app_id,
+            components,
+            secret_scopes(configuration),
+            base,
+        );
+        runtime.declarative_subscriptions = resources
+            .subscriptions
+            .iter()
+            .map(pubsub::subscriptions::SubscriptionSpec::from_resource)
+            .collect();
+        if let Some(n) = options.app_channel.as_ref().and_then(|c| c.max_concurrency) {
+            runtime.max_in_flight = n;
+        }
         runtime.app_channel = options.app_channel.map(app_channel::AppChannel::new);
+        runtime.invoke = invoke::InvokeService::new(invoke::Parts {
+            app_id: &runtime.app_id,
+            namespace: options.namespace.as_deref(),
+            app_channel: runtime.app_channel.clone(),
+            endpoints,
+            access_control: Some(&configuration.access_control),
+            options: options.invoke,
+        });
         Ok(Arc::new(runtime))
     }
 
@@ -134,13 +170,39 @@ impl Runtime {
         Self {
             state: StateService::new(components.clone(), app_id.clone()),
             secrets: SecretsService::new(components.clone(), scopes),
-            metadata: MetadataService::new(base, components.clone()),
+            metadata: Arc::new(MetadataService::new(base, components.clone())),
+            pubsub: pubsub::PubSubService::new(components.clone(), app_id.clone()),
+            declarative_subscriptions: Vec::new(),
+            max_in_flight: pubsub::subscriptions::DEFAULT_MAX_IN_FLIGHT,
             readiness: Readiness::default(),
             shutdown: Shutdown::default(),
             app_channel: None,
+            invoke: invoke::InvokeService::minimal(&app_id),
             components,
             app_id,
         }
+    }
+}
+
+impl Runtime {
+    /// Starts talking to the app (when `--app-port` is set): waits for its port, runs health
+    /// checks, and keeps its subscriptions running while it is healthy. Returns at once; the
+    /// work runs in background tasks that end with the shutdown signal.
+    pub fn start_app_channel(self: &Arc<Self>) {
+        let Some(channel) = self.app_channel.clone() else {
+            return;
+        };
+        let rt = self.clone();
+        tokio::spawn(async move {
+            channel.start(&rt.shutdown).await;
+            let manager = pubsub::subscriptions::SubscriptionManager {
+                components: rt.components.clone(),
+                channel,
+                declarative: rt.declarative_subscriptions.clone(),
+                max_in_flight: rt.max_in_flight,
+            };
+            manager.run(rt.metadata.clone(), &rt.shutdown).await;
+        });
     }
 }
 

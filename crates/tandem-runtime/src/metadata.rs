@@ -78,6 +78,8 @@ pub struct MetadataService {
     // Written only by `PUT /v1.0/metadata/{key}`, read only by `GET /v1.0/metadata`: never on
     // a data-path request, so a plain lock is the right tool.
     extended: RwLock<BTreeMap<String, String>>,
+    // Replaced once the app's subscriptions are known.
+    subscriptions: RwLock<Option<Vec<SubscriptionInfo>>>,
 }
 
 impl MetadataService {
@@ -87,6 +89,7 @@ impl MetadataService {
             base,
             components,
             extended,
+            subscriptions: RwLock::new(None),
         }
     }
 
@@ -94,12 +97,23 @@ impl MetadataService {
     pub fn snapshot(&self) -> MetadataSnapshot {
         let mut snap = self.base.clone();
         snap.components = self.components.infos().to_vec();
+        if let Some(subs) = &*self.subscriptions.read().unwrap_or_else(|p| p.into_inner()) {
+            snap.subscriptions = subs.clone();
+        }
         snap.extended = self
             .extended
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         snap
+    }
+
+    /// Replaces the listed subscriptions (declarative and programmatic, once the app answered).
+    pub fn set_subscriptions(&self, subs: Vec<SubscriptionInfo>) {
+        *self
+            .subscriptions
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(subs);
     }
 
     /// Sets an `extended` attribute.

@@ -140,7 +140,11 @@ impl Registry {
         self.secrets.get(&key(type_name, version))
     }
 
-    pub(crate) fn pubsub_factory(&self, type_name: &str, version: &str) -> Option<&Factory<Arc<dyn PubSub>>> {
+    pub(crate) fn pubsub_factory(
+        &self,
+        type_name: &str,
+        version: &str,
+    ) -> Option<&Factory<Arc<dyn PubSub>>> {
         self.pubsub.get(&key(type_name, version))
     }
 

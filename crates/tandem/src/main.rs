@@ -5,6 +5,7 @@
 mod cli;
 mod logging;
 mod registry;
+mod run;
 mod sidecar;
 
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         let matches = cli::Cli::command().get_matches_from(args);
         let parsed = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         match parsed.command {
+            cli::Command::Run(a) => return run::main(*a),
             cli::Command::Sidecar(a) => {
                 let sub = matches
                     .subcommand_matches("sidecar")

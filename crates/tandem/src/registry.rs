@@ -1,6 +1,7 @@
 //! The one list of compiled-in components: `type` (and aliases) + `version` → constructor.
 
 use tandem_components::memory::InMemoryStateStore;
+use tandem_components::memory_pubsub::InMemoryPubSub;
 use tandem_runtime::registry::Registry;
 
 /// Every component this build provides.
@@ -9,9 +10,16 @@ pub(crate) fn registry() -> Registry {
     r.state(&["state.in-memory"], "v1", |m| async move {
         InMemoryStateStore::build(&m).await
     });
+    r.pubsub(&["pubsub.in-memory"], "v1", |m| async move {
+        InMemoryPubSub::build(&m).await
+    });
     #[cfg(feature = "sqlite")]
     r.state(&["state.sqlite", "state.sqlite3"], "v1", |m| async move {
         tandem_sqlite::SqliteStateStore::build(&m).await
+    });
+    #[cfg(feature = "sqlite")]
+    r.pubsub(&["pubsub.sqlite"], "v1", |m| async move {
+        tandem_sqlite::SqlitePubSub::build(&m).await
     });
     #[cfg(feature = "local")]
     {
@@ -23,4 +31,25 @@ pub(crate) fn registry() -> Registry {
         });
     }
     r
+}
+
+/// Builds the name resolver `component` (from `spec.nameResolution`, see
+/// `tandem_runtime::invoke::resolution`).
+pub(crate) async fn name_resolver(
+    component: &str,
+    metadata: tandem_components::Metadata,
+) -> Result<std::sync::Arc<dyn tandem_components::nameresolution::NameResolver>, String> {
+    match component {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => tandem_sqlite::SqliteNameResolver::build(&metadata)
+            .await
+            .map(|r| std::sync::Arc::new(r) as _)
+            .map_err(|e| format!("nameresolution.sqlite: {e}")),
+        other => {
+            let _ = metadata;
+            Err(format!(
+                "name resolution component '{other}' is not available in this build of Tandem"
+            ))
+        }
+    }
 }

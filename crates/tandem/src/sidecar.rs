@@ -126,7 +126,9 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             address: args.app_channel_address.clone(),
             protocol: args.app_protocol.clone(),
             token: non_empty("APP_API_TOKEN"),
-            max_concurrency: usize::try_from(args.app_max_concurrency).ok().filter(|n| *n > 0),
+            max_concurrency: usize::try_from(args.app_max_concurrency)
+                .ok()
+                .filter(|n| *n > 0),
             health: args.enable_app_health_check.then(|| HealthCheck {
                 path: args.app_health_check_path.clone(),
                 interval: Duration::from_secs(args.app_health_probe_interval),
@@ -134,6 +136,7 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
                 threshold: args.app_health_threshold,
             }),
         }),
+        invoke: invoke_options(&args.app_id, &configuration, &env).await,
     };
     let runtime = Runtime::build(options, &resources, &configuration, &registry::registry())
         .await
@@ -168,12 +171,14 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             }
         }));
     }
+    let internal_port = start_internal(&args, &runtime, &env, &mut servers).await?;
     if let Some(path) = &args.ports_file {
-        write_ports_file(path, port)
+        write_ports_file(path, port, internal_port)
             .map_err(|e| format!("cannot write --ports-file {}: {e}", path.display()))?;
     }
     runtime.readiness.set_outbound_ready();
     runtime.readiness.set_ready();
+    runtime.start_app_channel();
     info!(app_id = %runtime.app_id, http_port = port, "tandem sidecar is ready");
 
     let kind = wait_for_stop(&runtime).await;
@@ -182,6 +187,8 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::FAILURE);
     }
     info!("shutting down gracefully");
+    // Leave name resolution first, so other sidecars stop picking this one while it drains.
+    let _ = tokio::time::timeout(Duration::from_secs(2), runtime.invoke.unregister()).await;
     let grace = Duration::from_secs(args.dapr_graceful_shutdown_seconds);
     let drain = async {
         for s in servers {
@@ -227,11 +234,95 @@ async fn terminate_signal() {
     }
 }
 
-fn write_ports_file(path: &Path, http: u16) -> std::io::Result<()> {
-    let body = serde_json::json!({ "http": http, "pid": std::process::id() });
+fn write_ports_file(path: &Path, http: u16, internal: u16) -> std::io::Result<()> {
+    let body = serde_json::json!({ "http": http, "internal": internal, "pid": std::process::id() });
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, body.to_string())?;
     std::fs::rename(tmp, path)
+}
+
+/// Service invocation settings: the name resolver from `spec.nameResolution` (a failure leaves
+/// calls to other apps failing with the reason, it does not stop the sidecar) and this
+/// machine's address and name for the forwarding headers.
+async fn invoke_options(
+    app_id: &str,
+    configuration: &tandem_config::Configuration,
+    env: &HashMap<String, String>,
+) -> tandem_runtime::invoke::InvokeOptions {
+    use tandem_runtime::invoke::{headers, resolution};
+    let spec = configuration.name_resolution.as_ref();
+    let built = match resolution::choose_resolver(spec, app_id, env) {
+        Ok(choice) => registry::name_resolver(&choice.component, choice.metadata).await,
+        Err(e) => Err(e),
+    };
+    let (resolver, resolver_problem) = match built {
+        Ok(r) => (Some(r), None),
+        Err(e) => {
+            warn!(error = %e, "name resolution is unavailable: this app cannot call other apps nor be called by them");
+            (None, Some(format!("name resolution is unavailable: {e}")))
+        }
+    };
+    tandem_runtime::invoke::InvokeOptions {
+        resolver,
+        resolver_problem,
+        host_address: env
+            .get("DAPR_HOST_IP")
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .or_else(headers::detect_host_address),
+        host_name: headers::detect_host_name(env),
+    }
+}
+
+/// Binds the internal listener (`--dapr-internal-grpc-port`, any free port by default), serves
+/// other sidecars' calls on it and registers it in name resolution. Returns the bound port.
+///
+/// The address registered is `DAPR_HOST_IP` when set, else the listen address when it is a
+/// specific one, else `127.0.0.1`: local mode shares one database file between sidecars of one
+/// machine, and the loopback address survives network changes.
+async fn start_internal(
+    args: &SidecarArgs,
+    runtime: &Arc<Runtime>,
+    env: &HashMap<String, String>,
+    servers: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<u16, String> {
+    let listen = args
+        .dapr_internal_grpc_listen_address
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let listen = if listen.is_empty() { "0.0.0.0" } else { listen };
+    let port = args.dapr_internal_grpc_port.unwrap_or(0);
+    let listener = TcpListener::bind((listen, port)).await.map_err(|e| {
+        format!("cannot listen on {listen}:{port} (--dapr-internal-grpc-port): {e}")
+    })?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    info!(address = %bound, "internal API (sidecar to sidecar) listening");
+    let shutdown = runtime.shutdown.wait();
+    let rt = runtime.clone();
+    servers.push(tokio::spawn(async move {
+        if let Err(e) = tandem_api::internal::serve(listener, rt, async move {
+            shutdown.await;
+        })
+        .await
+        {
+            error!(error = %e, "internal API server failed");
+        }
+    }));
+    let host = match env.get("DAPR_HOST_IP").filter(|v| !v.is_empty()) {
+        Some(ip) => ip.clone(),
+        None if !bound.ip().is_unspecified() => bound.ip().to_string(),
+        None => "127.0.0.1".to_owned(),
+    };
+    let address = if host.contains(':') {
+        format!("[{host}]:{}", bound.port())
+    } else {
+        format!("{host}:{}", bound.port())
+    };
+    if let Err(e) = runtime.invoke.register(&address).await {
+        warn!(error = %e, "not registered in name resolution: other apps cannot call this one");
+    }
+    Ok(bound.port())
 }
 
 /// `--wait`: polls `/v1.0/healthz/outbound` of a running sidecar until it answers 204.

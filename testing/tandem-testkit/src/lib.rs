@@ -4,8 +4,15 @@
 //! `--ports-file`, waits until `/v1.0/healthz/outbound` answers 204, and hands back a
 //! [`Sidecar`] with its bound port, so tests never race for ports. Its logs go to a file that
 //! failures print. [`services`] finds backends at their standard local addresses.
+//! [`mock_app`] is an in-process HTTP app for service-invocation tests.
+//!
+//! Each sidecar gets its own name-resolution database in its scratch folder unless
+//! [`SidecarBuilder::name_resolution_db`] points several at a shared one, and its internal
+//! (sidecar-to-sidecar) listener binds `127.0.0.1` on a free port ([`Sidecar::internal_port`]).
 
+pub mod mock_app;
 pub mod services;
+pub mod subscriber;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -33,6 +40,8 @@ pub struct Sidecar {
     child: Option<Child>,
     /// The bound HTTP API port.
     pub http_port: u16,
+    /// The bound internal (sidecar-to-sidecar) port.
+    pub internal_port: u16,
     /// The process id.
     pub pid: u32,
     log: PathBuf,
@@ -86,6 +95,18 @@ impl SidecarBuilder {
         self
     }
 
+    /// Sets `--app-port` (for example a [`mock_app::MockApp`]'s port).
+    pub fn app_port(self, port: u16) -> Self {
+        self.arg("--app-port").arg(port.to_string())
+    }
+
+    /// Uses `path` as the name-resolution database (`TANDEM_NAME_RESOLUTION_DB`): sidecars
+    /// sharing one file find each other.
+    pub fn name_resolution_db(self, path: impl AsRef<Path>) -> Self {
+        let path = path.as_ref().display().to_string();
+        self.env("TANDEM_NAME_RESOLUTION_DB", &path)
+    }
+
     /// Sets an environment variable of the process.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
@@ -122,8 +143,20 @@ impl SidecarBuilder {
         for dir in &self.resources_dirs {
             cmd.arg("--resources-path").arg(dir);
         }
+        if !self
+            .args
+            .iter()
+            .any(|a| a.contains("dapr-internal-grpc-listen-address"))
+        {
+            cmd.arg("--dapr-internal-grpc-listen-address")
+                .arg("127.0.0.1");
+        }
         cmd.args(&self.args);
         cmd.env_remove("DAPR_API_TOKEN").env_remove("NAMESPACE");
+        cmd.env(
+            "TANDEM_NAME_RESOLUTION_DB",
+            self.work.path().join("nameresolution.db"),
+        );
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -164,6 +197,7 @@ impl SidecarBuilder {
         let sidecar = Sidecar {
             child: Some(child),
             http_port,
+            internal_port: read_json_port(&ports, "internal").unwrap_or_default(),
             pid,
             log,
             work: self.work,
@@ -205,6 +239,12 @@ impl SidecarBuilder {
             log: std::fs::read_to_string(&log).unwrap_or_default(),
         }
     }
+}
+
+fn read_json_port(path: &Path, key: &str) -> Option<u16> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get(key)?.as_u64().and_then(|p| u16::try_from(p).ok())
 }
 
 fn read_port(path: &Path) -> Option<u16> {

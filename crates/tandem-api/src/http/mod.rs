@@ -7,8 +7,10 @@
 mod body;
 pub mod error;
 mod health;
+mod invoke;
 mod json;
 pub mod metadata;
+mod pubsub;
 mod secrets;
 mod state;
 
@@ -19,9 +21,9 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use http::{HeaderMap, Method, StatusCode, Uri, header};
-use tandem_runtime::{ApiError, ErrorCode, Runtime};
+use axum::routing::{any, get, post, put};
+use http::{Method, StatusCode, Uri, header};
+use tandem_runtime::Runtime;
 use tokio::net::TcpListener;
 
 /// Settings of the HTTP API server.
@@ -81,13 +83,26 @@ pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
         )
         .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
         .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
+        .route(
+            "/v1.0/publish/{pubsub}/{*topic}",
+            post(pubsub::publish).put(pubsub::publish),
+        )
+        .route(
+            "/v1.0/publish/bulk/{pubsub}/{*topic}",
+            post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+        )
+        .route(
+            "/v1.0-alpha1/publish/bulk/{pubsub}/{*topic}",
+            post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+        )
         .route("/v1.0/metadata", get(metadata::get))
         .route("/v1.0/metadata/{key}", put(metadata::put))
         .route("/v1.0/healthz", get(health::healthz))
         .route("/v1.0/healthz/outbound", get(health::outbound))
         .route("/v1.0/shutdown", post(health::shutdown))
-        .fallback(invoke_fallback)
-        .method_not_allowed_fallback(invoke_fallback)
+        .route("/v1.0/invoke/{*rest}", any(invoke::handle))
+        .fallback(invoke::handle)
+        .method_not_allowed_fallback(invoke::handle)
         .with_state(state);
     match &options.api_token {
         Some(token) if !token.is_empty() => router.layer(middleware::from_fn_with_state(
@@ -96,20 +111,6 @@ pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
         )),
         _ => router,
     }
-}
-
-/// Any request no route matched is a service invocation (by path or `dapr-app-id` header).
-async fn invoke_fallback(uri: Uri, headers: HeaderMap) -> Response {
-    let has_target = headers.contains_key("dapr-app-id") || uri.path().starts_with("/v1.0/invoke/");
-    let err = if has_target {
-        ApiError::new(ErrorCode::DirectInvoke, "invoke API is not ready")
-    } else {
-        ApiError::new(
-            ErrorCode::DirectInvokeNoAppId,
-            "failed getting app id either from the URL path or the header dapr-app-id",
-        )
-    };
-    error::HttpError(err).into_response()
 }
 
 /// Enforces `DAPR_API_TOKEN`: every request but the two health GETs carries

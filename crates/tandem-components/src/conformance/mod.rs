@@ -5,6 +5,7 @@
 //! declares ([`crate::state::StateStore::features`], `transactional()`), and the suite checks
 //! the converse: an undeclared ability answers [`crate::Error::NotSupported`].
 
+pub mod pubsub;
 pub mod secrets;
 pub mod state;
 

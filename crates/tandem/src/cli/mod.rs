@@ -1,6 +1,7 @@
 //! Command-line front: `tandem sidecar` (daprd's flags) and the small tools.
 
 pub(crate) mod quantity;
+pub(crate) mod run;
 pub(crate) mod sidecar;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,9 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the sidecar (accepts daprd's flags; also what `daprd` runs).
     Sidecar(Box<sidecar::SidecarArgs>),
+    /// Run an app with its sidecar, like `dapr run` (embedded local defaults when no
+    /// `--resources-path` is given).
+    Run(Box<run::RunArgs>),
 }
 
 /// Rewrites Go-style single-dash long flags (`-app-id`) to `--app-id`, as daprd accepts both.

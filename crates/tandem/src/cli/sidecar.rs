@@ -55,9 +55,11 @@ pub(crate) struct SidecarArgs {
     /// gRPC port of the Dapr API (0 picks a free port).
     #[arg(long = "dapr-grpc-port", default_value_t = 50001)]
     pub(crate) dapr_grpc_port: u16,
-    /// gRPC port for sidecar-to-sidecar calls.
+    /// Port for sidecar-to-sidecar calls (Tandem's HTTP internal protocol, not daprd's gRPC);
+    /// any free port when unset (0 works too). The bound port is registered in name resolution.
     #[arg(long = "dapr-internal-grpc-port")]
     pub(crate) dapr_internal_grpc_port: Option<u16>,
+    /// Address the sidecar-to-sidecar listener binds (default: all interfaces).
     #[arg(long = "dapr-internal-grpc-listen-address", default_value = "")]
     pub(crate) dapr_internal_grpc_listen_address: String,
     /// Comma-separated addresses the APIs listen on (default: all interfaces).
@@ -166,17 +168,8 @@ pub(crate) struct SidecarArgs {
 
 /// daprd flags accepted but without effect in this build; a warning names them when set.
 const NOT_YET: &[&str] = &[
-    "app_port",
-    "enable_app_health_check",
-    "app_health_check_path",
-    "app_health_probe_interval",
-    "app_health_probe_timeout",
-    "app_health_threshold",
-    "app_max_concurrency",
     "app_ssl",
     "dapr_grpc_port",
-    "dapr_internal_grpc_port",
-    "dapr_internal_grpc_listen_address",
     "dapr_public_port",
     "dapr_public_listen_address",
     "metrics_port",

@@ -1,0 +1,172 @@
+//! What an invocation targets, and the method path it carries.
+
+use std::borrow::Cow;
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+
+/// Characters escaped when a cleaned method goes back on the wire (`/` stays a separator).
+const PATH: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'%');
+
+/// A method after Dapr's normalisation (`NormalizeMethod`): percent-decoded, checked and
+/// cleaned (`.`/`..`/empty segments resolved, leading `../` and trailing `/` dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Method {
+    /// The decoded, cleaned method without a leading `/` (`orders/1`): what access control
+    /// matches and what error messages show.
+    pub name: String,
+    /// The request path sent to the target: `/` + the method, escaped again where needed.
+    pub path: String,
+}
+
+impl Method {
+    /// Normalises `raw`, the method as it appeared in the request path (still escaped).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let decoded = percent_decode_str(raw).decode_utf8_lossy();
+        if let Some(c) = decoded.chars().find(|c| matches!(c, '#' | '?' | '\0')) {
+            return Err(format!("method contains forbidden character: {c:?}"));
+        }
+        if let Some(pos) = decoded.bytes().position(|b| b < 0x20 || b == 0x7f) {
+            return Err(format!(
+                "method contains control character at position {pos}"
+            ));
+        }
+        let cleaned = clean(&decoded);
+        let path = match (&decoded, &cleaned) {
+            // Nothing was escaped and nothing moved: the raw text is already a valid path.
+            (Cow::Borrowed(_), Cow::Borrowed(_)) => format!("/{raw}"),
+            _ => format!("/{}", utf8_percent_encode(&cleaned, PATH)),
+        };
+        Ok(Self {
+            name: cleaned.into_owned(),
+            path,
+        })
+    }
+}
+
+/// Go's `path.Clean` for a rootless path, then leading `..` segments dropped and `.` → empty.
+fn clean(p: &str) -> Cow<'_, str> {
+    let trimmed = p.trim_start_matches('/');
+    let needs_work = trimmed.len() != p.len()
+        || trimmed.ends_with('/')
+        || trimmed
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..");
+    if !needs_work || trimmed.is_empty() {
+        return if trimmed.len() == p.len() {
+            Cow::Borrowed(p)
+        } else {
+            Cow::Owned(trimmed.to_owned())
+        };
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for seg in trimmed.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    Cow::Owned(out.join("/"))
+}
+
+/// Where an invocation goes, decided from its target string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// A full `http://` / `https://` base URL: called directly.
+    Url(&'a str),
+    /// An app-id, in the caller's namespace unless given as `appid.namespace`.
+    App {
+        /// The app-id.
+        id: &'a str,
+        /// The namespace, when the target named one.
+        namespace: Option<&'a str>,
+    },
+}
+
+impl<'a> Target<'a> {
+    /// Parses a target (HTTPEndpoint names are looked up before this).
+    pub fn parse(target: &'a str) -> Result<Self, String> {
+        if target.starts_with("http://") || target.starts_with("https://") {
+            return Ok(Self::Url(target));
+        }
+        let mut parts = target.split('.');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(id), None, _) if !id.is_empty() => Ok(Self::App {
+                id,
+                namespace: None,
+            }),
+            (Some(id), Some(ns), None) if !id.is_empty() && !ns.is_empty() => Ok(Self::App {
+                id,
+                namespace: Some(ns),
+            }),
+            _ => Err(format!("invalid app id {target}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(raw: &str) -> (String, String) {
+        let m = Method::parse(raw).unwrap();
+        (m.name, m.path)
+    }
+
+    #[test]
+    fn methods_are_cleaned_like_daprd() {
+        assert_eq!(m("orders/1"), ("orders/1".into(), "/orders/1".into()));
+        assert_eq!(m(""), ("".into(), "/".into()));
+        assert_eq!(m("."), ("".into(), "/".into()));
+        assert_eq!(m("a//b/./c/"), ("a/b/c".into(), "/a/b/c".into()));
+        assert_eq!(m("a/../../b"), ("b".into(), "/b".into()));
+        assert_eq!(
+            m("../../etc/passwd"),
+            ("etc/passwd".into(), "/etc/passwd".into())
+        );
+        assert_eq!(m("a%2Fb"), ("a/b".into(), "/a/b".into()));
+        assert_eq!(m("a%20b/%C3%A9"), ("a b/é".into(), "/a%20b/%C3%A9".into()));
+        assert_eq!(m("caf%25e"), ("caf%e".into(), "/caf%25e".into()));
+        assert!(Method::parse("a%3Fb").is_err());
+        assert!(Method::parse("a%23b").is_err());
+        assert!(Method::parse("a%00b").is_err());
+        assert!(Method::parse("a%0Ab").is_err());
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            Target::parse("orders").unwrap(),
+            Target::App {
+                id: "orders",
+                namespace: None
+            }
+        );
+        assert_eq!(
+            Target::parse("orders.prod").unwrap(),
+            Target::App {
+                id: "orders",
+                namespace: Some("prod")
+            }
+        );
+        assert_eq!(
+            Target::parse("http://h:1").unwrap(),
+            Target::Url("http://h:1")
+        );
+        assert!(Target::parse("a.b.c").is_err());
+        assert!(Target::parse(".b").is_err());
+        assert!(Target::parse("").is_err());
+    }
+}
