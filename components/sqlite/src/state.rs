@@ -34,6 +34,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use tandem_components::query::{Querier, Query, QueryResponse, evaluate};
 use tandem_components::state::{
     BulkGetItem, DeleteRequest, ETag, GetRequest, RequestMetadata, SetRequest, StateFeature,
     StateItem, StateStore, TTL_EXPIRE_TIME_KEY, TransactionOperation, TransactionRequest,
@@ -209,12 +210,42 @@ impl StateStore for SqliteStateStore {
         Some(self)
     }
 
+    fn querier(&self) -> Option<&dyn Querier> {
+        Some(self)
+    }
+
     async fn ping(&self) -> Result<()> {
         self.inner
             .read("ping", |conn, _| {
                 conn.query_row("SELECT 1", [], |_| Ok(())).db()
             })
             .await
+    }
+}
+
+/// Queries scan the JSON rows under the app's key prefix on a reader connection and filter,
+/// sort and paginate them in process ([`tandem_components::query::evaluate`]).
+#[async_trait]
+impl Querier for SqliteStateStore {
+    async fn query(&self, query: &Query, _metadata: &RequestMetadata) -> Result<QueryResponse> {
+        let prefix = query.key_prefix.clone();
+        let rows = self
+            .inner
+            .read("query", move |conn, sql| {
+                let mut stmt = conn.prepare_cached(&sql.scan).db()?;
+                let upper = format!("{prefix}\u{10FFFF}");
+                let mut rows = stmt.query(params![prefix, upper, Now::new().text]).db()?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().db()? {
+                    let key: String = row.get(0).db()?;
+                    let value = Bytes::copy_from_slice(row.get_ref(1).db()?.as_bytes().db()?);
+                    let etag: String = row.get(2).db()?;
+                    out.push((key, value, Some(ETag::from(etag))));
+                }
+                Ok(out)
+            })
+            .await?;
+        evaluate(query, rows)
     }
 }
 
@@ -388,6 +419,7 @@ struct Sql {
     live_etag: String,
     upsert: String,
     delete: String,
+    scan: String,
     cleanup_key: String,
     cleanup_claim: String,
     cleanup_delete: String,
@@ -411,6 +443,11 @@ impl Sql {
                  expiration_time = excluded.expiration_time, update_time = excluded.update_time"
             ),
             delete: format!("DELETE FROM {table} WHERE key = ?1"),
+            // JSON rows whose key starts with ?1 (range scan on the primary key).
+            scan: format!(
+                "SELECT key, value, etag FROM {table} WHERE key >= ?1 AND key < ?2 \
+                 AND is_binary = 0 AND (expiration_time IS NULL OR expiration_time > ?3)"
+            ),
             cleanup_key: format!("last-cleanup-{table}"),
             cleanup_claim: format!(
                 "INSERT INTO {meta} (key, value) VALUES (?1, ?2) \

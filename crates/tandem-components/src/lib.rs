@@ -13,6 +13,8 @@
 //!   CloudEvents and the app.
 //! - [`nameresolution`]: the [`nameresolution::NameResolver`] trait (register / resolve /
 //!   unregister) used by service invocation, with an in-memory reference implementation.
+//! - [`query`]: the state query API document, the [`query::Querier`] ability and an in-process
+//!   evaluator.
 //! - [`memory`]: `state.in-memory`, the reference state store every other store is compared with.
 //! - [`memory_pubsub`]: `pubsub.in-memory`, the process-local reference bus (consumer groups,
 //!   redelivery with backoff, TTL).
@@ -24,6 +26,7 @@ pub mod memory_pubsub;
 pub mod metadata;
 pub mod nameresolution;
 pub mod pubsub;
+pub mod query;
 pub mod secrets;
 pub mod state;
 

@@ -16,10 +16,11 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::metadata::Metadata;
+use crate::query::{Querier, Query, QueryResponse, evaluate};
 use crate::state::{
-    DeleteRequest, ETag, GetRequest, SetRequest, StateFeature, StateItem, StateStore,
-    TTL_EXPIRE_TIME_KEY, TransactionOperation, TransactionRequest, Transactional, check_etag,
-    format_expire_time, ttl_from_metadata,
+    DeleteRequest, ETag, GetRequest, RequestMetadata, SetRequest, StateFeature, StateItem,
+    StateStore, TTL_EXPIRE_TIME_KEY, TransactionOperation, TransactionRequest, Transactional,
+    check_etag, format_expire_time, ttl_from_metadata,
 };
 
 const SHARDS: usize = 32;
@@ -163,6 +164,30 @@ impl StateStore for InMemoryStateStore {
 
     fn transactional(&self) -> Option<&dyn Transactional> {
         Some(self)
+    }
+
+    fn querier(&self) -> Option<&dyn Querier> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Querier for InMemoryStateStore {
+    async fn query(&self, query: &Query, _metadata: &RequestMetadata) -> Result<QueryResponse> {
+        let now = Instant::now();
+        let mut rows = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            rows.extend(
+                shard
+                    .iter()
+                    .filter(|(k, e)| k.starts_with(&query.key_prefix) && e.live(now))
+                    .map(|(k, e)| (k.clone(), e.value.clone(), Some(e.etag.clone()))),
+            );
+        }
+        evaluate(query, rows)
     }
 }
 

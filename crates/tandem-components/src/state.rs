@@ -301,6 +301,11 @@ pub trait StateStore: Send + Sync + 'static {
         None
     }
 
+    /// The query ability (`QUERY_API`), when the store has one.
+    fn querier(&self) -> Option<&dyn crate::query::Querier> {
+        None
+    }
+
     /// Checks that the backend answers.
     async fn ping(&self) -> Result<()> {
         Ok(())
@@ -326,6 +331,9 @@ pub fn capabilities(store: &dyn StateStore) -> Vec<&'static str> {
     let transactional = store.transactional().is_some();
     if transactional {
         caps.push("TRANSACTIONAL");
+    }
+    if store.querier().is_some() {
+        caps.push("QUERY_API");
     }
     if transactional && features.contains(&StateFeature::ETag) {
         caps.push("ACTOR");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_components::Error as ComponentError;
+use tandem_components::query::{Query, QueryResponse};
 use tandem_components::state::{
     BulkGetItem, Consistency, DeleteRequest, ETag, GetRequest, RequestMetadata, SetRequest,
     StateItem, StateOptions, TransactionOperation, TransactionRequest,
@@ -282,6 +283,46 @@ impl StateService {
                 format!("error while executing state transaction: {e}"),
             )
         })
+    }
+}
+
+impl StateService {
+    /// Runs a state query (`QUERY_API`) over this app's keys; result keys come back unprefixed.
+    pub async fn query(
+        &self,
+        store_name: &str,
+        document: &[u8],
+        metadata: &RequestMetadata,
+    ) -> Result<QueryResponse, ApiError> {
+        let entry = self.store(store_name)?;
+        let Some(querier) = entry.store.querier() else {
+            return Err(ApiError::new(
+                ErrorCode::StateQueryNotSupported,
+                "state store does not support querying",
+            )
+            .with_detail(resource_info(store_name)));
+        };
+        let failed = |detail: String| {
+            ApiError::new(
+                ErrorCode::StateQuery,
+                format!("state store {store_name} query failed: {detail}"),
+            )
+            .with_detail(resource_info(store_name))
+        };
+        let mut query = Query::parse(document).map_err(|e| failed(e.to_string()))?;
+        query.key_prefix = match &entry.prefix {
+            KeyPrefix::None => String::new(),
+            KeyPrefix::Prefix(p) => format!("{p}{KEY_SEPARATOR}"),
+        };
+        let mut resp = querier
+            .query(&query, metadata)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let cut = query.key_prefix.len();
+        for item in &mut resp.results {
+            item.key.drain(..cut.min(item.key.len()));
+        }
+        Ok(resp)
     }
 }
 

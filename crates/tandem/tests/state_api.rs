@@ -394,3 +394,96 @@ async fn unknown_routes_fall_through_to_invocation() {
         .unwrap();
     assert_error(resp, 404, "ERR_DIRECT_INVOKE", "failed getting app id").await;
 }
+
+#[tokio::test]
+async fn query_api_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = common::sqlite_store("sqlitestore", &dir.path().join("q.db"), "");
+    let sc = start(
+        tandem()
+            .resource("state.yaml", IN_MEMORY)
+            .resource("sqlite.yaml", &sqlite),
+    )
+    .await;
+    let c = client();
+    for store in ["statestore", "sqlitestore"] {
+        let items = json!([
+            {"key": "1", "value": {"state": "CA", "person": {"org": "A", "id": 3}}},
+            {"key": "2", "value": {"state": "WA", "person": {"org": "B", "id": 1}}},
+            {"key": "3", "value": {"state": "CA", "person": {"org": "C", "id": 2}}},
+            {"key": "4", "value": {"state": "CA", "person": {"org": "B", "id": 5}}},
+        ]);
+        let resp = c
+            .post(sc.url(&format!("/v1.0/state/{store}")))
+            .json(&items)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        let q = json!({
+            "filter": {"AND": [{"EQ": {"state": "CA"}}, {"IN": {"person.org": ["A", "B"]}}]},
+            "sort": [{"key": "person.id", "order": "DESC"}],
+            "page": {"limit": 1}
+        });
+        let url = sc.url(&format!("/v1.0-alpha1/state/{store}/query"));
+        let page: Value = c
+            .post(&url)
+            .json(&q)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["results"][0]["key"], "4", "{store}: {page}");
+        assert_eq!(page["results"][0]["data"]["person"]["id"], 5);
+        assert!(page["results"][0]["etag"].is_string());
+        let token = page["token"]
+            .as_str()
+            .expect("a next-page token")
+            .to_owned();
+        let mut q2 = q.clone();
+        q2["page"]["token"] = json!(token);
+        let page2: Value = c
+            .post(&url)
+            .json(&q2)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page2["results"][0]["key"], "1", "{store}: {page2}");
+
+        let none = json!({"filter": {"EQ": {"state": "NY"}}});
+        assert_eq!(c.post(&url).json(&none).send().await.unwrap().status(), 204);
+        let bad = json!({"filter": {"LIKE": {"state": "C%"}}});
+        let resp = c.post(&url).json(&bad).send().await.unwrap();
+        assert_error(
+            resp,
+            500,
+            "ERR_STATE_QUERY",
+            &format!("state store {store} query failed"),
+        )
+        .await;
+    }
+    let m: Value = c
+        .get(sc.url("/v1.0/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let caps = m["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "sqlitestore")
+        .unwrap()["capabilities"]
+        .clone();
+    assert!(
+        caps.as_array().unwrap().contains(&json!("QUERY_API")),
+        "{caps}"
+    );
+}

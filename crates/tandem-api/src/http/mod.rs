@@ -64,6 +64,10 @@ pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
     let router = Router::new()
         .route("/v1.0/state/{store}", post(state::save).put(state::save))
         .route(
+            "/v1.0-alpha1/state/{store}/query",
+            post(state::query).put(state::query),
+        )
+        .route(
             "/v1.0/state/{store}/bulk",
             post(state::bulk)
                 .put(state::bulk)

@@ -277,3 +277,53 @@ fn reserved_key(uri: &Uri) -> &'static str {
         "transaction"
     }
 }
+
+#[derive(Serialize)]
+struct QueryItemOut<'a> {
+    key: &'a str,
+    data: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct QueryOut<'a> {
+    results: Vec<QueryItemOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+}
+
+/// `POST|PUT /v1.0-alpha1/state/{store}/query`.
+pub(crate) async fn query(
+    State(api): State<ApiState>,
+    Path(store): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let body = read(&headers, body, api.max_body_size).await?;
+    let q = Query::parse(uri.query());
+    let resp = api.runtime.state.query(&store, &body, &q.metadata).await?;
+    if resp.results.is_empty() {
+        return Ok(empty());
+    }
+    let out = QueryOut {
+        results: resp
+            .results
+            .iter()
+            .map(|r| QueryItemOut {
+                key: &r.key,
+                data: embed(&r.data),
+                etag: r.etag.as_ref().map(ETag::as_str),
+            })
+            .collect(),
+        token: resp.token.as_deref(),
+    };
+    let json = serde_json::to_vec(&out).map_err(|e| {
+        ApiError::new(
+            ErrorCode::StateQuery,
+            format!("failed encoding the answer: {e}"),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}

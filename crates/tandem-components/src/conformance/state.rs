@@ -22,7 +22,8 @@ macro_rules! state_store_conformance {
     ($build:expr) => {
         $crate::state_store_conformance!(@cases $build;
             crud, missing_key, etags, first_write, ttl, transactions, transaction_rollback,
-            bulk_get, unicode_and_binary, large_value, concurrent_writers, unsupported_answers);
+            bulk_get, unicode_and_binary, large_value, concurrent_writers, unsupported_answers,
+            query);
     };
     (@cases $build:expr; $($case:ident),*) => {
         $(
@@ -385,4 +386,63 @@ pub async fn unsupported_answers(store: Arc<dyn StateStore>) {
         req.etag = Some(ETag::from("1"));
         assert!(matches!(store.set(req).await, Err(Error::NotSupported(_))));
     }
+}
+
+/// The query API, for stores with one: filters, sort and pagination over JSON values, limited
+/// to a key prefix.
+pub async fn query(store: Arc<dyn StateStore>) {
+    let Some(querier) = store.querier() else {
+        return;
+    };
+    let prefix = format!("{}||", unique_key("query"));
+    let docs = [
+        ("1", r#"{"state":"CA","person":{"org":"A","id":3}}"#),
+        ("2", r#"{"state":"WA","person":{"org":"B","id":1}}"#),
+        ("3", r#"{"state":"CA","person":{"org":"C","id":2}}"#),
+        ("4", r#"{"state":"CA","person":{"org":"B","id":5}}"#),
+    ];
+    for (k, v) in docs {
+        store
+            .set(set_req(&format!("{prefix}{k}"), v.as_bytes()))
+            .await
+            .expect("seed query data");
+    }
+    store
+        .set(set_req(
+            &format!("other-{prefix}9"),
+            br#"{"state":"CA","person":{"org":"A","id":9}}"#,
+        ))
+        .await
+        .expect("seed a key outside the prefix");
+    let mut q = crate::query::Query::parse(
+        br#"{"filter":{"AND":[{"EQ":{"state":"CA"}},{"IN":{"person.org":["A","B"]}}]},"sort":[{"key":"person.id","order":"DESC"}],"page":{"limit":1}}"#,
+    )
+    .unwrap();
+    q.key_prefix = prefix.clone();
+    let meta = RequestMetadata::new();
+    let page1 = querier.query(&q, &meta).await.expect("query page 1");
+    assert_eq!(page1.results.len(), 1);
+    assert_eq!(page1.results[0].key, format!("{prefix}4"));
+    assert!(page1.token.is_some(), "more results remain");
+    q.token = page1.token;
+    let page2 = querier.query(&q, &meta).await.expect("query page 2");
+    assert_eq!(page2.results.len(), 1);
+    assert_eq!(page2.results[0].key, format!("{prefix}1"));
+    if let Some(token) = page2.token {
+        q.token = Some(token);
+        let page3 = querier.query(&q, &meta).await.expect("query page 3");
+        assert!(page3.results.is_empty(), "only two results match");
+    }
+
+    let mut or = crate::query::Query::parse(br#"{"filter":{"OR":[{"EQ":{"state":"WA"}},{"EQ":{"person.id":2}}]},"sort":[{"key":"person.id"}]}"#).unwrap();
+    or.key_prefix = prefix.clone();
+    let keys: Vec<String> = querier
+        .query(&or, &meta)
+        .await
+        .expect("OR query")
+        .results
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(keys, vec![format!("{prefix}2"), format!("{prefix}3")]);
 }
