@@ -148,10 +148,11 @@ impl Query {
             return Err(bad("a query must be a JSON object"));
         };
         let mut q = Query::default();
-        if let Some(f) = obj.get("filter").filter(|f| !f.is_null()) {
-            if f.as_object().is_some_and(|m| !m.is_empty()) {
-                q.filter = Some(parse_filter(f)?);
-            }
+        if let Some(f) = obj
+            .get("filter")
+            .filter(|f| f.as_object().is_some_and(|m| !m.is_empty()))
+        {
+            q.filter = Some(parse_filter(f)?);
         }
         if let Some(Value::Array(sorts)) = obj.get("sort") {
             for s in sorts {
