@@ -275,6 +275,27 @@ pub async fn load(
             version: version_of(c),
             capabilities,
         });
+        // A backend that is down does not stop the sidecar: components connect lazily and
+        // reconnect by themselves; say so once, without waiting for it.
+        let probe = match &component {
+            Built::State(store) => {
+                let store = store.clone();
+                Some(tokio::spawn(async move { store.ping().await }))
+            }
+            Built::PubSub(_) => None,
+        };
+        if let Some(probe) = probe {
+            let name = c.name.clone();
+            let timeout = c.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, probe).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => tracing::error!(component = %name, error = %e, "backend unreachable; calls fail until it answers"),
+                    Ok(Err(_)) => {}
+                    Err(_) => tracing::error!(component = %name, "backend did not answer within initTimeout; calls fail until it answers"),
+                }
+            });
+        }
         match component {
             Built::State(store) => {
                 let prefix = key_prefix(&meta, c, ctx);

@@ -11,6 +11,7 @@
 //! (sidecar-to-sidecar) listener binds `127.0.0.1` on a free port ([`Sidecar::internal_port`]).
 
 pub mod mock_app;
+pub mod proxy;
 pub mod services;
 pub mod subscriber;
 
