@@ -290,9 +290,13 @@ pub async fn load(
             tokio::spawn(async move {
                 match tokio::time::timeout(timeout, probe).await {
                     Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => tracing::error!(component = %name, error = %e, "backend unreachable; calls fail until it answers"),
+                    Ok(Ok(Err(e))) => {
+                        tracing::error!(component = %name, error = %e, "backend unreachable; calls fail until it answers")
+                    }
                     Ok(Err(_)) => {}
-                    Err(_) => tracing::error!(component = %name, "backend did not answer within initTimeout; calls fail until it answers"),
+                    Err(_) => {
+                        tracing::error!(component = %name, "backend did not answer within initTimeout; calls fail until it answers")
+                    }
                 }
             });
         }

@@ -1,6 +1,7 @@
 //! The metadata building block: what `GET /v1.0/metadata` reports, and `extended` attributes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::components::{ComponentInfo, Components};
@@ -80,6 +81,9 @@ pub struct MetadataService {
     extended: RwLock<BTreeMap<String, String>>,
     // Replaced once the app's subscriptions are known.
     subscriptions: RwLock<Option<Vec<SubscriptionInfo>>>,
+    // Streaming subscriptions, listed while their stream is open, by registration number.
+    streaming: RwLock<Vec<(u64, SubscriptionInfo)>>,
+    next_streaming: AtomicU64,
 }
 
 impl MetadataService {
@@ -90,6 +94,8 @@ impl MetadataService {
             components,
             extended,
             subscriptions: RwLock::new(None),
+            streaming: RwLock::new(Vec::new()),
+            next_streaming: AtomicU64::new(0),
         }
     }
 
@@ -100,6 +106,13 @@ impl MetadataService {
         if let Some(subs) = &*self.subscriptions.read().unwrap_or_else(|p| p.into_inner()) {
             snap.subscriptions = subs.clone();
         }
+        snap.subscriptions.extend(
+            self.streaming
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(_, info)| info.clone()),
+        );
         snap.extended = self
             .extended
             .read()
@@ -114,6 +127,25 @@ impl MetadataService {
             .subscriptions
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(subs);
+    }
+
+    /// Lists a streaming subscription until [`MetadataService::remove_streaming`]; returns
+    /// its registration number.
+    pub fn add_streaming(&self, info: SubscriptionInfo) -> u64 {
+        let id = self.next_streaming.fetch_add(1, Ordering::Relaxed);
+        self.streaming
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, info));
+        id
+    }
+
+    /// Stops listing the streaming subscription registered as `id`.
+    pub fn remove_streaming(&self, id: u64) {
+        self.streaming
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _)| *n != id);
     }
 
     /// Sets an `extended` attribute.

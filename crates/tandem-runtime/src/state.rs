@@ -51,6 +51,19 @@ pub enum TxOperation {
     },
 }
 
+/// One key of a bulk delete, as decoded by a front end.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteItem {
+    /// The key, unprefixed.
+    pub key: String,
+    /// Optional ETag for a conditional delete.
+    pub etag: Option<ETag>,
+    /// Item metadata.
+    pub metadata: RequestMetadata,
+    /// Concurrency and consistency.
+    pub options: StateOptions,
+}
+
 /// The state service.
 pub struct StateService {
     components: Arc<Components>,
@@ -175,6 +188,38 @@ impl StateService {
                 _ => ErrorCode::StateDelete,
             };
             ApiError::new(code, format!("failed deleting state with key {key}: {e}"))
+        })
+    }
+
+    /// Deletes several keys (gRPC `DeleteBulkState`; HTTP has no such call).
+    pub async fn bulk_delete(
+        &self,
+        store_name: &str,
+        items: Vec<DeleteItem>,
+    ) -> Result<(), ApiError> {
+        let entry = self.store(store_name)?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut reqs = Vec::with_capacity(items.len());
+        for item in items {
+            reqs.push(DeleteRequest {
+                key: prefixed(store_name, &entry.prefix, &item.key)?,
+                etag: item.etag,
+                metadata: item.metadata,
+                options: item.options,
+            });
+        }
+        entry.store.bulk_delete(reqs).await.map_err(|e| {
+            let code = match e {
+                ComponentError::ETagMismatch => ErrorCode::StateDeleteETagMismatch,
+                ComponentError::ETagInvalid(_) => ErrorCode::StateDeleteETagInvalid,
+                _ => ErrorCode::StateBulkDelete,
+            };
+            ApiError::new(
+                code,
+                format!("failed deleting state in state store {store_name}: {e}"),
+            )
         })
     }
 

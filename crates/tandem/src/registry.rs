@@ -21,6 +21,26 @@ pub(crate) fn registry() -> Registry {
     r.pubsub(&["pubsub.sqlite"], "v1", |m| async move {
         tandem_sqlite::SqlitePubSub::build(&m).await
     });
+    #[cfg(feature = "redis")]
+    r.state(&["state.redis"], "v1", |m| async move {
+        tandem_redis::RedisStateStore::build(&m).await
+    });
+    #[cfg(feature = "mysql")]
+    r.state(&["state.mysql"], "v1", |m| async move {
+        tandem_mysql::MySqlStateStore::build(&m).await
+    });
+    #[cfg(feature = "postgres")]
+    r.state(
+        &["state.postgresql", "state.postgres"],
+        "v1",
+        |m| async move { tandem_postgres::PostgresStateStore::build(&m).await },
+    );
+    #[cfg(feature = "postgres")]
+    r.state(
+        &["state.postgresql", "state.postgres"],
+        "v2",
+        |m| async move { tandem_postgres::PostgresStateStoreV2::build(&m).await },
+    );
     #[cfg(feature = "local")]
     {
         r.secret_store(&["secretstores.local.file"], "v1", |m| async move {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::ArgMatches;
+use tandem_api::grpc::GrpcOptions;
 use tandem_api::http::HttpOptions;
 use tandem_runtime::app_channel::{AppChannelOptions, HealthCheck};
 use tandem_runtime::lifecycle::StopKind;
@@ -171,15 +172,20 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             }
         }));
     }
+    let grpc_options = GrpcOptions {
+        max_body_size,
+        api_token: http_options.api_token.clone(),
+    };
+    let grpc_port = start_grpc(&args, &runtime, &grpc_options, &mut servers).await?;
     let internal_port = start_internal(&args, &runtime, &env, &mut servers).await?;
     if let Some(path) = &args.ports_file {
-        write_ports_file(path, port, internal_port)
+        write_ports_file(path, port, grpc_port, internal_port)
             .map_err(|e| format!("cannot write --ports-file {}: {e}", path.display()))?;
     }
     runtime.readiness.set_outbound_ready();
     runtime.readiness.set_ready();
     runtime.start_app_channel();
-    info!(app_id = %runtime.app_id, http_port = port, "tandem sidecar is ready");
+    info!(app_id = %runtime.app_id, http_port = port, grpc_port, "tandem sidecar is ready");
 
     let kind = wait_for_stop(&runtime).await;
     if kind == StopKind::Forced {
@@ -234,11 +240,44 @@ async fn terminate_signal() {
     }
 }
 
-fn write_ports_file(path: &Path, http: u16, internal: u16) -> std::io::Result<()> {
-    let body = serde_json::json!({ "http": http, "internal": internal, "pid": std::process::id() });
+fn write_ports_file(path: &Path, http: u16, grpc: u16, internal: u16) -> std::io::Result<()> {
+    let body = serde_json::json!({ "http": http, "grpc": grpc, "internal": internal, "pid": std::process::id() });
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, body.to_string())?;
     std::fs::rename(tmp, path)
+}
+
+/// Binds the gRPC API (`--dapr-grpc-port`) on every `--dapr-listen-addresses` address and
+/// serves one shared set of routes on them until shutdown. Returns the bound port (with port
+/// 0, the port the first address got, reused for the others as for HTTP).
+async fn start_grpc(
+    args: &SidecarArgs,
+    runtime: &Arc<Runtime>,
+    options: &GrpcOptions,
+    servers: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<u16, String> {
+    let routes = tandem_api::grpc::routes(runtime.clone(), options);
+    let mut port = args.dapr_grpc_port;
+    for addr in args.listen_addresses() {
+        let listener = TcpListener::bind((addr.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot listen on {addr}:{port} (--dapr-grpc-port): {e}"))?;
+        let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        port = bound.port();
+        info!(address = %bound, "gRPC API listening");
+        let shutdown = runtime.shutdown.wait();
+        let routes = routes.clone();
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = tandem_api::grpc::serve(listener, routes, async move {
+                shutdown.await;
+            })
+            .await
+            {
+                error!(error = %e, "gRPC API server failed");
+            }
+        }));
+    }
+    Ok(port)
 }
 
 /// Service invocation settings: the name resolver from `spec.nameResolution` (a failure leaves

@@ -9,6 +9,8 @@
 //! Each sidecar gets its own name-resolution database in its scratch folder unless
 //! [`SidecarBuilder::name_resolution_db`] points several at a shared one, and its internal
 //! (sidecar-to-sidecar) listener binds `127.0.0.1` on a free port ([`Sidecar::internal_port`]).
+//! The gRPC API binds a free port too unless the test passes `--dapr-grpc-port`
+//! ([`Sidecar::grpc_port`]).
 
 pub mod mock_app;
 pub mod proxy;
@@ -41,6 +43,8 @@ pub struct Sidecar {
     child: Option<Child>,
     /// The bound HTTP API port.
     pub http_port: u16,
+    /// The bound gRPC API port (a free one unless the test passed `--dapr-grpc-port`).
+    pub grpc_port: u16,
     /// The bound internal (sidecar-to-sidecar) port.
     pub internal_port: u16,
     /// The process id.
@@ -144,6 +148,9 @@ impl SidecarBuilder {
         for dir in &self.resources_dirs {
             cmd.arg("--resources-path").arg(dir);
         }
+        if !self.args.iter().any(|a| a == "--dapr-grpc-port") {
+            cmd.arg("--dapr-grpc-port").arg("0");
+        }
         if !self
             .args
             .iter()
@@ -198,6 +205,7 @@ impl SidecarBuilder {
         let sidecar = Sidecar {
             child: Some(child),
             http_port,
+            grpc_port: read_json_port(&ports, "grpc").unwrap_or_default(),
             internal_port: read_json_port(&ports, "internal").unwrap_or_default(),
             pid,
             log,

@@ -38,7 +38,11 @@ impl TcpProxy {
                 tracked.lock().unwrap().push(task);
             }
         });
-        Ok(Self { port, accept, conns })
+        Ok(Self {
+            port,
+            accept,
+            conns,
+        })
     }
 
     /// Stops listening and cuts every forwarded connection.

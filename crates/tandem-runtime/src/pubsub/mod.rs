@@ -6,10 +6,13 @@
 //!   them while the app is healthy and stops them while it is not.
 //! - Delivering ([`delivery`]): routes each message with CEL rules ([`routing`]), posts it to
 //!   the app, and turns the app's answer into ack, retry or dead-letter.
+//! - Streaming ([`streaming`]): subscriptions opened by the app over a gRPC stream
+//!   (`SubscribeTopicEventsAlpha1`), acknowledged event by event on that stream.
 
 pub mod cloudevent;
 pub mod delivery;
 pub mod routing;
+pub mod streaming;
 pub mod subscriptions;
 
 use std::collections::HashMap;
@@ -64,7 +67,7 @@ impl PubSubService {
         Self { components, app_id }
     }
 
-    fn find(&self, name: &str, topic: &str) -> Result<&PubSubEntry, ApiError> {
+    pub(crate) fn find(&self, name: &str, topic: &str) -> Result<&PubSubEntry, ApiError> {
         if self.components.pubsub.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::PubSubNotConfigured,

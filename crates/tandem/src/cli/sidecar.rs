@@ -169,7 +169,6 @@ pub(crate) struct SidecarArgs {
 /// daprd flags accepted but without effect in this build; a warning names them when set.
 const NOT_YET: &[&str] = &[
     "app_ssl",
-    "dapr_grpc_port",
     "dapr_public_port",
     "dapr_public_listen_address",
     "metrics_port",

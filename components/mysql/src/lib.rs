@@ -1,0 +1,21 @@
+//! MySQL / MariaDB components for Tandem: `state.mysql`.
+//!
+//! - [`metadata`]: [`MySqlMetadata`], the typed settings decoded from a component's
+//!   `spec.metadata` (Dapr's field names and defaults); its doc comments are the component's
+//!   documentation.
+//! - [`dsn`]: [`Dsn`], the `connectionString` parser: Go MySQL driver DSNs as Dapr users write
+//!   them (`user:pass@tcp(host:3306)/?params`) and `mysql://` URLs.
+//! - [`state`]: [`MySqlStateStore`], the `state.mysql` component: ETags, TTL and transactions
+//!   on Dapr's table layout, over a pooled async client that connects lazily, so the sidecar
+//!   starts while the database is down and recovers when it returns.
+//!
+//! The crate depends on `tandem-components` only; the binary's registry maps the component
+//! type to [`MySqlStateStore::build`].
+
+pub mod dsn;
+pub mod metadata;
+pub mod state;
+
+pub use dsn::Dsn;
+pub use metadata::MySqlMetadata;
+pub use state::MySqlStateStore;

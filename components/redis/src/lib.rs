@@ -1,0 +1,44 @@
+//! Redis components for Tandem: `state.redis`, compatible with Dapr's storage layout so that Go
+//! daprd and Tandem sidecars can share one Redis.
+//!
+//! - [`metadata`]: [`RedisMetadata`], the typed settings decoded from a component's
+//!   `spec.metadata` (Dapr's field names, defaults and duration syntax); its doc comments are
+//!   the component's documentation.
+//! - [`state`]: [`RedisStateStore`], the `state.redis` component: each key a hash with `data`
+//!   and an integer `version` (the ETag), conditional writes, deletes and transactions in one
+//!   Lua script ([`state::WRITE_SCRIPT`]), TTLs, pipelined bulk reads.
+//! - `client` (private): the connection — one multiplexed, self-reconnecting connection
+//!   (`redis::aio::ConnectionManager`) opened lazily, or a cluster connection — and the retry
+//!   rules.
+//!
+//! # What works
+//!
+//! | Setting | Status |
+//! |---|---|
+//! | `redisType: node` (default), `redisHost`, `redisPort` | implemented |
+//! | `redisUsername` / `redisPassword` (ACL or legacy `AUTH`), `redisDB` | implemented |
+//! | `enableTLS`, `insecureSkipTLSVerify`, `clientCert` + `clientKey` (mutual TLS) | implemented with rustls (ring), system root certificates |
+//! | `redisType: cluster` (comma-separated `redisHost`) | implemented with the `redis` crate's async cluster client; database 0 only; a transaction's keys must share a hash slot (use a `{hash tag}`) |
+//! | `failover: true` + `sentinelMasterName` (Redis Sentinel) | validated, then **rejected** at start-up: not supported in this build |
+//! | `useEntraID` / `useAzureAD` | **rejected** at start-up: not supported in this build |
+//! | `redisMaxRetries`, `redisMinRetryInterval`, `redisMaxRetryInterval` (and legacy `maxRetries`, `maxRetryBackoff`) | retries of reads on broken connections (see [`RedisMetadata::max_retries`]) |
+//! | `dialTimeout`, `readTimeout` | connection and reply timeouts |
+//! | `writeTimeout`, `poolSize`, `poolTimeout`, `minIdleConns`, `idleTimeout`, `maxConnAge`, `idleCheckFrequency` | accepted and validated, no effect (no pool: one multiplexed connection) |
+//! | `ttlInSeconds` | default TTL of every write |
+//! | `queryIndexes` | accepted, ignored: no query API (Dapr's needs RediSearch) |
+//! | `actorStateStore`, `keyPrefix` | read by the runtime |
+//!
+//! Building never waits for Redis: a store built while Redis is down answers calls with
+//! [`tandem_components::Error::Backend`] within `dialTimeout` and recovers by itself when Redis
+//! comes back (after a failed login too: a password or ACL user fixed on the server is picked
+//! up by the next call). Errors never contain metadata values.
+//!
+//! The crate depends on `tandem-components` only; the binary's registry maps `state.redis` to
+//! [`RedisStateStore::build`].
+
+mod client;
+pub mod metadata;
+pub mod state;
+
+pub use metadata::RedisMetadata;
+pub use state::RedisStateStore;
