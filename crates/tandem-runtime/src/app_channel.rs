@@ -262,21 +262,10 @@ impl AppChannel {
             .client
             .request(req)
             .await
-            .map_err(|e| AppError::Transport(error_chain(&e)))?;
+            .map_err(|e| AppError::Transport(crate::error::error_chain(&e)))?;
         Ok(AppResponse {
             response,
             _permit: permit,
         })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        cur = s.source();
-    }
-    msg
 }

@@ -116,23 +116,12 @@ fn signal_child(child: &Child, signal: &str) {
 }
 
 async fn wait_outbound(port: u16, sidecar: &mut Child) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for _ in 0..600 {
         if let Ok(Some(_)) = sidecar.try_wait() {
             return false;
         }
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let req = format!(
-                "GET /v1.0/healthz/outbound HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-            );
-            if s.write_all(req.as_bytes()).await.is_ok() {
-                let mut buf = [0u8; 32];
-                if let Ok(n) = s.read(&mut buf).await
-                    && buf[..n].starts_with(b"HTTP/1.1 204")
-                {
-                    return true;
-                }
-            }
+        if crate::sidecar::outbound_ready(port).await {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

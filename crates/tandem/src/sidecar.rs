@@ -366,24 +366,30 @@ async fn start_internal(
 
 /// `--wait`: polls `/v1.0/healthz/outbound` of a running sidecar until it answers 204.
 async fn wait_outbound(port: u16) -> ExitCode {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let req = format!(
-                "GET /v1.0/healthz/outbound HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
-            );
-            if s.write_all(req.as_bytes()).await.is_ok() {
-                let mut buf = [0u8; 64];
-                if let Ok(n) = s.read(&mut buf).await
-                    && buf[..n].starts_with(b"HTTP/1.1 204")
-                {
-                    return ExitCode::SUCCESS;
-                }
-            }
+        if outbound_ready(port).await {
+            return ExitCode::SUCCESS;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     error!(port, "the sidecar did not become ready within 60s");
     ExitCode::FAILURE
+}
+
+/// One probe: whether `GET /v1.0/healthz/outbound` on `127.0.0.1:port` answers 204. A bare
+/// HTTP/1.1 exchange keeps the binary free of an HTTP client for this one call.
+pub(crate) async fn outbound_ready(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let req = format!(
+        "GET /v1.0/healthz/outbound HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"HTTP/1.1 204"))
 }

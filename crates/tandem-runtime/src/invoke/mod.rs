@@ -522,7 +522,7 @@ impl InvokeService {
             .request(request)
             .await
             .map(passthrough)
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| crate::error::error_chain(&e))
     }
 }
 
@@ -571,19 +571,8 @@ fn app_response(mut resp: AppResponse) -> InvokeResponse {
 }
 
 fn sidecar_error(address: &str, e: &dyn std::error::Error) -> String {
-    format!("calling the sidecar at {address}: {}", error_chain(e))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let s_msg = s.to_string();
-        if !msg.ends_with(&s_msg) {
-            msg.push_str(": ");
-            msg.push_str(&s_msg);
-        }
-        cur = s.source();
-    }
-    msg
+    format!(
+        "calling the sidecar at {address}: {}",
+        crate::error::error_chain(e)
+    )
 }
