@@ -5,6 +5,12 @@
 //!   handing it to a request is an `Arc` clone, with no lock. When the connection breaks, the
 //!   manager opens a new one in the background; requests wait for that attempt (bounded by
 //!   `dialTimeout`) instead of each dialling their own.
+//! - Sentinel mode (`failover: true`): one [`MultiplexedConnection`] to the master the
+//!   sentinels name, kept in an [`ArcSwapOption`] (lock-free to read). It is opened on first
+//!   use, and dropped when a call finds it broken (an I/O error or timeout, a failed login, or
+//!   `READONLY` / `MASTERDOWN` from a master that was demoted): the next call asks the sentinels
+//!   again, so the store follows a failover. One lookup runs at a time; calls that waited for
+//!   it share its outcome instead of queueing lookups of their own.
 //! - Cluster mode: a [`ClusterConnection`] (one multiplexed connection per node, slot map
 //!   refreshed on `MOVED`), created on first use behind a [`OnceCell`]: while the cluster is
 //!   unreachable each call tries again, once it succeeds the cell is set for good and reading
@@ -17,27 +23,34 @@
 //! Either way, building the component never waits for Redis, and a call made while Redis is
 //! down fails within `dialTimeout` (a refused connection fails at once).
 //!
-//! Retries ([`Client::run`]): a call that found a connection which had failed to open is
-//! retried once at once (nothing was sent; the retry waits for the fresh attempt the failure
-//! triggered, so the first call after Redis comes back succeeds). Reads are also retried up to
+//! Retries ([`Client::run`]): a call that found a connection which had failed to open (or, with
+//! Sentinel, a master that answered `READONLY`) is retried once at once (nothing was applied;
+//! the retry waits for the fresh attempt the failure triggered, so the first call after Redis
+//! comes back succeeds). Reads are also retried up to
 //! `redisMaxRetries` times when their connection broke mid-flight, with backoff between
 //! `redisMinRetryInterval` and `redisMaxRetryInterval`. Writes are not re-sent after a broken
 //! connection: they may have been applied.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline,
-    RedisConnectionInfo, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, ConnectionAddr, ConnectionInfo, ErrorKind,
+    IntoConnectionInfo, Pipeline, RedisConnectionInfo, RedisError, RedisFuture, RedisResult,
+    ServerErrorKind, TlsCertificates, TlsMode, Value,
 };
 use tandem_components::{Error, Result};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::metadata::{RedisMetadata, RedisType};
 
@@ -60,6 +73,7 @@ pub(crate) struct Client {
 
 enum Target {
     Node(Box<NodeTarget>),
+    Sentinel(Box<SentinelTarget>),
     Cluster(Box<ClusterTarget>),
 }
 
@@ -82,6 +96,139 @@ impl NodeTarget {
     }
 }
 
+/// The sentinels, and the connection to the master they named last.
+struct SentinelTarget {
+    /// Asks the sentinels (a lookup needs `&mut`); the lock also makes lookups single-flight.
+    lookup: Mutex<Lookup>,
+    /// The current master connection; `None` before the first lookup and after a failure.
+    master: ArcSwapOption<Master>,
+    /// Dial and reply timeouts of master connections.
+    config: AsyncConnectionConfig,
+    /// The client certificate for the master, re-applied to the address the sentinels name.
+    certs: Option<TlsCertificates>,
+    /// Bound on one lookup: asking the sentinels, checking the master's role, connecting.
+    lookup_timeout: Duration,
+    /// Counts finished lookups, so that a call that waited for the lock can tell whether a
+    /// lookup ran meanwhile.
+    finished: AtomicU64,
+}
+
+/// The lookup state, behind the lock.
+struct Lookup {
+    sentinel: SentinelClient,
+    /// Why the last lookup failed (`None` after a success).
+    last_failure: Option<String>,
+}
+
+/// One connection to the master, numbered so that a stale failure cannot drop a newer one.
+struct Master {
+    conn: MultiplexedConnection,
+    generation: u64,
+}
+
+/// Source of [`Master::generation`] numbers.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+impl SentinelTarget {
+    /// The master connection, after a lookup when there is none.
+    async fn master(&self) -> RedisResult<(MultiplexedConnection, u64)> {
+        if let Some(m) = self.master.load_full() {
+            return Ok((m.conn.clone(), m.generation));
+        }
+        let seen = self.finished.load(Ordering::Acquire);
+        let mut lookup = self.lookup.lock().await;
+        if let Some(m) = self.master.load_full() {
+            return Ok((m.conn.clone(), m.generation));
+        }
+        // Another call's lookup failed while this one waited: share its outcome rather than
+        // queueing one more lookup behind it (each may take `lookup_timeout`).
+        if let Some(why) = &lookup.last_failure
+            && seen != self.finished.load(Ordering::Acquire)
+        {
+            return Err(lookup_failure(why.clone()));
+        }
+        let opened = self.open(&mut lookup.sentinel, &self.config).await;
+        self.finished.fetch_add(1, Ordering::Release);
+        match opened {
+            Ok(conn) => {
+                lookup.last_failure = None;
+                let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+                self.master.store(Some(Arc::new(Master {
+                    conn: conn.clone(),
+                    generation,
+                })));
+                Ok((conn, generation))
+            }
+            Err(err) => {
+                lookup.last_failure = Some(err.to_string());
+                Err(err)
+            }
+        }
+    }
+
+    /// Asks the sentinels for the master and connects to it with `config`.
+    async fn open(
+        &self,
+        sentinel: &mut SentinelClient,
+        config: &AsyncConnectionConfig,
+    ) -> RedisResult<MultiplexedConnection> {
+        let open = async {
+            let named = sentinel.async_get_client().await?;
+            let client = match &self.certs {
+                // The lookup fills in TLS without the client certificate when verification is
+                // off; put it back on the address it found.
+                Some(certs) => redis::Client::build_with_tls(
+                    named.get_connection_info().clone(),
+                    certs.clone(),
+                )?,
+                None => named,
+            };
+            client
+                .get_multiplexed_async_connection_with_config(config)
+                .await
+        };
+        match tokio::time::timeout(self.lookup_timeout, open).await {
+            Ok(opened) => opened,
+            Err(_) => Err(timed_out(
+                "timed out looking up the master through the sentinels",
+            )),
+        }
+    }
+
+    /// Drops the master connection `generation` (if it is still the current one), so that the
+    /// next call looks the master up again.
+    fn forget(&self, generation: u64) {
+        self.master.rcu(|current| match current {
+            Some(m) if m.generation == generation => None,
+            other => other.clone(),
+        });
+    }
+}
+
+/// Whether `err` means that the master connection must be replaced: it broke or hangs, the
+/// login failed, or the server is no longer (or not yet) a usable master.
+fn master_gone(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_unrecoverable_error()
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+/// A master lookup that another call made and that failed.
+fn lookup_failure(why: String) -> RedisError {
+    RedisError::from((
+        ErrorKind::Io,
+        "master lookup through the sentinels failed",
+        why,
+    ))
+}
+
+fn timed_out(what: &'static str) -> RedisError {
+    RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
 /// The cluster client and its connection, once opened.
 struct ClusterTarget {
     client: ClusterClient,
@@ -94,6 +241,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match &self.target {
             Target::Node(_) => "node",
+            Target::Sentinel(_) => "sentinel",
             Target::Cluster(_) => "cluster",
         };
         f.debug_struct("Client")
@@ -108,6 +256,8 @@ impl fmt::Debug for Client {
 pub(crate) enum Conn {
     /// Node mode.
     Node(ConnectionManager),
+    /// Sentinel mode (the master), or a dedicated connection.
+    Plain(MultiplexedConnection),
     /// Cluster mode.
     Cluster(ClusterConnection),
 }
@@ -116,6 +266,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Plain(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -128,6 +279,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Plain(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -135,6 +287,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Node(c) => c.get_db(),
+            Conn::Plain(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -151,6 +304,7 @@ impl Client {
         }
         let certs = client_certs(md);
         let target = match md.redis_type {
+            RedisType::Node if md.failover => Target::Sentinel(Box::new(sentinel_target(md)?)),
             RedisType::Node => {
                 let info = connection_info(md, &md.hosts[0])?;
                 let client = match certs {
@@ -208,10 +362,18 @@ impl Client {
         matches!(self.target, Target::Cluster(_))
     }
 
-    /// The connection to use now.
-    async fn conn(&self) -> RedisResult<Conn> {
+    /// The connection to use now, and (in Sentinel mode) the generation of the master
+    /// connection it is (`0` otherwise).
+    async fn conn(&self) -> RedisResult<(Conn, u64)> {
         match &self.target {
-            Target::Node(node) => Ok(Conn::Node(ConnectionManager::clone(&node.manager.load()))),
+            Target::Node(node) => Ok((
+                Conn::Node(ConnectionManager::clone(&node.manager.load())),
+                0,
+            )),
+            Target::Sentinel(sentinel) => sentinel
+                .master()
+                .await
+                .map(|(conn, generation)| (Conn::Plain(conn), generation)),
             Target::Cluster(cluster) => {
                 let ClusterTarget {
                     client,
@@ -221,16 +383,13 @@ impl Client {
                 let open = async {
                     match tokio::time::timeout(*open_timeout, client.get_async_connection()).await {
                         Ok(opened) => opened,
-                        Err(_) => Err(RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "timed out connecting to the cluster",
-                        ))),
+                        Err(_) => Err(timed_out("timed out connecting to the cluster")),
                     }
                 };
                 conn.get_or_try_init(|| open)
                     .await
                     .cloned()
-                    .map(Conn::Cluster)
+                    .map(|c| (Conn::Cluster(c), 0))
             }
         }
     }
@@ -250,17 +409,27 @@ impl Client {
         let mut refusal_retried = false;
         let mut retries = 0u32;
         loop {
-            let outcome = match self.conn().await {
-                Ok(conn) => op(conn).await,
-                Err(e) => Err(e),
+            let (outcome, generation) = match self.conn().await {
+                Ok((conn, generation)) => (op(conn).await, generation),
+                Err(e) => (Err(e), 0),
             };
             let err = match outcome {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
+            if let Target::Sentinel(sentinel) = &self.target
+                && generation != 0
+                && master_gone(&err)
+            {
+                sentinel.forget(generation);
+            }
+            // A demoted master refused the command: nothing was applied, and the connection
+            // was just dropped, so the retry goes to the master the sentinels name now.
+            let refused = err.is_connection_refusal()
+                || (generation != 0 && err.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly));
             if err.kind() == ErrorKind::AuthenticationFailed {
                 self.after_failed_login();
-            } else if err.is_connection_refusal() {
+            } else if refused {
                 if !refusal_retried {
                     refusal_retried = true;
                     continue;
@@ -304,9 +473,9 @@ impl Client {
     }
 }
 
-/// How to reach and log in to one node. No I/O.
-fn connection_info(md: &RedisMetadata, hp: &crate::metadata::HostPort) -> Result<ConnectionInfo> {
-    let addr = if md.enable_tls {
+/// How to reach one node (or sentinel): TCP, or TLS with `enableTLS`.
+fn address(md: &RedisMetadata, hp: &crate::metadata::HostPort) -> ConnectionAddr {
+    if md.enable_tls {
         ConnectionAddr::TcpTls {
             host: hp.host.clone(),
             port: hp.port,
@@ -315,7 +484,65 @@ fn connection_info(md: &RedisMetadata, hp: &crate::metadata::HostPort) -> Result
         }
     } else {
         ConnectionAddr::Tcp(hp.host.clone(), hp.port)
-    };
+    }
+}
+
+/// The sentinels (`redisHost`, with `sentinelUsername` / `sentinelPassword`) and how to log
+/// in to the master they name (`redisUsername`, `redisPassword`, `redisDB`). `enableTLS`
+/// applies to both, as in Dapr (go-redis uses one TLS configuration for sentinels and
+/// master). No I/O.
+fn sentinel_target(md: &RedisMetadata) -> Result<SentinelTarget> {
+    let configuring = |e| Error::backend(Failure::new("configuring the sentinel client", e));
+    let master_name = md.sentinel_master_name.as_deref().unwrap_or_default();
+    let sentinels = md.hosts.iter().map(|h| address(md, h));
+    let mut builder =
+        SentinelClientBuilder::new(sentinels, master_name, SentinelServerType::Master)
+            .map_err(configuring)?
+            .set_client_to_redis_db(md.db);
+    if let Some(user) = &md.username {
+        builder = builder.set_client_to_redis_username(user);
+    }
+    if let Some(password) = &md.password {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if let Some(user) = &md.sentinel_username {
+        builder = builder.set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = &md.sentinel_password {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    let certs = client_certs(md);
+    if md.enable_tls {
+        builder = builder.set_client_to_redis_tls_mode(if md.insecure_skip_tls_verify {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        });
+        if let Some(certs) = &certs {
+            builder = builder
+                .set_client_to_redis_certificates(certs.clone())
+                .set_client_to_sentinel_certificates(certs.clone());
+        }
+    }
+    let sentinel = builder.build().map_err(|e| tls_error(md, e))?;
+    Ok(SentinelTarget {
+        lookup: Mutex::new(Lookup {
+            sentinel,
+            last_failure: None,
+        }),
+        master: ArcSwapOption::empty(),
+        config: AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(md.dial_timeout))
+            .set_response_timeout(md.read_timeout),
+        certs,
+        lookup_timeout: md.dial_timeout + md.read_timeout.unwrap_or(md.dial_timeout),
+        finished: AtomicU64::new(0),
+    })
+}
+
+/// How to reach and log in to one node. No I/O.
+fn connection_info(md: &RedisMetadata, hp: &crate::metadata::HostPort) -> Result<ConnectionInfo> {
+    let addr = address(md, hp);
     let mut settings = RedisConnectionInfo::default().set_db(md.db);
     if let Some(user) = &md.username {
         settings = settings.set_username(user);

@@ -8,8 +8,8 @@
 //!   and an integer `version` (the ETag), conditional writes, deletes and transactions in one
 //!   Lua script ([`state::WRITE_SCRIPT`]), TTLs, pipelined bulk reads.
 //! - `client` (private): the connection — one multiplexed, self-reconnecting connection
-//!   (`redis::aio::ConnectionManager`) opened lazily, or a cluster connection — and the retry
-//!   rules.
+//!   (`redis::aio::ConnectionManager`) opened lazily, one to the master the sentinels name, or
+//!   a cluster connection — and the retry rules.
 //!
 //! # What works
 //!
@@ -19,7 +19,7 @@
 //! | `redisUsername` / `redisPassword` (ACL or legacy `AUTH`), `redisDB` | implemented |
 //! | `enableTLS`, `insecureSkipTLSVerify`, `clientCert` + `clientKey` (mutual TLS) | implemented with rustls (ring), system root certificates |
 //! | `redisType: cluster` (comma-separated `redisHost`) | implemented with the `redis` crate's async cluster client; database 0 only; a transaction's keys must share a hash slot (use a `{hash tag}`) |
-//! | `failover: true` + `sentinelMasterName` (Redis Sentinel) | validated, then **rejected** at start-up: not supported in this build |
+//! | `failover: true` + `sentinelMasterName` (Redis Sentinel), `sentinelUsername` / `sentinelPassword` | implemented: `redisHost` lists the sentinels; the master they name is looked up again whenever its connection breaks (failover) |
 //! | `useEntraID` / `useAzureAD` | **rejected** at start-up: not supported in this build |
 //! | `redisMaxRetries`, `redisMinRetryInterval`, `redisMaxRetryInterval` (and legacy `maxRetries`, `maxRetryBackoff`) | retries of reads on broken connections (see [`RedisMetadata::max_retries`]) |
 //! | `dialTimeout`, `readTimeout` | connection and reply timeouts |

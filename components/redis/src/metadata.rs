@@ -59,29 +59,33 @@ pub struct HostPort {
 ///
 /// What is implemented: a single node (`redisType: node`) with `redisUsername` /
 /// `redisPassword` (ACL or legacy `AUTH`), `redisDB`, TLS (`enableTLS`,
-/// `insecureSkipTLSVerify`, `clientCert` + `clientKey`), and Redis Cluster
-/// (`redisType: cluster`). Redis Sentinel (`failover: true`) and Microsoft Entra ID
-/// (`useEntraID`) are validated and then rejected with [`Error::InvalidMetadata`] naming the
-/// field. Connection-pool knobs are accepted and have no effect: the store multiplexes every
-/// request over one connection per Redis node.
+/// `insecureSkipTLSVerify`, `clientCert` + `clientKey`), Redis Sentinel (`failover: true`)
+/// and Redis Cluster (`redisType: cluster`). Microsoft Entra ID (`useEntraID`) is rejected
+/// with [`Error::InvalidMetadata`] naming the field. Connection-pool knobs are accepted and
+/// have no effect: the store multiplexes every request over one connection per Redis node.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisMetadata {
     /// `redisHost` (required): the server as `host:port` (`localhost:6379`, `[::1]:6379`); a
     /// host without a port gets `redisPort`, else 6379. With `redisType: cluster` a
     /// comma-separated list of cluster nodes (`10.0.0.1:6379,10.0.0.2:6379`), any reachable
-    /// one is enough to discover the others. A list with `redisType: node` is rejected.
+    /// one is enough to discover the others. With `failover: true` the sentinels, one or a
+    /// comma-separated list (`s1:26379,s2:26379`). Otherwise a list is rejected.
     pub hosts: Vec<HostPort>,
     /// `redisType` (default `node`): `node` for one server, `cluster` for Redis Cluster.
     pub redis_type: RedisType,
     /// `redisUsername` (optional): the ACL user (Redis 6+). Without it, `redisPassword` is sent
-    /// with the legacy single-argument `AUTH`.
+    /// with the legacy single-argument `AUTH`. With Sentinel, the user on the master (the
+    /// sentinels have their own, `sentinelUsername`).
     pub username: Option<String>,
-    /// `redisPassword` (optional): the password, usually a `secretKeyRef`.
+    /// `redisPassword` (optional): the password, usually a `secretKeyRef`. With Sentinel, the
+    /// master's password (the sentinels have their own, `sentinelPassword`).
     pub password: Option<String>,
     /// `redisDB` (default `0`): the database selected after connecting. Redis Cluster only has
     /// database 0, so any other value is rejected with `redisType: cluster`.
     pub db: i64,
     /// `enableTLS` (default `false`): connect with TLS (rustls, system root certificates).
+    /// With Sentinel, to the sentinels and to the master alike (as Dapr does), and so do
+    /// `insecureSkipTLSVerify` and the client certificate.
     pub enable_tls: bool,
     /// `insecureSkipTLSVerify` (default `false`): with `enableTLS`, accept any server
     /// certificate. For tests only: it allows man-in-the-middle attacks.
@@ -91,9 +95,11 @@ pub struct RedisMetadata {
     pub client_cert: Option<String>,
     /// `clientKey` (optional): the PEM private key of `clientCert`.
     pub client_key: Option<String>,
-    /// `failover` (default `false`): Redis Sentinel mode, where `redisHost` lists sentinels and
-    /// `sentinelMasterName` names the monitored master. Requires `sentinelMasterName`.
-    /// **Not supported in this build**: `true` is rejected at start-up.
+    /// `failover` (default `false`): Redis Sentinel mode. `redisHost` lists the sentinels,
+    /// which are asked for the address of the master named `sentinelMasterName`; every
+    /// command goes to that master. When the connection to it breaks (or the server answers
+    /// `READONLY` after being demoted), the sentinels are asked again, so the component
+    /// follows a failover. Cannot be combined with `redisType: cluster`.
     pub failover: bool,
     /// `sentinelMasterName`: the master's name in Sentinel; required when `failover` is `true`.
     pub sentinel_master_name: Option<String>,
@@ -169,6 +175,9 @@ impl fmt::Debug for RedisMetadata {
             .field("client_cert", &set(&self.client_cert))
             .field("client_key", &set(&self.client_key))
             .field("failover", &self.failover)
+            .field("sentinel_master_name", &self.sentinel_master_name)
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &set(&self.sentinel_password))
             .field("max_retries", &self.max_retries)
             .field("dial_timeout", &self.dial_timeout)
             .field("read_timeout", &self.read_timeout)
@@ -376,18 +385,6 @@ impl RedisMetadata {
             key_prefix: owned(md, "keyPrefix"),
         })
     }
-
-    /// Rejects what this build validates but does not implement (Sentinel), naming the field.
-    pub fn check_supported(&self) -> Result<()> {
-        if self.failover {
-            return Err(Error::invalid_metadata(
-                "failover",
-                "Redis Sentinel is not supported in this build; point redisHost at the master \
-                 (or a proxy such as Envoy or twemproxy in front of it), or use redisType: cluster",
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// A present, non-empty field as an owned string.
@@ -524,7 +521,6 @@ mod tests {
         assert_eq!(md.default_ttl, None);
         assert_eq!(md.username, None);
         assert_eq!(md.password, None);
-        assert!(md.check_supported().is_ok());
     }
 
     #[test]
@@ -743,7 +739,7 @@ mod tests {
     #[test]
     fn cluster_settings() {
         let cluster = meta().with("redisType", "cluster");
-        assert!(decode(&cluster).unwrap().check_supported().is_ok());
+        assert!(decode(&cluster).is_ok());
         assert_eq!(
             field_of(decode(&cluster.clone().with("redisDB", "2")).unwrap_err()),
             "redisDB"
@@ -752,7 +748,7 @@ mod tests {
     }
 
     #[test]
-    fn sentinel_is_validated_then_rejected() {
+    fn sentinel_settings() {
         let failover = meta().with("failover", "true");
         assert_eq!(
             field_of(decode(&failover).unwrap_err()),
@@ -760,13 +756,16 @@ mod tests {
         );
         let named = failover
             .with("sentinelMasterName", "mymaster")
-            .with("redisHost", "s1:26379,s2:26379")
+            .with("redisHost", "s1:26379,s2")
+            .with("sentinelUsername", "watcher")
             .with("sentinelPassword", "sentinel-secret");
         let md = decode(&named).expect("valid sentinel settings");
+        assert!(md.failover);
         assert_eq!(md.sentinel_master_name.as_deref(), Some("mymaster"));
-        let err = md.check_supported().unwrap_err();
-        assert!(!err.to_string().contains("sentinel-secret"));
-        assert_eq!(field_of(err), "failover");
+        assert_eq!(md.sentinel_username.as_deref(), Some("watcher"));
+        assert_eq!(md.sentinel_password.as_deref(), Some("sentinel-secret"));
+        assert_eq!(md.hosts.len(), 2, "a list of sentinels");
+        assert!(!format!("{md:?}").contains("sentinel-secret"));
         let both = named.with("redisType", "cluster");
         assert_eq!(field_of(decode(&both).unwrap_err()), "failover");
     }

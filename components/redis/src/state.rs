@@ -151,9 +151,8 @@ impl RedisStateStore {
     /// [`Error::Backend`] until it answers, and the store recovers by itself.
     pub async fn build(metadata: &Metadata) -> Result<Self> {
         let settings = RedisMetadata::from_metadata(metadata)?;
-        settings.check_supported()?;
         let client = Client::new(&settings)?;
-        tracing::debug!(component = %metadata.name, mode = ?settings.redis_type, tls = settings.enable_tls, "state.redis ready");
+        tracing::debug!(component = %metadata.name, mode = ?settings.redis_type, sentinel = settings.failover, tls = settings.enable_tls, "state.redis ready");
         Ok(Self {
             client,
             default_ttl: settings.default_ttl,
