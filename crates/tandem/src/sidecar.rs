@@ -136,6 +136,7 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
                 timeout: Duration::from_millis(args.app_health_probe_timeout),
                 threshold: args.app_health_threshold,
             }),
+            max_message_size: max_body_size,
         }),
         invoke: invoke_options(&args.app_id, &configuration, &env).await,
     };

@@ -12,6 +12,7 @@
 //! The gRPC API binds a free port too unless the test passes `--dapr-grpc-port`
 //! ([`Sidecar::grpc_port`]).
 
+pub mod grpc_app;
 pub mod mock_app;
 pub mod proxy;
 pub mod services;

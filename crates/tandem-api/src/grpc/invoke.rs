@@ -14,10 +14,10 @@ use dapr::dapr::proto::runtime::v1 as rt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use http_body_util::{BodyExt, Limited};
 use tandem_runtime::app_channel::full_body;
-use tandem_runtime::invoke::InvokeRequest;
+use tandem_runtime::invoke::{AppGrpcStatus, InvokeRequest};
 use tandem_runtime::{ApiError, ErrorCode, Runtime};
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::error::{http_status_error, to_status};
 
@@ -167,9 +167,14 @@ pub(super) async fn invoke(
         verb,
         headers,
         body,
+        grpc_proxy: false,
     };
     let resp = rt.invoke.invoke(request).await.map_err(to_status)?;
     let (parts, body) = resp.into_parts();
+    if let Some(st) = parts.extensions.get::<AppGrpcStatus>() {
+        // A gRPC app's error comes back as the app sent it.
+        return Err(Status::new(Code::from(st.code), st.message.clone()));
+    }
     let body = Limited::new(body, max_body_size)
         .collect()
         .await

@@ -16,6 +16,7 @@
 pub mod error;
 mod invoke;
 pub mod metadata;
+mod proxy;
 mod pubsub;
 mod secrets;
 mod state;
@@ -105,13 +106,21 @@ impl Interceptor for ApiToken {
 /// The gRPC API as routes, built once and shared by every listener.
 pub fn routes(runtime: Arc<Runtime>, options: &GrpcOptions) -> Routes {
     let limit = options.max_body_size;
-    let server = DaprServer::new(DaprApi::new(runtime, limit))
+    let server = DaprServer::new(DaprApi::new(runtime.clone(), limit))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
-    match options.api_token.as_deref().filter(|t| !t.is_empty()) {
+    let api_token = options.api_token.clone().filter(|t| !t.is_empty());
+    let routes = match api_token.as_deref() {
         Some(token) => Routes::new(InterceptedService::new(server, ApiToken::new(token))),
         None => Routes::new(server),
-    }
+    };
+    // Every other service: gRPC proxying to the app named in the metadata.
+    let proxy = proxy::Proxy { runtime, api_token };
+    Routes::from(
+        routes
+            .into_axum_router()
+            .fallback(move |req: axum::extract::Request| proxy.clone().handle(req)),
+    )
 }
 
 /// Serves `routes` (HTTP/2) on `listener` until `shutdown` resolves, then drains.

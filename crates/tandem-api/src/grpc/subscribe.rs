@@ -15,7 +15,6 @@ use dapr::dapr::proto::runtime::v1 as rt;
 use dapr::dapr::proto::runtime::v1::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as In;
 use dapr::dapr::proto::runtime::v1::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Out;
 use dapr::dapr::proto::runtime::v1::topic_event_response::TopicEventResponseStatus;
-use serde_json::{Map, Value};
 use tandem_runtime::pubsub::delivery::Verdict;
 use tandem_runtime::pubsub::streaming::{Acker, StreamEvent, StreamRequest, StreamingSubscription};
 use tandem_runtime::{ApiError, ErrorCode, Runtime};
@@ -149,37 +148,5 @@ async fn read_verdicts(
 }
 
 fn event_message(ev: StreamEvent) -> rt::TopicEventRequest {
-    rt::TopicEventRequest {
-        id: ev.id,
-        source: ev.source,
-        r#type: ev.r#type,
-        spec_version: ev.spec_version,
-        data_content_type: ev.data_content_type,
-        data: ev.data.into(),
-        topic: ev.topic,
-        pubsub_name: ev.pubsub_name,
-        path: "/".to_owned(),
-        extensions: Some(to_struct(ev.extensions)),
-    }
-}
-
-fn to_struct(map: Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
-    }
-}
-
-fn to_value(v: Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(to_value).collect(),
-        }),
-        Value::Object(m) => Kind::StructValue(to_struct(m)),
-    };
-    prost_types::Value { kind: Some(kind) }
+    tandem_runtime::app_channel::grpc::topic_event_request(ev, "/")
 }

@@ -116,6 +116,7 @@ pub(crate) async fn handle(State(api): State<ApiState>, req: Request) -> Respons
         verb: parts.method,
         headers: parts.headers,
         body,
+        grpc_proxy: false,
     };
     match api.runtime.invoke.invoke(request).await {
         Ok(resp) => resp.map(Body::new),

@@ -27,6 +27,8 @@ enum Kind {
     /// From the local app: the whole response is kept for its concurrency permit; its headers
     /// were moved out already.
     App(Box<AppResponse>),
+    /// A whole body in memory (a gRPC app's answer).
+    Full(Option<Bytes>),
 }
 
 impl InvokeBody {
@@ -42,17 +44,9 @@ impl InvokeBody {
         }
     }
 
-    fn inner(&mut self) -> &mut Incoming {
-        match &mut self.kind {
-            Kind::Incoming(b) => b,
-            Kind::App(r) => r.response.body_mut(),
-        }
-    }
-
-    fn inner_ref(&self) -> &Incoming {
-        match &self.kind {
-            Kind::Incoming(b) => b,
-            Kind::App(r) => r.response.body(),
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Full(Some(bytes).filter(|b| !b.is_empty())),
         }
     }
 }
@@ -71,15 +65,27 @@ impl Body for InvokeBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(self.inner()).poll_frame(cx)
+        match &mut self.kind {
+            Kind::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Kind::App(r) => Pin::new(r.response.body_mut()).poll_frame(cx),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner_ref().is_end_stream()
+        match &self.kind {
+            Kind::Incoming(b) => b.is_end_stream(),
+            Kind::App(r) => r.response.body().is_end_stream(),
+            Kind::Full(b) => b.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner_ref().size_hint()
+        match &self.kind {
+            Kind::Incoming(b) => b.size_hint(),
+            Kind::App(r) => r.response.body().size_hint(),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 

@@ -18,6 +18,10 @@ pub const CALLEE_APP_ID: HeaderName = HeaderName::from_static("dapr-callee-app-i
 /// not `public`, and removed before the request reaches the app.
 pub const CALLER_TRUST_DOMAIN: HeaderName = HeaderName::from_static("tandem-caller-trust-domain");
 
+/// Tandem's internal protocol: marks a raw gRPC call proxied to the app (gRPC proxying with
+/// `dapr-app-id` metadata), forwarded as-is instead of through `OnInvoke`.
+pub const GRPC_PROXY: HeaderName = HeaderName::from_static("tandem-grpc-proxy");
+
 const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -64,6 +68,7 @@ pub fn strip_request(headers: &mut HeaderMap) {
     headers.remove(header::EXPECT);
     headers.remove("dapr-app-id");
     headers.remove("dapr-api-token");
+    headers.remove(GRPC_PROXY);
 }
 
 /// The `X-Forwarded-For`, `X-Forwarded-Host` and `Forwarded` values a calling sidecar appends,

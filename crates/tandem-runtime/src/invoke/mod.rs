@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -68,13 +68,15 @@ pub use body::InvokeBody;
 pub use directory::{CACHE_TTL, SUSPECT_FOR};
 pub use target::{Method, Target};
 
-use crate::app_channel::{AppBody, AppChannel, AppResponse};
+use crate::app_channel::{AppBody, AppChannel, AppError, AppResponse};
 use crate::components::{Components, LoadContext};
 use crate::error::{ApiError, ErrorCode};
 use body::Replayable;
 use directory::Directory;
 use endpoints::Endpoint;
-use headers::{CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, CALLER_TRUST_DOMAIN, Forwarded};
+use headers::{
+    CALLEE_APP_ID, CALLER_APP_ID, CALLER_NAMESPACE, CALLER_TRUST_DOMAIN, Forwarded, GRPC_PROXY,
+};
 
 /// The answer of an invocation: the target's status and headers, its body streamed.
 pub type InvokeResponse = Response<InvokeBody>;
@@ -121,6 +123,9 @@ pub struct InvokeRequest {
     pub headers: HeaderMap,
     /// The body, streamed.
     pub body: AppBody,
+    /// A raw gRPC call (gRPC proxying): forwarded frame for frame, trailers included, to a
+    /// gRPC app; `method` is `package.Service/Method`.
+    pub grpc_proxy: bool,
 }
 
 /// Service invocation for one sidecar.
@@ -137,6 +142,7 @@ pub struct InvokeService {
     acl: AccessControl,
     forwarded: Forwarded,
     sidecars: Client<HttpConnector, Replayable>,
+    sidecars_h2: Client<HttpConnector, Replayable>,
     external: Client<HttpConnector, AppBody>,
     registered: AtomicBool,
 }
@@ -237,6 +243,10 @@ impl InvokeService {
                 options.host_name.as_deref(),
             ),
             sidecars: client(),
+            sidecars_h2: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .http2_only(true)
+                .build(connector()),
             external: client(),
             registered: AtomicBool::new(false),
         }
@@ -284,6 +294,7 @@ impl InvokeService {
             verb,
             mut headers,
             body,
+            grpc_proxy,
         } = req;
         let fail = |err: &dyn fmt::Display| failed(&target, err);
         let method =
@@ -295,6 +306,11 @@ impl InvokeService {
         }
         headers::strip_request(&mut headers);
 
+        if grpc_proxy && (self.endpoints.contains_key(&target) || target.contains("://")) {
+            return Err(fail(
+                &"gRPC proxying targets app ids only, not HTTP endpoints or URLs",
+            ));
+        }
         if let Some(endpoint) = self.endpoints.get(&target) {
             if let Some(problem) = &endpoint.problem {
                 return Err(fail(&format_args!(
@@ -306,6 +322,7 @@ impl InvokeService {
                 path,
                 headers,
                 body,
+                grpc: false,
             };
             return self
                 .call_external(&endpoint.base, &endpoint.headers, call)
@@ -317,6 +334,7 @@ impl InvokeService {
             path,
             headers,
             body,
+            grpc: grpc_proxy,
         };
         match Target::parse(&target).map_err(|e| fail(&e))? {
             Target::Url(base) => self
@@ -367,6 +385,7 @@ impl InvokeService {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
+        let grpc = headers.remove(&GRPC_PROXY).is_some();
         if !self.acl.allows_all() {
             let get = |name: &http::HeaderName| {
                 headers
@@ -381,7 +400,8 @@ impl InvokeService {
             };
             let method = Method::parse(parts.uri.path().trim_start_matches('/'))
                 .map_err(|e| failed(&self.app_id, &format_args!("invalid method: {e}")))?;
-            let verb = parts.method.as_str();
+            // gRPC calls carry no HTTP verb (daprd checks them with `NONE`).
+            let verb = if grpc { "NONE" } else { parts.method.as_str() };
             if !self.acl.allows(Some(caller), &method.name, verb) {
                 return Err(ApiError::new(
                     ErrorCode::DirectInvokeForbidden,
@@ -401,17 +421,22 @@ impl InvokeService {
             path,
             headers,
             body,
+            grpc,
         };
         let channel = self
             .app_channel
             .as_ref()
             .ok_or_else(|| failed(&self.app_id, &"app channel is not initialized"))?;
+        let grpc = call.grpc;
         let (request, path) = call.into_request_parts();
-        channel
-            .send(request, &path)
+        let mut resp = send_to_app(channel, request, &path, grpc)
             .await
-            .map(app_response)
-            .map_err(|e| failed(&self.app_id, &e))
+            .map_err(|e| failed(&self.app_id, &e))?;
+        // The gRPC app's own status crosses the internal hop as headers.
+        if let Some(st) = resp.extensions_mut().remove::<AppGrpcStatus>() {
+            st.to_headers(resp.headers_mut());
+        }
+        Ok(resp)
     }
 
     async fn call_app(
@@ -424,11 +449,10 @@ impl InvokeService {
             .as_ref()
             .ok_or("cannot invoke local endpoint: app channel not initialized")?;
         self.stamp_identity(&mut call.headers, callee);
+        let grpc = call.grpc;
         let (request, path) = call.into_request_parts();
-        channel
-            .send(request, &path)
+        send_to_app(channel, request, &path, grpc)
             .await
-            .map(app_response)
             .map_err(|e| e.to_string())
     }
 
@@ -457,7 +481,15 @@ impl InvokeService {
             path,
             mut headers,
             mut body,
+            grpc,
         } = call;
+        let sidecars = if grpc {
+            headers.insert(GRPC_PROXY, HeaderValue::from_static("1"));
+            headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+            &self.sidecars_h2
+        } else {
+            &self.sidecars
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -476,7 +508,7 @@ impl InvokeService {
             *request.method_mut() = verb.clone();
             *request.uri_mut() = uri;
             *request.headers_mut() = headers;
-            match self.sidecars.request(request).await {
+            match sidecars.request(request).await {
                 Ok(resp) => return Ok(passthrough(resp)),
                 Err(e) if e.is_connect() => {
                     if pick.choices > 1 {
@@ -533,6 +565,8 @@ struct Call {
     path: String,
     headers: HeaderMap,
     body: AppBody,
+    /// A raw gRPC call (gRPC proxying).
+    grpc: bool,
 }
 
 impl Call {
@@ -552,11 +586,91 @@ fn failed(target: &str, err: &dyn fmt::Display) -> ApiError {
     )
 }
 
+/// The gRPC status a gRPC app answered `OnInvoke` with, when it was not OK: attached to the
+/// HTTP-shaped response as an extension, so the gRPC API's `InvokeService` can return it
+/// unchanged (between sidecars it travels as two internal headers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppGrpcStatus {
+    /// The gRPC code.
+    pub code: i32,
+    /// The status message.
+    pub message: String,
+}
+
+const GRPC_STATUS_HEADER: HeaderName = HeaderName::from_static("tandem-app-grpc-status");
+const GRPC_MESSAGE_HEADER: HeaderName = HeaderName::from_static("tandem-app-grpc-message");
+
+impl AppGrpcStatus {
+    fn to_headers(&self, headers: &mut HeaderMap) {
+        headers.insert(GRPC_STATUS_HEADER, HeaderValue::from(self.code));
+        let message = percent_encoding::utf8_percent_encode(
+            &self.message,
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            headers.insert(GRPC_MESSAGE_HEADER, v);
+        }
+    }
+
+    fn from_headers(headers: &mut HeaderMap) -> Option<Self> {
+        let code = headers.remove(GRPC_STATUS_HEADER)?;
+        let message = headers.remove(GRPC_MESSAGE_HEADER);
+        Some(Self {
+            code: code.to_str().ok()?.parse().ok()?,
+            message: message
+                .and_then(|m| {
+                    percent_encoding::percent_decode(m.as_bytes())
+                        .decode_utf8()
+                        .ok()
+                        .map(|m| m.into_owned())
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
 /// A response from another sidecar or an external endpoint, hop-by-hop headers removed.
 fn passthrough(resp: Response<hyper::body::Incoming>) -> InvokeResponse {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(st) = AppGrpcStatus::from_headers(&mut parts.headers) {
+        parts.extensions.insert(st);
+    }
     Response::from_parts(parts, InvokeBody::incoming(body))
+}
+
+/// Calls the local app: a plain request to an HTTP app, `OnInvoke` for a gRPC app, and a
+/// proxied gRPC call as it came.
+async fn send_to_app(
+    channel: &AppChannel,
+    mut request: Request<AppBody>,
+    path: &str,
+    grpc_proxy: bool,
+) -> Result<InvokeResponse, AppError> {
+    if grpc_proxy {
+        if !channel.is_grpc() {
+            return Err(AppError::Transport(format!(
+                "gRPC proxying needs a gRPC app, but this app's protocol is {}",
+                channel.options().protocol
+            )));
+        }
+        request
+            .headers_mut()
+            .insert(http::header::TE, HeaderValue::from_static("trailers"));
+        return channel.send(request, path).await.map(app_response);
+    }
+    if !channel.is_grpc() {
+        return channel.send(request, path).await.map(app_response);
+    }
+    let answer = crate::app_channel::grpc::invoke(channel, request, path).await?;
+    let mut out = Response::new(InvokeBody::full(answer.body));
+    *out.status_mut() = answer.status;
+    *out.headers_mut() = answer.headers;
+    if let Some((code, message)) = answer.grpc_status {
+        out.extensions_mut().insert(AppGrpcStatus { code, message });
+    }
+    Ok(out)
 }
 
 /// A response from the app; its concurrency permit lives as long as the body.

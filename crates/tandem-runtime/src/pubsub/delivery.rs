@@ -1,4 +1,5 @@
-//! Delivering messages to the app over HTTP, and reading its verdict (§5.5.3–§5.5.5).
+//! Delivering messages to the app, and reading its verdict (§5.5.3–§5.5.5): over HTTP here,
+//! over gRPC through [`crate::app_channel::grpc`], with one retry and dead-letter policy.
 //!
 //! A message is routed, posted, and retried in-process a few times with exponential backoff
 //! when the app asks for it (`RETRY`, a non-2xx status other than 404, a transport error).
@@ -20,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
 use super::routing::{Rule, route};
-use crate::app_channel::{AppChannel, full_body};
+use crate::app_channel::{AppChannel, full_body, grpc};
 
 /// In-process delivery attempts before giving the message back (or dead-lettering it).
 pub const ATTEMPTS: u32 = 4;
@@ -131,7 +132,19 @@ impl AppDelivery {
         content_type: &'static str,
         metadata: &HashMap<String, String>,
         traceparent: Option<&str>,
+        topic: &str,
     ) -> Verdict {
+        if self.channel.is_grpc() {
+            return grpc::topic_event(
+                &self.channel,
+                &body,
+                topic,
+                &self.pubsub_name,
+                path,
+                metadata,
+            )
+            .await;
+        }
         let mut req = Request::builder().method(Method::POST);
         if let Some(h) = req.headers_mut() {
             for (k, v) in metadata {
@@ -245,6 +258,7 @@ impl MessageHandler for AppDelivery {
                         CLOUDEVENT_CONTENT_TYPE,
                         &msg.metadata,
                         traceparent.as_deref(),
+                        &msg.topic,
                     )
                     .await
                 }
@@ -306,6 +320,29 @@ async fn post_batch(d: &AppDelivery, path: &str, entries: Vec<Pending>) {
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
     let topic = entries.first().map(|p| p.topic.clone()).unwrap_or_default();
+    if d.channel.is_grpc() {
+        let items: Vec<grpc::BulkEntry<'_>> = entries
+            .iter()
+            .zip(&ids)
+            .map(|(p, id)| grpc::BulkEntry {
+                id,
+                event: &p.event,
+                metadata: &p.entry_metadata,
+            })
+            .collect();
+        let statuses = grpc::bulk_topic_event(
+            &d.channel,
+            &items,
+            &topic,
+            &d.pubsub_name,
+            path,
+            d.raw_payload,
+        )
+        .await;
+        drop(items);
+        reply_all(entries, &ids, &statuses);
+        return;
+    }
     let items: Vec<Value> = entries
         .iter()
         .zip(&ids)
@@ -365,8 +402,12 @@ async fn post_batch(d: &AppDelivery, path: &str, entries: Vec<Pending>) {
         },
         Err(_) => HashMap::new(),
     };
+    reply_all(entries, &ids, &statuses);
+}
+
+fn reply_all(entries: Vec<Pending>, ids: &[String], statuses: &HashMap<String, Verdict>) {
     for (p, id) in entries.into_iter().zip(ids) {
-        let v = statuses.get(&id).copied().unwrap_or(Verdict::Retry);
+        let v = statuses.get(id).copied().unwrap_or(Verdict::Retry);
         let _ = p.reply.send(v);
     }
 }

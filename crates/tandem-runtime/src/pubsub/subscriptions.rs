@@ -169,9 +169,24 @@ pub fn parse_programmatic(body: &[u8]) -> Result<Vec<SubscriptionSpec>, String> 
     Ok(out)
 }
 
-/// Asks the app for its subscriptions, retrying a few times (500 ms, doubling).
+/// Asks the app for its subscriptions (`GET /dapr/subscribe`, or `ListTopicSubscriptions`
+/// for a gRPC app), retrying a few times (500 ms, doubling).
 pub async fn fetch_programmatic(channel: &AppChannel) -> Vec<SubscriptionSpec> {
     let mut delay = Duration::from_millis(500);
+    if channel.is_grpc() {
+        for attempt in 0..4 {
+            match crate::app_channel::grpc::list_subscriptions(channel).await {
+                Ok(specs) => return specs,
+                Err(e) if attempt < 3 => {
+                    tracing::debug!(error = %e, "asking the app for its subscriptions failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => tracing::warn!(error = %e, "no programmatic subscriptions"),
+            }
+        }
+        return Vec::new();
+    }
     for attempt in 0..4 {
         let req = Request::get("/dapr/subscribe")
             .header("content-type", "application/json")

@@ -1,9 +1,17 @@
-//! The app channel: how the sidecar calls its application over HTTP.
+//! The app channel: how the sidecar calls its application, over HTTP or gRPC.
 //!
-//! One pooled HTTP client (keep-alive connections reused; HTTP/2 with prior knowledge for
-//! `--app-protocol h2c`), the `APP_API_TOKEN` header on every call but health probes, the
-//! `--app-max-concurrency` bound, waiting for the app port to open (with backoff, not a busy
-//! loop), and app health checks that pause deliveries while the app is unhealthy.
+//! One pooled client per app (keep-alive connections reused; HTTP/2 with prior knowledge for
+//! `--app-protocol h2c` and `grpc`, one multiplexed connection; TLS without certificate
+//! verification for `https` and `grpcs`, as daprd does for an app on the same host), the
+//! `APP_API_TOKEN` header on every call but health probes, the `--app-max-concurrency` bound,
+//! waiting for the app port to open (with backoff, not a busy loop), and app health checks
+//! that pause deliveries while the app is unhealthy.
+//!
+//! HTTP apps are called with plain requests ([`AppChannel::send`]); gRPC apps through the
+//! `AppCallback` services ([`grpc`]), with the same semantics.
+
+pub mod grpc;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +21,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -42,7 +51,7 @@ pub struct AppChannelOptions {
     pub port: u16,
     /// `--app-channel-address`.
     pub address: String,
-    /// `--app-protocol` (`http` or `h2c` over this channel).
+    /// `--app-protocol`: `http`, `https`, `h2c`, `grpc` or `grpcs`.
     pub protocol: String,
     /// `APP_API_TOKEN`, sent as `dapr-api-token`.
     pub token: Option<String>,
@@ -50,6 +59,50 @@ pub struct AppChannelOptions {
     pub max_concurrency: Option<usize>,
     /// Health checking, when `--enable-app-health-check`.
     pub health: Option<HealthCheck>,
+    /// The largest message exchanged with a gRPC app (`--max-body-size`).
+    pub max_message_size: usize,
+}
+
+/// The application's protocol (`--app-protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (and HTTP/2 when the app offers it over TLS).
+    Http,
+    /// HTTP over TLS.
+    Https,
+    /// HTTP/2 with prior knowledge, no TLS.
+    H2c,
+    /// gRPC (`AppCallback`) over HTTP/2 without TLS.
+    Grpc,
+    /// gRPC over TLS.
+    Grpcs,
+}
+
+impl AppProtocol {
+    /// Parses daprd's `--app-protocol` values.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "http" => Self::Http,
+            "https" => Self::Https,
+            "h2c" => Self::H2c,
+            "grpc" => Self::Grpc,
+            "grpcs" => Self::Grpcs,
+            _ => return None,
+        })
+    }
+
+    /// Whether the app is called through the `AppCallback` gRPC services.
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Self::Grpc | Self::Grpcs)
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, Self::Https | Self::Grpcs)
+    }
+
+    fn http2_only(self) -> bool {
+        matches!(self, Self::H2c | Self::Grpc | Self::Grpcs)
+    }
 }
 
 /// App health-check settings.
@@ -76,9 +129,12 @@ pub enum AppError {
     Transport(String),
 }
 
+pub(crate) type Connector = HttpsConnector<HttpConnector>;
+
 /// The sidecar's channel to its app.
 pub struct AppChannel {
-    client: Client<HttpConnector, AppBody>,
+    client: Client<Connector, AppBody>,
+    protocol: AppProtocol,
     base: String,
     token: Option<HeaderValue>,
     limit: Option<Arc<Semaphore>>,
@@ -94,15 +150,21 @@ pub struct AppResponse {
 }
 
 impl AppChannel {
-    /// A channel to `http://<address>:<port>`. Health is "unknown → unhealthy" until the
+    /// A channel to `<scheme>://<address>:<port>`. Health is "unknown → unhealthy" until the
     /// port opens (and, with health checks, until the first successful probe).
     pub fn new(options: AppChannelOptions) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let protocol = AppProtocol::parse(&options.protocol).unwrap_or_else(|| {
+            tracing::warn!(protocol = %options.protocol, "unknown app protocol; using http");
+            AppProtocol::Http
+        });
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.enforce_http(false);
+        let connector = tls::connector(http, protocol.http2_only());
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(Duration::from_secs(90));
-        if options.protocol == "h2c" {
+        if protocol.http2_only() {
             builder.http2_only(true);
         }
         let client = builder.build(connector);
@@ -111,9 +173,11 @@ impl AppChannel {
         } else {
             options.address.clone()
         };
+        let scheme = if protocol.tls() { "https" } else { "http" };
         Arc::new(Self {
             client,
-            base: format!("http://{host}:{}", options.port),
+            protocol,
+            base: format!("{scheme}://{host}:{}", options.port),
             token: options
                 .token
                 .as_deref()
@@ -126,6 +190,16 @@ impl AppChannel {
             options,
             healthy: watch::Sender::new(false),
         })
+    }
+
+    /// The app's protocol.
+    pub fn protocol(&self) -> AppProtocol {
+        self.protocol
+    }
+
+    /// Whether the app is a gRPC app (`AppCallback`).
+    pub fn is_grpc(&self) -> bool {
+        self.protocol.is_grpc()
     }
 
     /// The app's base URL, e.g. `http://127.0.0.1:3000`.
@@ -221,6 +295,9 @@ impl AppChannel {
     }
 
     async fn probe(&self, check: &HealthCheck) -> bool {
+        if self.is_grpc() {
+            return grpc::health_check(self, check.timeout).await;
+        }
         let Ok(uri) = format!("{}{}", self.base, check.path).parse::<Uri>() else {
             return false;
         };
@@ -233,15 +310,40 @@ impl AppChannel {
         }
     }
 
-    /// Sends a request to the app. `path_and_query` starts with `/`. The API token is added.
+    /// Refuses calls while health checks say the app is down, then takes a concurrency slot.
+    pub(crate) async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, AppError> {
+        if self.options.health.is_some() && !self.is_healthy() {
+            return Err(AppError::Unhealthy);
+        }
+        match &self.limit {
+            Some(sem) => sem
+                .clone()
+                .acquire_owned()
+                .await
+                .map(Some)
+                .map_err(|_| AppError::Transport("app channel closed".into())),
+            None => Ok(None),
+        }
+    }
+
+    /// The API token sent to the app, if any.
+    pub(crate) fn token(&self) -> Option<&HeaderValue> {
+        self.token.as_ref()
+    }
+
+    /// The pooled client (HTTP/2 for gRPC apps).
+    pub(crate) fn client(&self) -> &Client<Connector, AppBody> {
+        &self.client
+    }
+
+    /// Sends a request to an HTTP app. `path_and_query` starts with `/`. The API token is
+    /// added. (gRPC apps are called through [`grpc`].)
     pub async fn send(
         &self,
         mut req: Request<AppBody>,
         path_and_query: &str,
     ) -> Result<AppResponse, AppError> {
-        if self.options.health.is_some() && !self.is_healthy() {
-            return Err(AppError::Unhealthy);
-        }
+        let permit = self.admit().await?;
         let uri: Uri = format!("{}{}", self.base, path_and_query)
             .parse()
             .map_err(|e| AppError::Transport(format!("invalid path: {e}")))?;
@@ -249,15 +351,6 @@ impl AppChannel {
         if let Some(token) = &self.token {
             req.headers_mut().insert("dapr-api-token", token.clone());
         }
-        let permit = match &self.limit {
-            Some(sem) => Some(
-                sem.clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| AppError::Transport("app channel closed".into()))?,
-            ),
-            None => None,
-        };
         let response = self
             .client
             .request(req)
