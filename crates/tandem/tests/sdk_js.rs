@@ -51,11 +51,15 @@ async fn run_sdk(protocol: &str) {
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: statestore\nspec:\n  type: state.in-memory\n  version: v1\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.in-memory\n  version: v1\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: localsecrets\nspec:\n  type: secretstores.local.file\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: {}\n",
         secrets.display()
     );
+    // The SDK server speaks the client's protocol: an HTTP app, or a gRPC app
+    // (`AppCallback`) for `--app-protocol grpc`.
     let sc = start(
         tandem()
             .app_id("js-app")
             .resource("components.yaml", &resources)
-            .app_port(app_port),
+            .app_port(app_port)
+            .arg("--app-protocol")
+            .arg(protocol),
     )
     .await;
     let grpc_port = sc.grpc_port.to_string();
@@ -65,9 +69,7 @@ async fn run_sdk(protocol: &str) {
         .env("APP_PORT", app_port.to_string())
         .env("DAPR_HTTP_PORT", sc.http_port.to_string())
         .env("DAPR_GRPC_PORT", &grpc_port)
-        // The app side stays an HTTP app (the gRPC app channel is not built yet); only the
-        // client's protocol changes.
-        .env("SDK_PROTOCOL", "http")
+        .env("SDK_PROTOCOL", protocol)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

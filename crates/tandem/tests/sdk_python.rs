@@ -125,7 +125,21 @@ async fn run_client(
     run: &str,
     token: Option<&str>,
 ) -> Value {
+    run_client_for(sc, app_id, run, token, false).await
+}
+
+/// Runs client.py; `grpc_app` adds the gRPC-proxying step (the app is a gRPC server).
+async fn run_client_for(
+    sc: &tandem_testkit::Sidecar,
+    app_id: &str,
+    run: &str,
+    token: Option<&str>,
+    grpc_app: bool,
+) -> Value {
     let mut cmd = tokio::process::Command::new(python());
+    if grpc_app {
+        cmd.env("GRPC_APP", "1");
+    }
     cmd.arg(sdk_dir().join("client.py"))
         .env("DAPR_HTTP_PORT", sc.http_port.to_string())
         .env("DAPR_GRPC_PORT", sc.grpc_port.to_string())
@@ -190,6 +204,11 @@ fn check_report(report: &Value, sc: &tandem_testkit::Sidecar, run: &str) {
     assert_eq!(
         ok("missingStore"),
         json!({"code": "INVALID_ARGUMENT", "reason": "DAPR_STATE_NOT_FOUND"})
+    );
+    assert_eq!(
+        ok("stream"),
+        json!({"topic": format!("stream-{run}"), "data": {"streamed": run}}),
+        "streaming subscription"
     );
 }
 
@@ -263,4 +282,40 @@ async fn python_sdk_with_an_api_token() {
             .contains("UNAUTHENTICATED"),
         "{bad}"
     );
+}
+
+#[tokio::test]
+async fn python_sdk_with_a_grpc_app() {
+    install();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.json");
+    std::fs::write(
+        &secrets,
+        json!({"api-key": "k-1", "other": "o-2"}).to_string(),
+    )
+    .unwrap();
+    let app_port = tandem_testkit::proxy::free_port();
+    let sc = start(
+        tandem()
+            .app_id("py-grpc")
+            .resource("components.yaml", &components(&secrets))
+            .app_port(app_port)
+            .arg("--app-protocol")
+            .arg("grpc"),
+    )
+    .await;
+    // dapr.ext.grpc.App: subscriptions through ListTopicSubscriptions, events through
+    // OnTopicEvent, the `hello` method through OnInvoke.
+    let (_app, mut rx) = spawn_app("grpc_app.py", app_port, &sc);
+    wait_subscribed(&sc).await;
+    let run = format!("pyg{}", std::process::id());
+    let report = run_client_for(&sc, "py-grpc", &run, None, true).await;
+    check_report(&report, &sc, &run);
+    assert_eq!(
+        report["proxy"],
+        json!({"ok": true, "value": {"greeting": "hello proxy"}}),
+        "gRPC proxying; log:\n{}",
+        sc.log()
+    );
+    wait_order(&mut rx, &run).await;
 }

@@ -6,6 +6,7 @@ const protocol = process.env.SDK_PROTOCOL === "grpc" ? CommunicationProtocolEnum
 const server = new DaprServer({
   serverHost: "127.0.0.1",
   serverPort: process.env.APP_PORT,
+  communicationProtocol: protocol,
   clientOptions: {
     daprHost: "127.0.0.1",
     daprPort: protocol === CommunicationProtocolEnum.GRPC ? process.env.DAPR_GRPC_PORT : process.env.DAPR_HTTP_PORT,

@@ -76,5 +76,39 @@ with DaprClient() as d:
 
     step("missingStore", missing_store)
 
+    def streaming():
+        # A streaming subscription (SubscribeTopicEventsAlpha1): subscribe, publish, receive,
+        # acknowledge.
+        topic = f"stream-{RUN}"
+        sub = d.subscribe(pubsub_name="pubsub", topic=topic)
+        try:
+            d.publish_event("pubsub", topic, json.dumps({"streamed": RUN}), data_content_type="application/json")
+            msg = sub.next_message()
+            sub.respond_success(msg)
+            return {"topic": msg.topic(), "data": msg.data()}
+        finally:
+            sub.close()
+
+    step("stream", streaming)
+
+    if os.environ.get("GRPC_APP"):
+        def proxied():
+            # gRPC proxying: the app's own gRPC service, called on the sidecar's gRPC port with
+            # dapr-app-id metadata.
+            from dapr.proto.common.v1 import common_pb2
+            from dapr.proto.runtime.v1 import appcallback_pb2_grpc
+            from google.protobuf import any_pb2
+
+            with grpc.insecure_channel(f"127.0.0.1:{os.environ['DAPR_GRPC_PORT']}") as ch:
+                stub = appcallback_pb2_grpc.AppCallbackStub(ch)
+                req = common_pb2.InvokeRequest(method="hello", data=any_pb2.Any(value=json.dumps({"name": "proxy"}).encode()), content_type="application/json")
+                metadata = [("dapr-app-id", APP_ID)]
+                if os.environ.get("DAPR_API_TOKEN"):
+                    metadata.append(("dapr-api-token", os.environ["DAPR_API_TOKEN"]))
+                resp = stub.OnInvoke(req, metadata=metadata, timeout=10)
+                return json.loads(resp.data.value)
+
+        step("proxy", proxied)
+
 print(json.dumps(report))
 sys.exit(0)
