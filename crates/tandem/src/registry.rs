@@ -41,6 +41,10 @@ pub(crate) fn registry() -> Registry {
         "v2",
         |m| async move { tandem_postgres::PostgresStateStoreV2::build(&m).await },
     );
+    #[cfg(feature = "rabbitmq")]
+    r.pubsub(&["pubsub.rabbitmq"], "v1", |m| async move {
+        tandem_rabbitmq::RabbitPubSub::build(&m).await
+    });
     #[cfg(feature = "local")]
     {
         r.secret_store(&["secretstores.local.file"], "v1", |m| async move {
