@@ -41,7 +41,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
-use redis::cluster::ClusterClient;
+use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
@@ -66,6 +66,7 @@ pub(crate) enum Idempotence {
 /// The connection(s) of one component.
 pub(crate) struct Client {
     target: Target,
+    dial_timeout: Duration,
     max_retries: u32,
     min_retry_interval: Option<Duration>,
     max_retry_interval: Option<Duration>,
@@ -350,6 +351,7 @@ impl Client {
         };
         Ok(Self {
             target,
+            dial_timeout: md.dial_timeout,
             max_retries: md.max_retries,
             min_retry_interval: md.min_retry_interval,
             max_retry_interval: md.max_retry_interval,
@@ -390,6 +392,45 @@ impl Client {
                     .await
                     .cloned()
                     .map(|c| (Conn::Cluster(c), 0))
+            }
+        }
+    }
+
+    /// Opens a connection of its own, shared with no other call, for blocking commands
+    /// (`XREADGROUP ... BLOCK`) that would hold up every call pipelined behind them on the
+    /// shared connection. Replies may take up to `response_timeout`. The caller drops it when
+    /// it fails and opens another.
+    pub(crate) async fn dedicated(&self, response_timeout: Duration) -> RedisResult<Conn> {
+        match &self.target {
+            Target::Node(node) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.dial_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                node.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(Conn::Plain)
+            }
+            Target::Sentinel(sentinel) => {
+                let config = sentinel
+                    .config
+                    .clone()
+                    .set_response_timeout(Some(response_timeout));
+                let mut lookup = sentinel.lookup.lock().await;
+                sentinel
+                    .open(&mut lookup.sentinel, &config)
+                    .await
+                    .map(Conn::Plain)
+            }
+            Target::Cluster(cluster) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(self.dial_timeout)
+                    .set_response_timeout(response_timeout);
+                let open = cluster.client.get_async_connection_with_config(config);
+                match tokio::time::timeout(cluster.open_timeout, open).await {
+                    Ok(opened) => opened.map(Conn::Cluster),
+                    Err(_) => Err(timed_out("timed out connecting to the cluster")),
+                }
             }
         }
     }
@@ -592,6 +633,11 @@ pub(crate) struct Failure {
 impl Failure {
     pub(crate) fn new(what: &'static str, source: RedisError) -> Self {
         Self { what, source }
+    }
+
+    /// The Redis error.
+    pub(crate) fn redis(&self) -> &RedisError {
+        &self.source
     }
 }
 

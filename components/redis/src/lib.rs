@@ -1,5 +1,5 @@
-//! Redis components for Tandem: `state.redis`, compatible with Dapr's storage layout so that Go
-//! daprd and Tandem sidecars can share one Redis.
+//! Redis components for Tandem: `state.redis` and `pubsub.redis`, compatible with Dapr's
+//! storage layout so that Go daprd and Tandem sidecars can share one Redis.
 //!
 //! - [`metadata`]: [`RedisMetadata`], the typed settings decoded from a component's
 //!   `spec.metadata` (Dapr's field names, defaults and duration syntax); its doc comments are
@@ -7,11 +7,20 @@
 //! - [`state`]: [`RedisStateStore`], the `state.redis` component: each key a hash with `data`
 //!   and an integer `version` (the ETag), conditional writes, deletes and transactions in one
 //!   Lua script ([`state::WRITE_SCRIPT`]), TTLs, pipelined bulk reads.
+//! - [`pubsub`]: [`RedisPubSub`], the `pubsub.redis` component on Redis Streams (`XADD`,
+//!   consumer groups, `XREADGROUP` on a dedicated connection, `XACK` on Ack, `XPENDING` /
+//!   `XCLAIM` redelivery), with its settings [`RedisPubSubMetadata`]: the connection fields
+//!   below plus `processingTimeout`, `redeliverInterval`, `queueDepth`, `concurrency`,
+//!   `maxLenApprox`, `streamTTL`, `consumerID`.
 //! - `client` (private): the connection — one multiplexed, self-reconnecting connection
 //!   (`redis::aio::ConnectionManager`) opened lazily, one to the master the sentinels name, or
 //!   a cluster connection — and the retry rules.
 //!
 //! # What works
+//!
+//! The connection settings, shared by both components (`ttlInSeconds`, `queryIndexes`,
+//! `actorStateStore` and `keyPrefix` are the state store's only; the pub/sub fields are
+//! documented on [`RedisPubSubMetadata`]):
 //!
 //! | Setting | Status |
 //! |---|---|
@@ -22,7 +31,7 @@
 //! | `failover: true` + `sentinelMasterName` (Redis Sentinel), `sentinelUsername` / `sentinelPassword` | implemented: `redisHost` lists the sentinels; the master they name is looked up again whenever its connection breaks (failover) |
 //! | `useEntraID` / `useAzureAD` | **rejected** at start-up: not supported in this build |
 //! | `redisMaxRetries`, `redisMinRetryInterval`, `redisMaxRetryInterval` (and legacy `maxRetries`, `maxRetryBackoff`) | retries of reads on broken connections (see [`RedisMetadata::max_retries`]) |
-//! | `dialTimeout`, `readTimeout` | connection and reply timeouts |
+//! | `dialTimeout`, `readTimeout` | connection and reply timeouts (`readTimeout` is also the `BLOCK` of a subscription's `XREADGROUP`) |
 //! | `writeTimeout`, `poolSize`, `poolTimeout`, `minIdleConns`, `idleTimeout`, `maxConnAge`, `idleCheckFrequency` | accepted and validated, no effect (no pool: one multiplexed connection) |
 //! | `ttlInSeconds` | default TTL of every write |
 //! | `queryIndexes` | accepted, ignored: no query API (Dapr's needs RediSearch) |
@@ -34,11 +43,13 @@
 //! up by the next call). Errors never contain metadata values.
 //!
 //! The crate depends on `tandem-components` only; the binary's registry maps `state.redis` to
-//! [`RedisStateStore::build`].
+//! [`RedisStateStore::build`] and `pubsub.redis` to [`RedisPubSub::build`].
 
 mod client;
 pub mod metadata;
+pub mod pubsub;
 pub mod state;
 
 pub use metadata::RedisMetadata;
+pub use pubsub::{RedisPubSub, RedisPubSubMetadata};
 pub use state::RedisStateStore;

@@ -405,7 +405,7 @@ fn count(md: &Metadata, field: &str) -> Result<Option<u64>> {
 
 /// A duration in Dapr's Redis syntax: `None` when unset, `Some(None)` when negative
 /// (disabled), `Some(Some(d))` otherwise. A bare integer is milliseconds.
-fn redis_duration(md: &Metadata, field: &str) -> Result<Option<Option<Duration>>> {
+pub(crate) fn redis_duration(md: &Metadata, field: &str) -> Result<Option<Option<Duration>>> {
     let Some(raw) = md.get(field) else {
         return Ok(None);
     };

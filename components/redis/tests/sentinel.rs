@@ -1,7 +1,8 @@
-//! `state.redis` with `failover: true` against real Redis Sentinel processes, which each test
+//! `state.redis` (and `pubsub.redis`) with `failover: true` against real Redis Sentinel processes, which each test
 //! starts itself (`redis-server <conf> --sentinel`, on free ports, killed when the test ends).
 //!
-//! The CRUD cases put a sentinel in front of the Redis at 127.0.0.1:6379; the failover case
+//! The CRUD cases (and one `pubsub.redis` case) put a sentinel in front of the Redis at
+//! 127.0.0.1:6379; the failover case
 //! runs a master and a replica of its own, kills the master and checks that the store follows
 //! the sentinel to the promoted replica. Skipped (with a one-line reason) when `redis-server`
 //! is not installed or the local Redis is unreachable, unless `TANDEM_REQUIRE_SERVICES=1`.
@@ -12,12 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tandem_components::conformance::pubsub::{collector, publish, recv_n, subscribe};
+use tandem_components::pubsub::Delivery;
 use tandem_components::state::{
     DeleteRequest, ETag, GetRequest, RequestMetadata, SetRequest, StateStore, TransactionOperation,
     TransactionRequest,
 };
 use tandem_components::{Error, Metadata};
-use tandem_redis::RedisStateStore;
+use tandem_redis::{RedisPubSub, RedisStateStore};
 use tandem_testkit::proxy::free_port;
 use tandem_testkit::services;
 use tempfile::TempDir;
@@ -250,6 +253,34 @@ async fn crud_through_a_sentinel() {
             .expect("delete");
         assert_eq!(read(&store, k).await.unwrap(), None);
     }
+}
+
+/// `pubsub.redis` through a sentinel: the shared connection (publish, acknowledge) and the
+/// subscription's dedicated read connection both go to the master the sentinel names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_through_a_sentinel() {
+    if !redis_server_installed() || !services::require("Redis", LOCAL_REDIS) {
+        return;
+    }
+    let name = master_name();
+    let sentinel = start_sentinel(&name, LOCAL_REDIS, "");
+    let ps = RedisPubSub::build(&sentinel_metadata(&sentinel.addr(), &name, &[]))
+        .await
+        .expect("build");
+    let topic = key("sentinel-pubsub");
+    let (h, mut rx) = collector(Delivery::Ack);
+    let sub = subscribe(&ps, &topic, "sentinel-readers", 4, h).await;
+    for i in 0..3 {
+        publish(&ps, &topic, format!("m{i}")).await;
+    }
+    let got = recv_n(&mut rx, 3).await;
+    assert!(got.iter().all(|m| m.topic == topic));
+    sub.close().await;
+    let _: () = redis::cmd("DEL")
+        .arg(&topic)
+        .query_async(&mut direct(LOCAL_REDIS).await)
+        .await
+        .unwrap();
 }
 
 /// `redisDB` applies to the master connection (not to the sentinels, which have no databases).

@@ -25,6 +25,10 @@ pub(crate) fn registry() -> Registry {
     r.state(&["state.redis"], "v1", |m| async move {
         tandem_redis::RedisStateStore::build(&m).await
     });
+    #[cfg(feature = "redis")]
+    r.pubsub(&["pubsub.redis"], "v1", |m| async move {
+        tandem_redis::RedisPubSub::build(&m).await
+    });
     #[cfg(feature = "mysql")]
     r.state(&["state.mysql"], "v1", |m| async move {
         tandem_mysql::MySqlStateStore::build(&m).await
