@@ -11,6 +11,7 @@
 //! - [`secrets`]: the [`secrets::SecretStore`] trait.
 //! - [`pubsub`]: the [`pubsub::PubSub`] trait; components move bytes, the runtime handles
 //!   CloudEvents and the app.
+//! - [`bindings`]: the [`bindings::OutputBinding`] and [`bindings::InputBinding`] traits.
 //! - [`nameresolution`]: the [`nameresolution::NameResolver`] trait (register / resolve /
 //!   unregister) used by service invocation, with an in-memory reference implementation.
 //! - [`query`]: the state query API document, the [`query::Querier`] ability and an in-process
@@ -20,6 +21,7 @@
 //!   redelivery with backoff, TTL).
 //! - [`conformance`]: the generic suites every implementation runs.
 
+pub mod bindings;
 pub mod error;
 pub mod memory;
 pub mod memory_pubsub;

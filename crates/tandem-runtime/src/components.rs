@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_components::Metadata;
+use tandem_components::bindings::{Binding, InputBinding, OutputBinding};
 use tandem_components::pubsub::PubSub;
 use tandem_components::secrets::SecretStore;
 use tandem_components::state::{self, RequestMetadata, StateStore};
@@ -83,10 +84,21 @@ pub struct PubSubEntry {
     pub consumer_group: String,
 }
 
+/// A loaded binding: the directions it serves (after `direction`) and its input route.
+pub struct BindingEntry {
+    /// The input side, when the component reads events and `direction` allows it.
+    pub input: Option<Arc<dyn InputBinding>>,
+    /// The output side, when the component performs operations and `direction` allows it.
+    pub output: Option<Arc<dyn OutputBinding>>,
+    /// Where input events are delivered: metadata `route`, or `/<name>`.
+    pub route: String,
+}
+
 /// A component produced by a factory.
 enum Built {
     State(Arc<dyn StateStore>),
     PubSub(Arc<dyn PubSub>),
+    Binding(Binding),
 }
 
 /// Every loaded component, by name, per building block.
@@ -95,6 +107,7 @@ pub struct Components {
     pub(crate) state: HashMap<String, StateEntry>,
     pub(crate) secrets: HashMap<String, Arc<dyn SecretStore>>,
     pub(crate) pubsub: HashMap<String, PubSubEntry>,
+    pub(crate) bindings: HashMap<String, BindingEntry>,
     pub(crate) infos: Vec<ComponentInfo>,
 }
 
@@ -125,6 +138,11 @@ impl Components {
     /// The loaded pub/sub components.
     pub fn pubsubs(&self) -> &HashMap<String, PubSubEntry> {
         &self.pubsub
+    }
+
+    /// The loaded bindings.
+    pub fn bindings(&self) -> &HashMap<String, BindingEntry> {
+        &self.bindings
     }
 
     /// Adds a secret store built outside the loader.
@@ -262,12 +280,28 @@ pub async fn load(
         }
     }
     built.sort_by_key(|(idx, _)| *idx);
-    for (idx, component) in built {
+    for (idx, mut component) in built {
         let c = other_defs[idx];
         let meta = resolve_plain(c, ctx);
+        if let Built::Binding(b) = &mut component
+            && let Err(reason) = apply_direction(b, &meta)
+        {
+            fail(c, ComponentError::new(c, reason))?;
+            continue;
+        }
         let capabilities = match &component {
             Built::State(store) => state::capabilities(&**store),
             Built::PubSub(p) => p.features().iter().map(|f| f.as_str()).collect(),
+            Built::Binding(b) => {
+                let mut caps = Vec::new();
+                if b.input.is_some() {
+                    caps.push("INPUT_BINDING");
+                }
+                if b.output.is_some() {
+                    caps.push("OUTPUT_BINDING");
+                }
+                caps
+            }
         };
         out.infos.push(ComponentInfo {
             name: c.name.clone(),
@@ -282,7 +316,7 @@ pub async fn load(
                 let store = store.clone();
                 Some(tokio::spawn(async move { store.ping().await }))
             }
-            Built::PubSub(_) => None,
+            Built::PubSub(_) | Built::Binding(_) => None,
         };
         if let Some(probe) = probe {
             let name = c.name.clone();
@@ -313,6 +347,25 @@ pub async fn load(
                     PubSubEntry {
                         component,
                         consumer_group,
+                    },
+                );
+            }
+            Built::Binding(b) => {
+                let route = meta
+                    .get("route")
+                    .filter(|r| !r.trim().is_empty())
+                    .map_or_else(|| format!("/{}", c.name), str::to_owned);
+                let route = if route.starts_with('/') {
+                    route
+                } else {
+                    format!("/{route}")
+                };
+                out.bindings.insert(
+                    c.name.clone(),
+                    BindingEntry {
+                        input: b.input,
+                        output: b.output,
+                        route,
                     },
                 );
             }
@@ -397,8 +450,51 @@ async fn prepare(
             let fut = factory(meta);
             Ok(Box::pin(async move { fut.await.map(Built::PubSub) }))
         }
+        Some(Block::Binding) => {
+            let factory = registry
+                .binding_factory(&c.type_name, &c.version)
+                .ok_or_else(|| unknown_type(c))?
+                .clone();
+            let meta = resolve_metadata(c, ctx, loaded).await?;
+            let fut = factory(meta);
+            Ok(Box::pin(async move { fut.await.map(Built::Binding) }))
+        }
         _ => Err(unknown_type(c)),
     }
+}
+
+/// Keeps the directions the component's `direction` metadata names (all it implements when
+/// unset); naming a direction the component does not implement is an error.
+fn apply_direction(b: &mut Binding, meta: &Metadata) -> Result<(), String> {
+    let Some(direction) = meta.get("direction").filter(|d| !d.trim().is_empty()) else {
+        return Ok(());
+    };
+    let (mut input, mut output) = (false, false);
+    for d in direction.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+        match d.as_str() {
+            "input" => input = true,
+            "output" => output = true,
+            "" => {}
+            other => {
+                return Err(format!(
+                    "invalid direction '{other}': expected input, output or both"
+                ));
+            }
+        }
+    }
+    if input && b.input.is_none() {
+        return Err("direction 'input' is set but this binding has no input side".into());
+    }
+    if output && b.output.is_none() {
+        return Err("direction 'output' is set but this binding has no output side".into());
+    }
+    if !input {
+        b.input = None;
+    }
+    if !output {
+        b.output = None;
+    }
+    Ok(())
 }
 
 fn unknown_type(c: &Component) -> ComponentError {

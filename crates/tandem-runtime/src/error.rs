@@ -120,6 +120,10 @@ error_table! {
     StateBulkDelete => "ERR_STATE_BULK_DELETE", 500, Internal, Legacy, None;
     /// A state transaction failed.
     StateTransaction => "ERR_STATE_TRANSACTION", 500, Internal, Legacy, None;
+    /// An output binding is unknown, refuses the operation, or failed.
+    InvokeOutputBinding => "ERR_INVOKE_OUTPUT_BINDING", 500, Internal, Legacy, None;
+    /// A binding request's `data` could not be encoded.
+    MalformedRequestData => "ERR_MALFORMED_REQUEST_DATA", 500, Internal, Legacy, None;
     /// A transaction operation type is unknown.
     NotSupportedStateOperation => "ERR_NOT_SUPPORTED_STATE_OPERATION", 400, InvalidArgument, Legacy, None;
     /// No secret store is configured.

@@ -7,6 +7,8 @@
 //! - [`state::StateService`]: state get / save / delete / bulk / transactions, key prefixing.
 //! - [`secrets::SecretsService`]: secrets with the Configuration's secret scopes.
 //! - [`metadata::MetadataService`]: `GET`/`PUT` metadata.
+//! - [`bindings::BindingsService`]: output bindings; [`bindings::InputBindingManager`] delivers
+//!   input bindings to the app.
 //! - [`invoke::InvokeService`]: service invocation (local app, other sidecars through name
 //!   resolution and the internal listener, HTTPEndpoints, URLs) and access control.
 //! - [`lifecycle`]: readiness (health endpoints) and the shutdown signal.
@@ -14,6 +16,7 @@
 //! [`error`] holds the one error table; [`components`] loads component definitions.
 
 pub mod app_channel;
+pub mod bindings;
 pub mod components;
 pub mod error;
 pub mod invoke;
@@ -61,7 +64,9 @@ pub struct Runtime {
     /// The app-id.
     pub app_id: String,
     /// State.
-    pub state: StateService,
+    pub state: Arc<StateService>,
+    /// Output bindings.
+    pub bindings: Arc<bindings::BindingsService>,
     /// Secrets.
     pub secrets: SecretsService,
     /// Metadata.
@@ -168,7 +173,8 @@ impl Runtime {
         base: MetadataSnapshot,
     ) -> Self {
         Self {
-            state: StateService::new(components.clone(), app_id.clone()),
+            state: Arc::new(StateService::new(components.clone(), app_id.clone())),
+            bindings: Arc::new(bindings::BindingsService::new(components.clone())),
             secrets: SecretsService::new(components.clone(), scopes),
             metadata: Arc::new(MetadataService::new(base, components.clone())),
             pubsub: pubsub::PubSubService::new(components.clone(), app_id.clone()),
@@ -186,7 +192,7 @@ impl Runtime {
 
 impl Runtime {
     /// Starts talking to the app (when `--app-port` is set): waits for its port, runs health
-    /// checks, and keeps its subscriptions running while it is healthy. Returns at once; the
+    /// checks, and keeps its subscriptions and input bindings running while it is healthy. Returns at once; the
     /// work runs in background tasks that end with the shutdown signal.
     pub fn start_app_channel(self: &Arc<Self>) {
         let Some(channel) = self.app_channel.clone() else {
@@ -195,6 +201,14 @@ impl Runtime {
         let rt = self.clone();
         tokio::spawn(async move {
             channel.start(&rt.shutdown).await;
+            let inputs = bindings::InputBindingManager {
+                components: rt.components.clone(),
+                channel: channel.clone(),
+                state: rt.state.clone(),
+                bindings: rt.bindings.clone(),
+            };
+            let rt2 = rt.clone();
+            tokio::spawn(async move { inputs.run(&rt2.shutdown).await });
             let manager = pubsub::subscriptions::SubscriptionManager {
                 components: rt.components.clone(),
                 channel,

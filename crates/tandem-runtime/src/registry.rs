@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tandem_components::bindings::Binding;
 use tandem_components::pubsub::PubSub;
 use tandem_components::secrets::SecretStore;
 use tandem_components::state::StateStore;
@@ -26,6 +27,8 @@ pub enum Block {
     SecretStore,
     /// `pubsub.*`
     PubSub,
+    /// `bindings.*`
+    Binding,
 }
 
 /// Constructors of every compiled-in component, by type and version.
@@ -34,6 +37,7 @@ pub struct Registry {
     state: HashMap<String, Factory<Arc<dyn StateStore>>>,
     secrets: HashMap<String, Factory<Arc<dyn SecretStore>>>,
     pubsub: HashMap<String, Factory<Arc<dyn PubSub>>>,
+    bindings: HashMap<String, Factory<Binding>>,
 }
 
 fn key(type_name: &str, version: &str) -> String {
@@ -110,6 +114,21 @@ impl Registry {
         self
     }
 
+    /// Registers a binding component (input, output or both) under each of `type_names` and
+    /// `version`.
+    pub fn binding<F, Fut>(&mut self, type_names: &[&str], version: &str, build: F) -> &mut Self
+    where
+        F: Fn(Metadata) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Binding>> + Send + 'static,
+    {
+        let build = Arc::new(build);
+        let factory: Factory<Binding> = Arc::new(move |meta| Box::pin(build(meta)));
+        for name in type_names {
+            self.bindings.insert(key(name, version), factory.clone());
+        }
+        self
+    }
+
     /// The building block of a component type, from its prefix.
     pub fn block_of(type_name: &str) -> Option<Block> {
         let lower = type_name.to_ascii_lowercase();
@@ -119,6 +138,8 @@ impl Registry {
             Some(Block::SecretStore)
         } else if lower.starts_with("pubsub.") {
             Some(Block::PubSub)
+        } else if lower.starts_with("bindings.") {
+            Some(Block::Binding)
         } else {
             None
         }
@@ -148,12 +169,22 @@ impl Registry {
         self.pubsub.get(&key(type_name, version))
     }
 
+    pub(crate) fn binding_factory(
+        &self,
+        type_name: &str,
+        version: &str,
+    ) -> Option<&Factory<Binding>> {
+        self.bindings.get(&key(type_name, version))
+    }
+
     /// Every registered `type/version`, sorted (for `--help` style listings and tests).
     pub fn list(&self) -> Vec<String> {
         let mut all: Vec<String> = self
             .state
             .keys()
             .chain(self.secrets.keys())
+            .chain(self.pubsub.keys())
+            .chain(self.bindings.keys())
             .cloned()
             .collect();
         all.sort();

@@ -6,11 +6,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dapr::dapr::proto::common::v1 as common;
 use tandem_components::Error as ComponentError;
 use tandem_components::query::{Query, QueryResponse};
 use tandem_components::state::{
-    BulkGetItem, Consistency, DeleteRequest, ETag, GetRequest, RequestMetadata, SetRequest,
-    StateItem, StateOptions, TransactionOperation, TransactionRequest,
+    BulkGetItem, Concurrency, Consistency, DeleteRequest, ETag, GetRequest, RequestMetadata,
+    SetRequest, StateItem, StateOptions, TransactionOperation, TransactionRequest,
 };
 
 use crate::components::{Components, KeyPrefix, StateEntry};
@@ -432,6 +433,55 @@ fn prefixed(store_name: &str, prefix: &KeyPrefix, key: &str) -> Result<String, A
             full.push_str(key);
             full
         }
+    })
+}
+
+/// Conversions from the gRPC messages.
+/// gRPC `StateOptions` (absent: last-write, eventual).
+pub fn proto_options(o: Option<common::StateOptions>) -> StateOptions {
+    let Some(o) = o else {
+        return StateOptions::default();
+    };
+    StateOptions {
+        concurrency: if o.concurrency == 1 {
+            Concurrency::FirstWrite
+        } else {
+            Concurrency::LastWrite
+        },
+        consistency: if o.consistency == 2 {
+            Consistency::Strong
+        } else {
+            Consistency::Eventual
+        },
+    }
+}
+
+/// A gRPC `Etag`.
+pub fn proto_etag(e: Option<common::Etag>) -> Option<ETag> {
+    e.map(|e| ETag::from(e.value))
+}
+
+/// A gRPC `StateItem` as a save (used by the gRPC API and by gRPC apps' binding answers).
+/// Item metadata `contentType: application/json` asks for a JSON value, which is checked.
+pub fn save_item_from_proto(item: common::StateItem) -> std::result::Result<SaveItem, ApiError> {
+    let json = item
+        .metadata
+        .get("contentType")
+        .is_some_and(|c| c.eq_ignore_ascii_case("application/json"));
+    if json {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&item.value).map_err(|e| {
+            ApiError::malformed(format!(
+                "the value of key {} is not JSON although its contentType is application/json: {e}",
+                item.key
+            ))
+        })?;
+    }
+    Ok(SaveItem {
+        key: item.key,
+        value: item.value.into(),
+        etag: proto_etag(item.etag),
+        metadata: item.metadata,
+        options: proto_options(item.options),
     })
 }
 

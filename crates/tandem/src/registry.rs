@@ -49,6 +49,24 @@ pub(crate) fn registry() -> Registry {
     r.pubsub(&["pubsub.rabbitmq"], "v1", |m| async move {
         tandem_rabbitmq::RabbitPubSub::build(&m).await
     });
+    #[cfg(feature = "bindings")]
+    {
+        r.binding(&["bindings.cron"], "v1", |m| async move {
+            tandem_bindings::CronBinding::build(&m)
+                .await
+                .map(tandem_components::bindings::Binding::input)
+        });
+        r.binding(&["bindings.http"], "v1", |m| async move {
+            tandem_bindings::HttpBinding::build(&m)
+                .await
+                .map(tandem_components::bindings::Binding::output)
+        });
+        r.binding(&["bindings.localstorage"], "v1", |m| async move {
+            tandem_bindings::LocalStorageBinding::build(&m)
+                .await
+                .map(tandem_components::bindings::Binding::output)
+        });
+    }
     #[cfg(feature = "local")]
     {
         r.secret_store(&["secretstores.local.file"], "v1", |m| async move {

@@ -1,7 +1,8 @@
 //! A scriptable gRPC app for `--app-protocol grpc` / `grpcs` tests.
 //!
 //! It implements `AppCallback` (invocations are echoed back as JSON; topic events recorded and
-//! answered as scripted; subscriptions as given), `AppCallbackAlpha` (bulk events) and
+//! answered as scripted; subscriptions as given; input-binding events recorded and answered
+//! as scripted), `AppCallbackAlpha` (bulk events) and
 //! `AppCallbackHealthCheck` (answers as toggled). It also serves a raw streaming method,
 //! `/tandem.test.Echo/Stream`, that sends every request frame straight back as it arrives and
 //! ends with `grpc-status: 0`, for gRPC-proxying tests of bidirectional streams (see
@@ -68,6 +69,9 @@ struct Inner {
     events: Vec<Event>,
     bulk: Vec<rt::TopicEventBulkRequest>,
     attempts: HashMap<String, usize>,
+    input_bindings: Vec<String>,
+    binding_events: Vec<rt::BindingEventRequest>,
+    binding_answer: rt::BindingEventResponse,
 }
 
 /// A running gRPC app.
@@ -181,6 +185,21 @@ impl GrpcApp {
             .unwrap()
             .answers
             .insert(path.to_owned(), answer);
+    }
+
+    /// The input bindings `ListInputBindings` names.
+    pub fn set_input_bindings(&self, names: &[&str]) {
+        self.inner.lock().unwrap().input_bindings = names.iter().map(|n| (*n).to_owned()).collect();
+    }
+
+    /// The answer to every `OnBindingEvent` (default: empty).
+    pub fn answer_bindings(&self, answer: rt::BindingEventResponse) {
+        self.inner.lock().unwrap().binding_answer = answer;
+    }
+
+    /// The input-binding events so far.
+    pub fn binding_events(&self) -> Vec<rt::BindingEventRequest> {
+        self.inner.lock().unwrap().binding_events.clone()
     }
 
     /// Toggles the health-check answer.
@@ -319,14 +338,18 @@ impl AppCallback for GrpcApp {
         &self,
         _request: Request<()>,
     ) -> Result<Response<rt::ListInputBindingsResponse>, Status> {
-        Ok(Response::new(rt::ListInputBindingsResponse::default()))
+        Ok(Response::new(rt::ListInputBindingsResponse {
+            bindings: self.inner.lock().unwrap().input_bindings.clone(),
+        }))
     }
 
     async fn on_binding_event(
         &self,
-        _request: Request<rt::BindingEventRequest>,
+        request: Request<rt::BindingEventRequest>,
     ) -> Result<Response<rt::BindingEventResponse>, Status> {
-        Err(Status::unimplemented("no input bindings"))
+        let mut inner = self.inner.lock().unwrap();
+        inner.binding_events.push(request.into_inner());
+        Ok(Response::new(inner.binding_answer.clone()))
     }
 
     async fn on_bulk_topic_event(

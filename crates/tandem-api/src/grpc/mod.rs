@@ -170,6 +170,34 @@ dapr_api! {
             invoke::invoke(&self.runtime, self.max_body_size, request).await
         }
 
+        async fn invoke_binding(
+            &self,
+            request: Request<rt::InvokeBindingRequest>,
+        ) -> Result<Response<rt::InvokeBindingResponse>, Status> {
+            let (md, _, req) = request.into_parts();
+            let mut metadata = req.metadata;
+            for h in ["traceparent", "tracestate", "baggage"] {
+                if let Some(v) = md.get(h).and_then(|v| v.to_str().ok()) {
+                    metadata.insert(h.to_owned(), v.to_owned());
+                }
+            }
+            let invoke = tandem_components::bindings::InvokeRequest {
+                operation: req.operation,
+                data: req.data.into(),
+                metadata,
+            };
+            let resp = self
+                .runtime
+                .bindings
+                .invoke(&req.name, invoke)
+                .await
+                .map_err(error::to_status)?;
+            Ok(Response::new(rt::InvokeBindingResponse {
+                data: resp.data.map(Vec::from).unwrap_or_default(),
+                metadata: resp.metadata,
+            }))
+        }
+
         async fn get_state(
             &self,
             request: Request<rt::GetStateRequest>,
@@ -283,7 +311,6 @@ dapr_api! {
         }
     }
     unserved {
-        invoke_binding(rt::InvokeBindingRequest) -> rt::InvokeBindingResponse, "InvokeBinding";
         register_actor_timer(rt::RegisterActorTimerRequest) -> (), "RegisterActorTimer";
         unregister_actor_timer(rt::UnregisterActorTimerRequest) -> (), "UnregisterActorTimer";
         register_actor_reminder(rt::RegisterActorReminderRequest) -> (), "RegisterActorReminder";
@@ -422,13 +449,13 @@ mod tests {
         let missing = api.get_state(get("none")).await.unwrap().into_inner();
         assert!(missing.data.is_empty() && missing.etag.is_empty());
         let err = api
-            .invoke_binding(Request::new(rt::InvokeBindingRequest::default()))
+            .unregister_actor_timer(Request::new(rt::UnregisterActorTimerRequest::default()))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         assert_eq!(
             err.message(),
-            "InvokeBinding is not implemented by Tandem yet"
+            "UnregisterActorTimer is not implemented by Tandem yet"
         );
     }
 

@@ -9,10 +9,8 @@
 //! the stored `Bytes` without a copy; a value read is copied once into the answer's `Vec`
 //! (only when the store still shares the buffer).
 
-use dapr::dapr::proto::common::v1 as common;
 use dapr::dapr::proto::runtime::v1 as rt;
-use tandem_components::state::{Concurrency, Consistency, ETag, StateOptions};
-use tandem_runtime::state::{DeleteItem, SaveItem, TxOperation};
+use tandem_runtime::state::{DeleteItem, TxOperation};
 use tandem_runtime::{ApiError, ErrorCode, Runtime};
 use tonic::{Request, Response, Status};
 
@@ -29,50 +27,8 @@ fn consistency_text(value: i32) -> &'static str {
     }
 }
 
-fn options(o: Option<common::StateOptions>) -> StateOptions {
-    let Some(o) = o else {
-        return StateOptions::default();
-    };
-    StateOptions {
-        concurrency: if o.concurrency == 1 {
-            Concurrency::FirstWrite
-        } else {
-            Concurrency::LastWrite
-        },
-        consistency: if o.consistency == 2 {
-            Consistency::Strong
-        } else {
-            Consistency::Eventual
-        },
-    }
-}
-
-fn etag(e: Option<common::Etag>) -> Option<ETag> {
-    e.map(|e| ETag::from(e.value))
-}
-
-/// Item metadata `contentType: application/json` asks for a JSON value.
-fn save_item(item: common::StateItem) -> std::result::Result<SaveItem, ApiError> {
-    let json = item
-        .metadata
-        .get("contentType")
-        .is_some_and(|c| c.eq_ignore_ascii_case("application/json"));
-    if json {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&item.value).map_err(|e| {
-            ApiError::malformed(format!(
-                "the value of key {} is not JSON although its contentType is application/json: {e}",
-                item.key
-            ))
-        })?;
-    }
-    Ok(SaveItem {
-        key: item.key,
-        value: item.value.into(),
-        etag: etag(item.etag),
-        metadata: item.metadata,
-        options: options(item.options),
-    })
-}
+pub(super) use tandem_runtime::state::save_item_from_proto as save_item;
+use tandem_runtime::state::{proto_etag as etag, proto_options as options};
 
 /// `GetState`: a missing key is an empty answer, not an error.
 pub(super) async fn get(
@@ -251,6 +207,8 @@ pub(super) async fn query(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dapr::dapr::proto::common::v1 as common;
+    use tandem_components::state::{Concurrency, Consistency, StateOptions};
 
     #[test]
     fn json_items_must_be_json_and_raw_items_are_kept() {

@@ -4,6 +4,7 @@
 //! Errors are rendered only in [`error`]. Unmatched routes fall through to service invocation,
 //! as in Dapr.
 
+mod bindings;
 mod body;
 pub mod error;
 mod health;
@@ -98,6 +99,10 @@ pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
         .route(
             "/v1.0-alpha1/publish/bulk/{pubsub}/{*topic}",
             post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+        )
+        .route(
+            "/v1.0/bindings/{name}",
+            post(bindings::invoke).put(bindings::invoke),
         )
         .route("/v1.0/metadata", get(metadata::get))
         .route("/v1.0/metadata/{key}", put(metadata::put))

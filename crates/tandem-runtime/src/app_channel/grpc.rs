@@ -538,6 +538,49 @@ fn subscription_spec(s: rt::TopicSubscription) -> SubscriptionSpec {
     }
 }
 
+/// The input bindings a gRPC app wants (`ListInputBindings`, asked once).
+pub(crate) async fn list_input_bindings(ch: &AppChannel) -> Result<Vec<String>, String> {
+    let none = HashMap::new();
+    match callback(ch)
+        .list_input_bindings(request(ch, (), &none))
+        .await
+    {
+        Ok(resp) => Ok(resp.into_inner().bindings),
+        Err(status) if status.code() == Code::Unimplemented => Ok(Vec::new()),
+        Err(status) => Err(format!(
+            "ListInputBindings failed: {} ({:?})",
+            status.message(),
+            status.code()
+        )),
+    }
+}
+
+/// Delivers one input-binding event with `OnBindingEvent`; the app's answer, or why it failed.
+pub(crate) async fn binding_event(
+    ch: &AppChannel,
+    name: &str,
+    event: tandem_components::bindings::BindingEvent,
+) -> Result<rt::BindingEventResponse, String> {
+    let _permit = ch.admit().await.map_err(|e| e.to_string())?;
+    let msg = rt::BindingEventRequest {
+        name: name.to_owned(),
+        data: event.data.into(),
+        metadata: event.metadata.clone(),
+    };
+    let none = HashMap::new();
+    callback(ch)
+        .on_binding_event(request(ch, msg, &none))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| {
+            format!(
+                "the app failed to process the event of input binding {name}: {} ({:?})",
+                status.message(),
+                status.code()
+            )
+        })
+}
+
 /// One `AppCallbackHealthCheck/HealthCheck` probe (no API token, like HTTP probes).
 pub(crate) async fn health_check(ch: &AppChannel, timeout: Duration) -> bool {
     let mut client = AppCallbackHealthCheckClient::with_origin(transport(ch), origin(ch));

@@ -1,0 +1,313 @@
+//! Bindings: output bindings called by the app, and input bindings delivered to the app.
+//!
+//! - [`BindingsService::invoke`] serves `/v1.0/bindings/{name}` and gRPC `InvokeBinding`: the
+//!   operation must be one the binding declares.
+//! - [`InputBindingManager`] starts input bindings the app wants while it is healthy and stops
+//!   them while it is not. An HTTP app says it wants a binding by answering `OPTIONS /<route>`
+//!   with 2xx or 405, and receives `POST /<route>` (JSON content type, the event's metadata as
+//!   headers; a 2xx answer accepts the event). A gRPC app lists the bindings it wants in
+//!   `ListInputBindings` and receives `OnBindingEvent`; its answer may save `states` in a
+//!   state store and send `data` to the output bindings named in `to`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Limited};
+use tandem_components::bindings::{BindingEvent, EventHandler, InvokeRequest, InvokeResponse};
+use tandem_components::pubsub::Subscription;
+
+use crate::app_channel::{AppChannel, empty_body, full_body, grpc};
+use crate::components::Components;
+use crate::error::{ApiError, ErrorCode};
+use crate::lifecycle::Shutdown;
+use crate::state::StateService;
+
+/// How long the app may take to answer the `OPTIONS` probe of an input binding.
+pub const OPTIONS_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest app answer to an input event that is read.
+const MAX_ANSWER: usize = 4 << 20;
+
+/// Output bindings.
+pub struct BindingsService {
+    components: Arc<Components>,
+}
+
+fn invoke_error(name: &str, err: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvokeOutputBinding,
+        format!("error invoking output binding {name}: {err}"),
+    )
+}
+
+impl BindingsService {
+    /// Over the loaded components.
+    pub fn new(components: Arc<Components>) -> Self {
+        Self { components }
+    }
+
+    /// Performs `req.operation` on the output binding `name`.
+    pub async fn invoke(&self, name: &str, req: InvokeRequest) -> Result<InvokeResponse, ApiError> {
+        let output = self
+            .components
+            .bindings
+            .get(name)
+            .and_then(|b| b.output.clone())
+            .ok_or_else(|| invoke_error(name, format!("couldn't find output binding {name}")))?;
+        let ops = output.operations();
+        if !ops.contains(&req.operation.as_str()) {
+            return Err(invoke_error(
+                name,
+                format!(
+                    "binding {name} does not support operation {}. supported operations:{}",
+                    req.operation,
+                    ops.join(" ")
+                ),
+            ));
+        }
+        output.invoke(req).await.map_err(|e| invoke_error(name, e))
+    }
+}
+
+/// Delivers one input binding's events to the app.
+struct AppHandler {
+    name: String,
+    route: String,
+    channel: Arc<AppChannel>,
+    state: Arc<StateService>,
+    bindings: Arc<BindingsService>,
+}
+
+#[async_trait]
+impl EventHandler for AppHandler {
+    async fn handle(&self, event: BindingEvent) -> Result<Option<Bytes>, String> {
+        if self.channel.is_grpc() {
+            return self.handle_grpc(event).await;
+        }
+        let mut req = Request::builder().method(Method::POST);
+        if let Some(h) = req.headers_mut() {
+            for (k, v) in &event.metadata {
+                if let (Ok(name), Ok(value)) =
+                    (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v))
+                {
+                    h.insert(name, value);
+                }
+            }
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        let req = req.body(full_body(event.data)).map_err(|e| e.to_string())?;
+        let resp = self
+            .channel
+            .send(req, &self.route)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.response.status();
+        let body = Limited::new(resp.response.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        if status.is_success() {
+            Ok(Some(body).filter(|b| !b.is_empty()))
+        } else {
+            Err(format!(
+                "the app answered input binding {} with status {}",
+                self.name,
+                status.as_u16()
+            ))
+        }
+    }
+}
+
+impl AppHandler {
+    async fn handle_grpc(&self, event: BindingEvent) -> Result<Option<Bytes>, String> {
+        let answer = grpc::binding_event(&self.channel, &self.name, event).await?;
+        if !answer.store_name.is_empty() && !answer.states.is_empty() {
+            let items = answer
+                .states
+                .into_iter()
+                .map(crate::state::save_item_from_proto)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.message)?;
+            self.state
+                .save(&answer.store_name, items)
+                .await
+                .map_err(|e| e.message)?;
+        }
+        let data = Bytes::from(answer.data);
+        if !answer.to.is_empty() {
+            let send = |to: String| {
+                let bindings = self.bindings.clone();
+                let req = InvokeRequest {
+                    operation: "create".to_owned(),
+                    data: data.clone(),
+                    metadata: HashMap::new(),
+                };
+                async move {
+                    let res = bindings.invoke(&to, req).await;
+                    (to, res)
+                }
+            };
+            let mut results = Vec::with_capacity(answer.to.len());
+            // PARALLEL (1) sends to every binding at once; SEQUENTIAL (0) one after another.
+            if answer.concurrency == 1 {
+                let mut set = tokio::task::JoinSet::new();
+                for to in answer.to {
+                    set.spawn(send(to));
+                }
+                while let Some(done) = set.join_next().await {
+                    if let Ok(r) = done {
+                        results.push(r);
+                    }
+                }
+            } else {
+                for to in answer.to {
+                    results.push(send(to).await);
+                }
+            }
+            for (to, res) in results {
+                if let Err(e) = res {
+                    tracing::warn!(binding = %self.name, to = %to, error = %e.message, "forwarding the app's answer failed");
+                }
+            }
+        }
+        Ok(Some(data).filter(|d| !d.is_empty()))
+    }
+}
+
+/// Starts the input bindings the app wants while it is healthy.
+pub struct InputBindingManager {
+    pub(crate) components: Arc<Components>,
+    pub(crate) channel: Arc<AppChannel>,
+    pub(crate) state: Arc<StateService>,
+    pub(crate) bindings: Arc<BindingsService>,
+}
+
+impl InputBindingManager {
+    /// The input bindings the app asks for: `OPTIONS` probes (HTTP) or `ListInputBindings`
+    /// (gRPC).
+    async fn wanted(&self) -> Vec<String> {
+        let mut names: Vec<&String> = self
+            .components
+            .bindings
+            .iter()
+            .filter(|(_, b)| b.input.is_some())
+            .map(|(n, _)| n)
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        if self.channel.is_grpc() {
+            return match grpc::list_input_bindings(&self.channel).await {
+                Ok(listed) => names
+                    .into_iter()
+                    .filter(|n| listed.iter().any(|l| l == *n))
+                    .cloned()
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the app's input bindings; none started");
+                    Vec::new()
+                }
+            };
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let route = &self.components.bindings[name].route;
+            let Ok(req) = Request::builder()
+                .method(Method::OPTIONS)
+                .body(empty_body())
+            else {
+                continue;
+            };
+            match tokio::time::timeout(OPTIONS_TIMEOUT, self.channel.send(req, route)).await {
+                Ok(Ok(resp))
+                    if resp.response.status().is_success() || resp.response.status() == 405 =>
+                {
+                    out.push(name.clone());
+                }
+                Ok(Ok(resp)) => {
+                    tracing::info!(binding = %name, status = resp.response.status().as_u16(), "the app does not want this input binding");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(binding = %name, error = %e, "input binding probe failed");
+                }
+                Err(_) => {
+                    tracing::warn!(binding = %name, "input binding probe timed out");
+                }
+            }
+        }
+        out
+    }
+
+    async fn start_all(&self, names: &[String]) -> Vec<Subscription> {
+        let mut running = Vec::new();
+        for name in names {
+            let Some(entry) = self.components.bindings.get(name) else {
+                continue;
+            };
+            let Some(input) = entry.input.clone() else {
+                continue;
+            };
+            let handler = Arc::new(AppHandler {
+                name: name.clone(),
+                route: entry.route.clone(),
+                channel: self.channel.clone(),
+                state: self.state.clone(),
+                bindings: self.bindings.clone(),
+            });
+            match input.read(handler).await {
+                Ok(sub) => {
+                    tracing::info!(binding = %name, "input binding started");
+                    running.push(sub);
+                }
+                Err(e) => {
+                    tracing::error!(binding = %name, error = %e, "cannot start input binding")
+                }
+            }
+        }
+        running
+    }
+
+    /// Runs until shutdown: waits for the app, asks once which bindings it wants, and keeps
+    /// them reading exactly while the app is healthy.
+    pub async fn run(self, shutdown: &Shutdown) {
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        let mut health = self.channel.health();
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = health.wait_for(|h| *h) => {}
+        }
+        let names = self.wanted().await;
+        if names.is_empty() {
+            return;
+        }
+        let mut running = self.start_all(&names).await;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                changed = health.changed() => {
+                    if changed.is_err() { break; }
+                    let healthy = *health.borrow_and_update();
+                    if healthy && running.is_empty() {
+                        tracing::info!("app is healthy again: resuming input bindings");
+                        running = self.start_all(&names).await;
+                    } else if !healthy && !running.is_empty() {
+                        tracing::warn!("app is unhealthy: pausing input bindings");
+                        for s in running.drain(..) { s.close().await; }
+                    }
+                }
+            }
+        }
+        for s in running {
+            s.close().await;
+        }
+    }
+}
