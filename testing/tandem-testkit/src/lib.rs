@@ -3,7 +3,8 @@
 //! [`SidecarBuilder`] starts the real `tandem` binary with `--dapr-http-port 0` and a
 //! `--ports-file`, waits until `/v1.0/healthz/outbound` answers 204, and hands back a
 //! [`Sidecar`] with its bound port, so tests never race for ports. Its logs go to a file that
-//! failures print. [`services`] finds backends at their standard local addresses.
+//! failures print. [`services`] finds backends at their standard local addresses;
+//! [`openbao::OpenBao`] starts a Vault-API dev server.
 //! [`mock_app`] is an in-process HTTP app for service-invocation tests.
 //!
 //! Each sidecar gets its own name-resolution database in its scratch folder unless
@@ -14,6 +15,7 @@
 
 pub mod grpc_app;
 pub mod mock_app;
+pub mod openbao;
 pub mod proxy;
 pub mod services;
 pub mod subscriber;
