@@ -76,6 +76,10 @@ pub(crate) fn registry() -> Registry {
             tandem_local::LocalEnvSecretStore::build(&m).await
         });
     }
+    #[cfg(feature = "vault")]
+    r.secret_store(&["secretstores.hashicorp.vault"], "v1", |m| async move {
+        tandem_vault::VaultSecretStore::build(&m).await
+    });
     r
 }
 
