@@ -91,9 +91,33 @@ impl VaultSecretStore {
             token,
         )
         .await?;
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner { client, settings }),
-        })
+        };
+        store.probe();
+        Ok(store)
+    }
+
+    /// Says once, in the log, when Vault cannot be reached or is not ready, without holding up
+    /// the start-up.
+    fn probe(&self) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let addr = &inner.settings.addr;
+            match inner
+                .client
+                .call(&Method::GET, "sys/health?standbyok=true&perfstandbyok=true")
+                .await
+            {
+                Ok(answer) if answer.status.is_success() => {}
+                Ok(answer) => {
+                    tracing::warn!(%addr, status = %answer.status, "vault is not ready (sealed or not initialised?); secret reads fail until it is")
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "vault unreachable; secret reads fail until it answers")
+                }
+            }
+        });
     }
 }
 

@@ -369,6 +369,12 @@ async fn vault_down_then_back() {
         .await;
     };
     down().await;
+    // ... and says so once in its log.
+    let start = std::time::Instant::now();
+    while !sc.log().contains("vault unreachable") {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", sc.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut c = grpc(&sc).await;
     let err = grpc_get(&mut c, "vault", "api-key", &[]).await.unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
