@@ -67,6 +67,10 @@ pub(crate) fn registry() -> Registry {
                 .map(tandem_components::bindings::Binding::output)
         });
     }
+    #[cfg(feature = "nats")]
+    r.pubsub(&["pubsub.jetstream"], "v1", |m| async move {
+        tandem_nats::JetStreamPubSub::build(&m).await
+    });
     #[cfg(feature = "local")]
     {
         r.secret_store(&["secretstores.local.file"], "v1", |m| async move {
