@@ -1,0 +1,188 @@
+//! The report: one latency table (every path of every scenario, the direct path first) and
+//! one table of costs and footprint, printed as Markdown so that it can be pasted as is.
+
+use std::fmt::Write as _;
+
+/// One path of a latency scenario.
+pub struct PathRow {
+    /// The scenario, e.g. `state GET redis`.
+    pub scenario: String,
+    /// The path, e.g. `direct (HMGET+PTTL)` or `HTTP/1.1`.
+    pub path: String,
+    /// p50, p90, p99, p99.9 in ms (open loop), when measured.
+    pub latency: Option<[f64; 4]>,
+    /// Ratios to the direct path, when there is one.
+    pub ratio: Option<[f64; 4]>,
+    /// Closed-loop requests per second.
+    pub closed: Option<f64>,
+    /// Closed-loop ratio to the direct path.
+    pub closed_ratio: Option<f64>,
+    /// Sidecar CPU seconds per 1 000 requests during the open loop (all sidecars on the path).
+    pub cpu_per_1k: Option<f64>,
+    /// Generator lag p99 (ms): how late requests left against their schedule.
+    pub lag_p99: Option<f64>,
+    /// Set when the path failed.
+    pub error: Option<String>,
+}
+
+impl PathRow {
+    /// An empty row for `scenario` / `path`.
+    pub fn new(scenario: &str, path: &str) -> Self {
+        Self {
+            scenario: scenario.to_owned(),
+            path: path.to_owned(),
+            latency: None,
+            ratio: None,
+            closed: None,
+            closed_ratio: None,
+            cpu_per_1k: None,
+            lag_p99: None,
+            error: None,
+        }
+    }
+
+    /// Fills the ratios against `direct`.
+    pub fn compare_with(&mut self, direct: &PathRow) {
+        if let (Some(v), Some(d)) = (self.latency, direct.latency) {
+            self.ratio = Some([0, 1, 2, 3].map(|i| v[i] / d[i]));
+        }
+        if let (Some(v), Some(d)) = (self.closed, direct.closed) {
+            self.closed_ratio = Some(v / d);
+        }
+    }
+}
+
+/// One measure of the cost and footprint table.
+pub struct Measure {
+    /// What was measured.
+    pub name: String,
+    /// The figure with its unit (or an error).
+    pub value: String,
+    /// How.
+    pub how: String,
+}
+
+impl Measure {
+    /// A measure.
+    pub fn new(name: &str, value: String, how: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            value,
+            how: how.to_owned(),
+        }
+    }
+}
+
+/// Everything measured in one run.
+#[derive(Default)]
+pub struct Report {
+    /// Latency and throughput rows.
+    pub paths: Vec<PathRow>,
+    /// Cost and footprint rows.
+    pub measures: Vec<Measure>,
+    /// Scenarios that failed, with the reason.
+    pub failures: Vec<String>,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        out.push('|');
+        for (i, c) in cells.iter().enumerate() {
+            let pad = width[i] - c.chars().count();
+            let _ = write!(out, " {c}{} |", " ".repeat(pad));
+        }
+        out.push('\n');
+    };
+    line(
+        &header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
+        &mut out,
+    );
+    line(
+        &width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>(),
+        &mut out,
+    );
+    for r in rows {
+        line(r, &mut out);
+    }
+    out
+}
+
+impl Report {
+    /// The two tables, as Markdown.
+    pub fn render(&self) -> String {
+        let mut rows = Vec::new();
+        for p in &self.paths {
+            if let Some(e) = &p.error {
+                let mut r = vec![p.scenario.clone(), p.path.clone()];
+                r.push(format!("ERROR: {}", e.lines().next().unwrap_or("")));
+                r.resize(14, String::new());
+                rows.push(r);
+                continue;
+            }
+            let l = p.latency.map_or([None; 4], |v| v.map(Some));
+            let x = p.ratio.map_or([None; 4], |v| v.map(Some));
+            rows.push(vec![
+                p.scenario.clone(),
+                p.path.clone(),
+                opt(l[0], 3),
+                opt(l[1], 3),
+                opt(l[2], 3),
+                opt(l[3], 3),
+                opt(x[0], 2),
+                opt(x[1], 2),
+                opt(x[2], 2),
+                opt(x[3], 2),
+                opt(p.closed, 0),
+                opt(p.closed_ratio, 2),
+                opt(p.cpu_per_1k, 3),
+                opt(p.lag_p99, 3),
+            ]);
+        }
+        let mut out = table(
+            &[
+                "scenario",
+                "path",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "×p50",
+                "×p90",
+                "×p99",
+                "×p99.9",
+                "closed req/s",
+                "×closed",
+                "sidecar CPU s/1k req",
+                "gen lag p99 ms",
+            ],
+            &rows,
+        );
+        if !self.measures.is_empty() {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = self
+                .measures
+                .iter()
+                .map(|m| vec![m.name.clone(), m.value.clone(), m.how.clone()])
+                .collect();
+            out.push_str(&table(&["measure", "value", "how"], &rows));
+        }
+        if !self.failures.is_empty() {
+            out.push_str("\nFAILED:\n");
+            for f in &self.failures {
+                let _ = writeln!(out, "- {f}");
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,147 @@
+//! Service invocation: app → sidecar → sidecar → app against app → app directly.
+//!
+//! The benchmark starts the built-in echo app, a callee sidecar (`bench-echo`, `--app-port`
+//! the echo app) and a caller sidecar (`bench-caller`, no app), the two sharing one SQLite
+//! name-resolution database so that they find each other. Direct: `POST /echo` to the app.
+//! Via Tandem: `POST /v1.0/invoke/bench-echo/method/echo` to the caller sidecar. Both over
+//! HTTP/1.1 keep-alive, with the same payload; the echoed body is checked.
+
+use bytes::Bytes;
+use http::Method;
+
+use super::measure;
+use crate::clients::{self, Http};
+use crate::load::{Op, op};
+use crate::procs::{App, Sidecar, SidecarSpec};
+use crate::report::Report;
+use crate::settings::Settings;
+
+/// The callee's app-id.
+pub const CALLEE: &str = "bench-echo";
+
+/// The running pair and its app.
+pub struct Pair {
+    /// The echo app.
+    pub app: App,
+    /// The callee sidecar.
+    pub callee: Sidecar,
+    /// The caller sidecar.
+    pub caller: Sidecar,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the echo app and the two sidecars. `caller_resources` adds resources to the caller;
+/// the wrappers run each sidecar under a command (valgrind, taskset).
+pub async fn start_pair(
+    s: &Settings,
+    caller_resources: Vec<(String, String)>,
+    caller_wrapper: Vec<String>,
+    callee_wrapper: Vec<String>,
+) -> Result<Pair, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let db = dir.path().join("nameresolution.db");
+    let app = App::start(0, &[], &s.wrapper()).await?;
+    let mut callee = SidecarSpec::new(CALLEE);
+    callee.app_port = Some(app.port);
+    callee.name_resolution_db = Some(db.clone());
+    callee.wrapper = callee_wrapper;
+    let callee = callee.start(&s.tandem).await?;
+    let mut caller = SidecarSpec::new("bench-caller");
+    caller.name_resolution_db = Some(db);
+    caller.wrapper = caller_wrapper;
+    caller.resources = caller_resources;
+    let caller = caller.start(&s.tandem).await?;
+    Ok(Pair {
+        app,
+        callee,
+        caller,
+        _dir: dir,
+    })
+}
+
+/// A payload of `n` bytes.
+pub fn payload(n: usize) -> Bytes {
+    Bytes::from(
+        (0..n)
+            .map(|i| b"abcdefghijklmnopqrstuvwxyz"[i % 26])
+            .collect::<Vec<u8>>(),
+    )
+}
+
+/// `POST` `body` to `path` on `port`, expecting it echoed.
+pub fn echo_op(port: u16, path: &str, body: Bytes) -> Op {
+    let client = clients::http(Http::H1);
+    let uri = clients::uri(port, path);
+    op(move || {
+        let (client, uri, body) = (client.clone(), uri.clone(), body.clone());
+        async move {
+            let got = clients::call(
+                &client,
+                Method::POST,
+                &uri,
+                body.clone(),
+                &[("content-type", "application/octet-stream")],
+                200,
+            )
+            .await?;
+            if got == body {
+                Ok(())
+            } else {
+                Err(format!(
+                    "echo of {} bytes came back as {}",
+                    body.len(),
+                    got.len()
+                ))
+            }
+        }
+    })
+}
+
+/// The invocation path through the caller sidecar.
+pub fn via_path() -> String {
+    format!("/v1.0/invoke/{CALLEE}/method/echo")
+}
+
+/// Runs the invocation scenario.
+pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
+    let pair = start_pair(s, Vec::new(), s.wrapper(), s.wrapper()).await?;
+    let scenario = format!("invoke 2 sidecars, {} B", s.payload);
+    eprintln!("{scenario}");
+    let body = payload(s.payload);
+    let direct = measure(
+        s,
+        &scenario,
+        "direct app → app",
+        echo_op(pair.app.port, "/echo", body.clone()),
+        &[],
+    )
+    .await;
+    let mut via = measure(
+        s,
+        &scenario,
+        "Tandem HTTP/1.1 (both sidecars)",
+        echo_op(pair.caller.http, &via_path(), body),
+        &[pair.caller.pid, pair.callee.pid],
+    )
+    .await;
+    via.compare_with(&direct);
+    let failed: Vec<String> = [&direct, &via]
+        .iter()
+        .filter_map(|r| r.error.clone())
+        .collect();
+    report.paths.push(direct);
+    report.paths.push(via);
+    let logs = format!("{}\n{}", pair.caller.log(), pair.callee.log());
+    pair.caller.stop().await?;
+    pair.callee.stop().await?;
+    drop(pair.app);
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}; sidecar logs:\n{}",
+            failed.join("; "),
+            super::state::tail(&logs, 20)
+        ))
+    }
+}

@@ -1,0 +1,51 @@
+//! The scenarios. Each starts what it needs, measures its paths (the direct one first) and
+//! adds rows to the report; a path that fails keeps its row, marked, and fails the run.
+
+pub mod cpu;
+pub mod footprint;
+pub mod invoke;
+pub mod publish;
+pub mod state;
+pub mod subscribe;
+
+use crate::load::{self, Op};
+use crate::procs::{cpu_seconds_since, cpu_ticks};
+use crate::report::PathRow;
+use crate::settings::Settings;
+
+/// Measures one path: sequential warm-up, open loop at the fixed rate (with the CPU time of
+/// `pids` over it), then the closed loop.
+pub async fn measure(s: &Settings, scenario: &str, path: &str, op: Op, pids: &[u32]) -> PathRow {
+    let mut row = PathRow::new(scenario, path);
+    if let Err(e) = measure_into(&mut row, s, op, pids).await {
+        row.error = Some(e);
+    }
+    match (&row.error, row.latency) {
+        (Some(e), _) => eprintln!("  {scenario} / {path}: ERROR {e}"),
+        (None, Some(l)) => eprintln!(
+            "  {scenario} / {path}: p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} ms, closed {:.0} req/s",
+            l[0],
+            l[1],
+            l[2],
+            l[3],
+            row.closed.unwrap_or(0.0)
+        ),
+        (None, None) => {}
+    }
+    row
+}
+
+async fn measure_into(row: &mut PathRow, s: &Settings, op: Op, pids: &[u32]) -> Result<(), String> {
+    load::sequential(&op, s.warmup)
+        .await
+        .map_err(|e| format!("warm-up: {e}"))?;
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
+    let lat = load::open_loop(op.clone(), s.rate, s.open).await?;
+    if !pids.is_empty() {
+        row.cpu_per_1k = Some(cpu_seconds_since(pids, &before) / lat.sent as f64 * 1000.0);
+    }
+    row.latency = Some(lat.percentiles_ms());
+    row.lag_p99 = Some(lat.lag.value_at_quantile(0.99) as f64 / 1000.0);
+    row.closed = Some(load::closed_loop(op, s.workers, s.closed).await?);
+    Ok(())
+}
