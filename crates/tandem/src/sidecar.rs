@@ -36,11 +36,24 @@ pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
     for flag in unimplemented_flags_set(matches) {
         warn!(flag = %flag, "flag accepted for compatibility with daprd; it has no effect in this build yet");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // `TANDEM_WORKER_THREADS` (like GOMAXPROCS for daprd): 1 runs everything on one thread,
+    // which avoids cross-thread wake-ups per request; the default is 2.
+    let threads = std::env::var("TANDEM_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2);
+    let built = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the async runtime");
