@@ -71,6 +71,10 @@ pub(crate) fn registry() -> Registry {
     r.pubsub(&["pubsub.jetstream"], "v1", |m| async move {
         tandem_nats::JetStreamPubSub::build(&m).await
     });
+    #[cfg(feature = "mqtt")]
+    r.pubsub(&["pubsub.mqtt3", "pubsub.mqtt"], "v1", |m| async move {
+        tandem_mqtt::MqttPubSub::build(&m).await
+    });
     #[cfg(feature = "local")]
     {
         r.secret_store(&["secretstores.local.file"], "v1", |m| async move {
