@@ -75,6 +75,10 @@ pub(crate) fn registry() -> Registry {
     r.pubsub(&["pubsub.mqtt3", "pubsub.mqtt"], "v1", |m| async move {
         tandem_mqtt::MqttPubSub::build(&m).await
     });
+    #[cfg(feature = "kafka")]
+    r.pubsub(&["pubsub.kafka"], "v1", |m| async move {
+        tandem_kafka::KafkaPubSub::build(&m).await
+    });
     #[cfg(feature = "local")]
     {
         r.secret_store(&["secretstores.local.file"], "v1", |m| async move {

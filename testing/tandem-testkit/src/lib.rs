@@ -4,7 +4,8 @@
 //! `--ports-file`, waits until `/v1.0/healthz/outbound` answers 204, and hands back a
 //! [`Sidecar`] with its bound port, so tests never race for ports. Its logs go to a file that
 //! failures print. [`services`] finds backends at their standard local addresses;
-//! [`openbao::OpenBao`] starts a Vault-API dev server.
+//! [`openbao::OpenBao`] starts a Vault-API dev server; [`kafka::Tansu`] finds or starts a
+//! Kafka-compatible broker.
 //! [`mock_app`] is an in-process HTTP app for service-invocation tests.
 //!
 //! Each sidecar gets its own name-resolution database in its scratch folder unless
@@ -14,6 +15,7 @@
 //! ([`Sidecar::grpc_port`]).
 
 pub mod grpc_app;
+pub mod kafka;
 pub mod mock_app;
 pub mod openbao;
 pub mod proxy;
