@@ -55,8 +55,11 @@ impl LogContext {
         }
     }
 
-    /// Whether `line` was not logged within [`LOG_QUIET`] (and remembers it).
+    /// Whether `line` was not logged within [`LOG_QUIET`] (and remembers it). Lines that
+    /// differ only in numbers (ports, "after 3ms", counters) count as identical.
     fn fresh(&self, line: &str) -> bool {
+        let line: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let line = line.as_str();
         let Ok(mut recent) = self.recent.lock() else {
             return true;
         };
@@ -475,6 +478,14 @@ mod tests {
             md.insert(*k, *v);
         }
         KafkaMetadata::from_metadata(&md, Role::PubSub).unwrap()
+    }
+
+    #[test]
+    fn repeated_warnings_are_throttled() {
+        let log = LogContext::new("kafka".into());
+        assert!(log.fresh("Connect to 127.0.0.1:9092 failed (after 0ms)"));
+        assert!(!log.fresh("Connect to 127.0.0.1:9093 failed (after 12ms)"));
+        assert!(log.fresh("SASL authentication failed"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The group consumer behind `pubsub.kafka` subscriptions.
+//! The group consumer behind `pubsub.kafka` subscriptions and `bindings.kafka` inputs.
 //!
 //! # Shape
 //!
@@ -74,7 +74,7 @@ pub(crate) trait Sink: Send + Sync + 'static {
 
 /// What to consume.
 pub(crate) struct Spec {
-    /// The topics.
+    /// The topics (one for a pub/sub subscription, `topics` for a binding).
     pub(crate) topics: Vec<String>,
     /// The consumer group.
     pub(crate) group: String,

@@ -1,13 +1,14 @@
-//! Kafka components for Tandem: `pubsub.kafka`, on librdkafka (the
+//! Kafka components for Tandem: `pubsub.kafka` and `bindings.kafka`, on librdkafka (the
 //! `rdkafka` crate with its bundled, statically built librdkafka and the system's OpenSSL).
 //!
 //! - [`metadata`]: [`KafkaMetadata`], the typed settings decoded from a component's
 //!   `spec.metadata` (Dapr's field names and defaults); its doc comments are the components'
 //!   documentation.
 //! - [`pubsub`]: [`KafkaPubSub`], the `pubsub.kafka` component.
+//! - [`binding`]: [`KafkaBinding`], the `bindings.kafka` component (input and output).
 //! - `client` (private): the producer, Sarama-compatible partitioning, log routing, and the
 //!   conversions between Dapr metadata and Kafka keys and headers.
-//! - `consumer` (private): the group consumer subscriptions run on: a poll
+//! - `consumer` (private): the group consumer both components subscribe with: a poll
 //!   thread per subscription, a dispatcher handing records to the app in partition (or key)
 //!   order, offsets committed only after the app's verdict.
 //!
@@ -28,15 +29,19 @@
 //! | publish `partitionKey` (also `__key`, and `key` as a Tandem extension), `partitionNumber`, headers from metadata | implemented; keys partition like daprd's client (FNV-1a) |
 //! | delivery metadata `__key`, `__topic`, `__partition`, `__offset`, `__timestamp`, headers | implemented |
 //! | `deliveryOrder` (Tandem: `partition`, the default, or `key`) | implemented |
+//! | `bindings.kafka`: `publishTopic` (`create`), `topics` | implemented |
 //!
 //! Building never waits for the brokers: publishing fails after `writeTimeout` while they
 //! are unreachable, subscriptions attach when they answer. Errors never contain metadata
-//! values. The binary's registry maps `pubsub.kafka` to [`KafkaPubSub::build`].
+//! values. The binary's registry maps `pubsub.kafka` to [`KafkaPubSub::build`] and
+//! `bindings.kafka` to [`KafkaBinding::build`].
 
+pub mod binding;
 mod client;
 mod consumer;
 pub mod metadata;
 pub mod pubsub;
 
+pub use binding::KafkaBinding;
 pub use metadata::KafkaMetadata;
 pub use pubsub::KafkaPubSub;

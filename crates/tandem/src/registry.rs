@@ -76,9 +76,16 @@ pub(crate) fn registry() -> Registry {
         tandem_mqtt::MqttPubSub::build(&m).await
     });
     #[cfg(feature = "kafka")]
-    r.pubsub(&["pubsub.kafka"], "v1", |m| async move {
-        tandem_kafka::KafkaPubSub::build(&m).await
-    });
+    {
+        r.pubsub(&["pubsub.kafka"], "v1", |m| async move {
+            tandem_kafka::KafkaPubSub::build(&m).await
+        });
+        r.binding(&["bindings.kafka"], "v1", |m| async move {
+            tandem_kafka::KafkaBinding::build(&m)
+                .await
+                .map(tandem_components::bindings::Binding::both)
+        });
+    }
     #[cfg(feature = "local")]
     {
         r.secret_store(&["secretstores.local.file"], "v1", |m| async move {
