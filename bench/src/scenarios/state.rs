@@ -9,10 +9,11 @@
 //!   `INSERT … ON CONFLICT (key) DO UPDATE`, prepared, on a pool of 4 connections (the
 //!   component's default pool size on a 2-core machine).
 //!
-//! `state.in-memory` has no direct path; its rows are absolute.
+//! GET reads one key; SET paths write [`SET_KEYS`] keys in turn (the same sequence on every
+//! path). `state.in-memory` has no direct path; its rows are absolute.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use dapr::dapr::proto::common::v1::StateItem;
@@ -34,8 +35,23 @@ pub const VALUE: &str = r#"{"id":42,"name":"a typical small JSON value","tags":[
 pub const APP_ID: &str = "bench";
 /// The key read.
 pub const GET_KEY: &str = "bench-key";
-/// The key written.
-pub const SET_KEY: &str = "bench-set";
+/// Keys written: `bench-set-0` … `bench-set-1023`, in turn, so that writes do not all queue
+/// on one row lock (PostgreSQL) but still touch a small, cached key set.
+pub const SET_KEYS: u64 = 1024;
+
+/// The key of the next write of a path.
+#[derive(Clone, Default)]
+pub struct SetKey(Arc<AtomicU64>);
+
+impl SetKey {
+    /// The next key (without the app-id prefix).
+    pub fn next(&self) -> String {
+        format!(
+            "bench-set-{}",
+            self.0.fetch_add(1, Ordering::Relaxed) % SET_KEYS
+        )
+    }
+}
 /// The PostgreSQL table of the benchmark's store.
 pub const PG_TABLE: &str = "bench_state";
 
@@ -100,9 +116,11 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
             });
             if set {
                 let uri = clients::uri(http_port, &format!("/v1.0/state/{name}"));
-                let body = Bytes::from(format!(r#"[{{"key":"{SET_KEY}","value":{VALUE}}}]"#));
+                let keys = SetKey::default();
                 op(move || {
-                    let (client, uri, body) = (client.clone(), uri.clone(), body.clone());
+                    let (client, uri) = (client.clone(), uri.clone());
+                    let body =
+                        Bytes::from(format!(r#"[{{"key":"{}","value":{VALUE}}}]"#, keys.next()));
                     async move {
                         clients::call(
                             &client,
@@ -132,16 +150,18 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
         Protocol::Grpc => {
             let client = clients::grpc(grpc_port);
             if set {
-                let req = SaveStateRequest {
-                    store_name: name.to_owned(),
-                    states: vec![StateItem {
-                        key: SET_KEY.to_owned(),
-                        value: VALUE.as_bytes().to_vec(),
-                        ..Default::default()
-                    }],
-                };
+                let keys = SetKey::default();
+                let name = name.to_owned();
                 op(move || {
-                    let (mut client, req) = (client.clone(), req.clone());
+                    let mut client = client.clone();
+                    let req = SaveStateRequest {
+                        store_name: name.clone(),
+                        states: vec![StateItem {
+                            key: keys.next(),
+                            value: VALUE.as_bytes().to_vec(),
+                            ..Default::default()
+                        }],
+                    };
                     async move {
                         client
                             .save_state(req)
@@ -208,11 +228,12 @@ async fn redis_direct(s: &Settings, set: bool) -> Result<(String, Op), String> {
     let conn = redis_connection(s).await?;
     if set {
         let script = Arc::new(redis::Script::new(tandem_redis::state::WRITE_SCRIPT));
-        let key = prefixed(SET_KEY);
+        let keys = SetKey::default();
         return Ok((
             "direct (EVALSHA write script)".into(),
             op(move || {
-                let (mut conn, script, key) = (conn.clone(), script.clone(), key.clone());
+                let (mut conn, script) = (conn.clone(), script.clone());
+                let key = prefixed(&keys.next());
                 async move {
                     // Unconditional set: in-order mode, kind, no ETag, not first-write, keep
                     // the TTL, the value.
@@ -292,7 +313,7 @@ async fn postgres_direct(s: &Settings, set: bool) -> Result<(String, Op), String
     }
     let pool = Arc::new(pool);
     let next = Arc::new(AtomicUsize::new(0));
-    let key = prefixed(if set { SET_KEY } else { GET_KEY });
+    let keys = SetKey::default();
     let label = if set {
         "direct (INSERT … ON CONFLICT)"
     } else {
@@ -301,7 +322,8 @@ async fn postgres_direct(s: &Settings, set: bool) -> Result<(String, Op), String
     Ok((
         label.into(),
         op(move || {
-            let (pool, next, key) = (pool.clone(), next.clone(), key.clone());
+            let (pool, next) = (pool.clone(), next.clone());
+            let key = prefixed(&if set { keys.next() } else { GET_KEY.to_owned() });
             async move {
                 let (client, stmt) = &pool[next.fetch_add(1, Ordering::Relaxed) % pool.len()];
                 if set {
