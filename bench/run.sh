@@ -2,7 +2,7 @@
 # Every benchmark scenario, Tandem side by side with the direct path, printed as one report
 # (Markdown tables on stdout, progress on stderr). Exits non-zero when a scenario fails.
 #
-#   bench/run.sh                  # full run, about 20–25 minutes: run it on a quiet machine
+#   bench/run.sh                  # full run, about 17 minutes after the build: run it on a quiet machine
 #   bench/run.sh --quick          # smoke test, about a minute after the build (figures mean little)
 #   bench/run.sh state invoke     # some scenarios: state invoke publish subscribe cpu footprint
 #   bench/run.sh --pin            # generator on CPU 0; sidecars and apps on CPU 1 (taskset)
