@@ -1,5 +1,6 @@
-//! Redis components for Tandem: `state.redis` and `pubsub.redis`, compatible with Dapr's
-//! storage layout so that Go daprd and Tandem sidecars can share one Redis.
+//! Redis components for Tandem: `state.redis`, `pubsub.redis` and `bindings.redis`,
+//! compatible with Dapr's storage layout so that Go daprd and Tandem sidecars can share one
+//! Redis.
 //!
 //! - [`metadata`]: [`RedisMetadata`], the typed settings decoded from a component's
 //!   `spec.metadata` (Dapr's field names, defaults and duration syntax); its doc comments are
@@ -12,13 +13,15 @@
 //!   `XCLAIM` redelivery), with its settings [`RedisPubSubMetadata`]: the connection fields
 //!   below plus `processingTimeout`, `redeliverInterval`, `queueDepth`, `concurrency`,
 //!   `maxLenApprox`, `streamTTL`, `consumerID`.
+//! - [`binding`]: [`RedisBinding`], the `bindings.redis` output binding (`create`, `get`,
+//!   `delete`, `increment` on plain string keys), on the same connection settings.
 //! - `client` (private): the connection — one multiplexed, self-reconnecting connection
 //!   (`redis::aio::ConnectionManager`) opened lazily, one to the master the sentinels name, or
 //!   a cluster connection — and the retry rules.
 //!
 //! # What works
 //!
-//! The connection settings, shared by both components (`ttlInSeconds`, `queryIndexes`,
+//! The connection settings, shared by all three components (`ttlInSeconds`, `queryIndexes`,
 //! `actorStateStore` and `keyPrefix` are the state store's only; the pub/sub fields are
 //! documented on [`RedisPubSubMetadata`]):
 //!
@@ -43,13 +46,16 @@
 //! up by the next call). Errors never contain metadata values.
 //!
 //! The crate depends on `tandem-components` only; the binary's registry maps `state.redis` to
-//! [`RedisStateStore::build`] and `pubsub.redis` to [`RedisPubSub::build`].
+//! [`RedisStateStore::build`], `pubsub.redis` to [`RedisPubSub::build`] and `bindings.redis` to
+//! [`RedisBinding::build`].
 
+pub mod binding;
 mod client;
 pub mod metadata;
 pub mod pubsub;
 pub mod state;
 
+pub use binding::RedisBinding;
 pub use metadata::RedisMetadata;
 pub use pubsub::{RedisPubSub, RedisPubSubMetadata};
 pub use state::RedisStateStore;

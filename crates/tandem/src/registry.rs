@@ -29,6 +29,12 @@ pub(crate) fn registry() -> Registry {
     r.pubsub(&["pubsub.redis"], "v1", |m| async move {
         tandem_redis::RedisPubSub::build(&m).await
     });
+    #[cfg(feature = "redis")]
+    r.binding(&["bindings.redis"], "v1", |m| async move {
+        tandem_redis::RedisBinding::build(&m)
+            .await
+            .map(tandem_components::bindings::Binding::output)
+    });
     #[cfg(feature = "mysql")]
     r.state(&["state.mysql"], "v1", |m| async move {
         tandem_mysql::MySqlStateStore::build(&m).await
