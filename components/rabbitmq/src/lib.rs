@@ -1,12 +1,15 @@
 //! RabbitMQ components for Tandem: `pubsub.rabbitmq`, on Dapr's exchange and queue layout so
-//! that daprd and Tandem sidecars can share one broker.
+//! that daprd and Tandem sidecars can share one broker, and `bindings.rabbitmq`, on one queue.
 //!
-//! - [`metadata`]: [`RabbitMetadata`], the typed settings decoded from a component's
-//!   `spec.metadata` (Dapr's field names and defaults); its doc comments are the component's
-//!   documentation.
+//! - [`metadata`]: [`RabbitMetadata`] and [`RabbitBindingMetadata`], the typed settings
+//!   decoded from a component's `spec.metadata` (Dapr's field names and defaults); their doc
+//!   comments are the components' documentation.
 //! - [`pubsub`]: [`RabbitPubSub`], the `pubsub.rabbitmq` component: an exchange per topic, a
 //!   queue per consumer group, publisher confirms, acknowledgement after the handler's verdict,
 //!   requeue on Retry.
+//! - [`binding`]: [`RabbitBinding`], the `bindings.rabbitmq` component (input and output):
+//!   `create` publishes to the queue with publisher confirms, the input acknowledges each
+//!   message after the app accepted it and returns refused ones to the queue.
 //! - `link` (private): the one AMQP connection per component (lapin), opened in the
 //!   background, re-opened with backoff when it breaks.
 //!
@@ -25,6 +28,7 @@
 //! | `requeueInFailure` | accepted, no effect: a RETRY always requeues (the runtime owns retries and dead-letter topics) |
 //! | subscription `queueName`, `routingKey` (comma-separated), `maxPriority`, `queueType` (`classic`, `quorum`), `singleActiveConsumer`, `maxLen`, `maxLenBytes` | implemented |
 //! | publish `routingKey`, `ttlInSeconds`, `priority`, `contentType`, `messageID`, `correlationID`, `type` | implemented |
+//! | `bindings.rabbitmq`: `host` (alias `connectionString`), `queueName`, `durable`, `deleteWhenUnused`, `exclusive`, `ttlInSeconds`, `maxPriority`, `prefetchCount`, `contentType`, `deliveryMode`, `reconnectWaitInSeconds`, `caCert`/`clientCert`/`clientKey`, `externalSasl`; `create` with `ttlInSeconds`, `priority`, `contentType`, `messageID`, `correlationID`, `type`, metadata as headers | implemented; TLS as for `pubsub.rabbitmq` (not tested with the binding) |
 //!
 //! Building never waits for the broker: a component built while RabbitMQ is down fails
 //! publishes with [`tandem_components::Error::Backend`] and attaches its subscriptions when
@@ -32,11 +36,14 @@
 //!
 //! lapin runs each connection's socket I/O on a thread of its own; messages reach the tokio
 //! workers through channels. The crate depends on `tandem-components` only; the binary's
-//! registry maps `pubsub.rabbitmq` to [`RabbitPubSub::build`].
+//! registry maps `pubsub.rabbitmq` to [`RabbitPubSub::build`] and `bindings.rabbitmq` to
+//! [`RabbitBinding::build`].
 
+pub mod binding;
 mod link;
 pub mod metadata;
 pub mod pubsub;
 
-pub use metadata::RabbitMetadata;
+pub use binding::RabbitBinding;
+pub use metadata::{RabbitBindingMetadata, RabbitMetadata};
 pub use pubsub::RabbitPubSub;

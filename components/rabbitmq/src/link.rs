@@ -16,11 +16,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_core::Stream;
 use lapin::options::ConfirmSelectOptions;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tandem_components::{Error, Result};
 use tokio::sync::{Notify, watch};
-
-use crate::metadata::RabbitMetadata;
 
 /// The longest pause between connection attempts (unless `reconnectWaitSeconds` is longer).
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(30);
@@ -28,6 +28,21 @@ const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(30);
 const MIN_RECONNECT_WAIT: Duration = Duration::from_millis(100);
 /// How long closing the connection may take when the component goes away.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What opening and re-opening the connection needs, taken from a component's settings.
+#[derive(Clone)]
+pub(crate) struct LinkSettings {
+    /// The broker.
+    pub(crate) uri: AMQPUri,
+    /// Extra trusted CA and client identity (used with `amqps`).
+    pub(crate) tls: OwnedTLSConfig,
+    /// The connection name shown by RabbitMQ's management tools.
+    pub(crate) client_name: Option<String>,
+    /// How long one connection attempt may take.
+    pub(crate) connect_timeout: Duration,
+    /// The pause before reconnecting; it doubles after each failed attempt.
+    pub(crate) reconnect_wait: Duration,
+}
 
 /// Where the connection stands.
 #[derive(Clone)]
@@ -86,6 +101,14 @@ impl Publisher {
             .unwrap_or_else(|e| e.into_inner())
             .insert(exchange.to_owned());
     }
+
+    /// Forgets that `name` was declared (it was deleted meanwhile).
+    pub(crate) fn forget_declared(&self, name: &str) {
+        self.declared
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
 }
 
 impl Live {
@@ -128,7 +151,7 @@ struct Shared {
 
 impl Link {
     /// Starts connecting in the background (on the current tokio runtime).
-    pub(crate) fn start(settings: Arc<RabbitMetadata>, component: String) -> Arc<Self> {
+    pub(crate) fn start(settings: Arc<LinkSettings>, component: String) -> Arc<Self> {
         let (state, _) = watch::channel(LinkState::Connecting);
         let shared = Arc::new(Shared {
             state,
@@ -186,19 +209,19 @@ fn unreachable_error(reason: &str) -> Error {
 }
 
 /// Opens the connection and its publisher channel.
-async fn connect(settings: &RabbitMetadata) -> lapin::Result<(Connection, Publisher)> {
+async fn connect(settings: &LinkSettings) -> lapin::Result<(Connection, Publisher)> {
     let mut props = ConnectionProperties::default();
     if let Some(name) = &settings.client_name {
         props = props.with_connection_name(name.clone().into());
     }
     let runtime = lapin::runtime::default_runtime()?;
-    let tls = if settings.tls() {
-        settings.tls_config()
-    } else {
-        Default::default()
-    };
-    let conn =
-        Connection::connect_uri_with_config(settings.uri.clone(), props, tls, runtime).await?;
+    let conn = Connection::connect_uri_with_config(
+        settings.uri.clone(),
+        props,
+        settings.tls.clone(),
+        runtime,
+    )
+    .await?;
     match Publisher::open(&conn).await {
         Ok(publisher) => Ok((conn, publisher)),
         Err(e) => {
@@ -211,7 +234,7 @@ async fn connect(settings: &RabbitMetadata) -> lapin::Result<(Connection, Publis
 /// The connection task.
 async fn run(
     shared: Arc<Shared>,
-    settings: Arc<RabbitMetadata>,
+    settings: Arc<LinkSettings>,
     component: String,
     mut closed: watch::Receiver<bool>,
 ) {

@@ -15,6 +15,8 @@ use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 use tandem_components::metadata::parse_duration;
 use tandem_components::{Error, Metadata, Result};
 
+use crate::link::LinkSettings;
+
 /// Dapr's default for `reconnectWaitSeconds`.
 pub const DEFAULT_RECONNECT_WAIT: Duration = Duration::from_secs(3);
 /// Dapr's default for `heartBeat`.
@@ -308,18 +310,9 @@ impl RabbitMetadata {
             Some(v) => Some(parse_ttl(v).map_err(|why| Error::invalid_metadata(ttl_field, why))?),
         };
 
-        let pem = |field: &str| -> Result<Option<String>> {
-            match owned(md, field) {
-                Some(v) if !v.contains("-----BEGIN") => Err(Error::invalid_metadata(
-                    field,
-                    "expected a PEM block (-----BEGIN ...)",
-                )),
-                v => Ok(v),
-            }
-        };
-        let ca_cert = pem("caCert")?;
-        let client_cert = pem("clientCert")?;
-        let client_key = pem("clientKey")?;
+        let ca_cert = pem(md, "caCert")?;
+        let client_cert = pem(md, "clientCert")?;
+        let client_key = pem(md, "clientKey")?;
         let sasl_external = md.bool_or("saslExternal", false)?;
         if sasl_external && (ca_cert.is_none() || client_cert.is_none() || client_key.is_none()) {
             return Err(Error::invalid_metadata(
@@ -378,16 +371,21 @@ impl RabbitMetadata {
 
     /// The TLS settings of the connection: extra trusted CA and client identity.
     pub(crate) fn tls_config(&self) -> OwnedTLSConfig {
-        let identity = match (&self.client_cert, &self.client_key) {
-            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
-                pem: cert.clone().into_bytes(),
-                key: key.clone().into_bytes(),
-            }),
-            _ => None,
-        };
-        OwnedTLSConfig {
-            identity,
-            cert_chain: self.ca_cert.clone(),
+        tls_config(&self.ca_cert, &self.client_cert, &self.client_key)
+    }
+
+    /// What the connection needs.
+    pub(crate) fn link_settings(&self) -> LinkSettings {
+        LinkSettings {
+            uri: self.uri.clone(),
+            tls: if self.tls() {
+                self.tls_config()
+            } else {
+                OwnedTLSConfig::default()
+            },
+            client_name: self.client_name.clone(),
+            connect_timeout: self.connect_timeout,
+            reconnect_wait: self.reconnect_wait,
         }
     }
 
@@ -415,6 +413,256 @@ impl RabbitMetadata {
                 "requeueInFailure has no effect: a message the app asks to retry is always requeued"
             );
         }
+    }
+}
+
+/// Dapr's default for the binding's `reconnectWaitInSeconds`.
+pub const DEFAULT_BINDING_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// The typed settings of a `bindings.rabbitmq` component (components-contrib
+/// `bindings/rabbitmq`): one queue, published to through the default exchange and read from.
+///
+/// Every field's doc comment is the user-facing documentation of the metadata field it is
+/// decoded from. Keys are case-insensitive; empty values count as unset.
+#[derive(Clone)]
+pub struct RabbitBindingMetadata {
+    /// `host` (required; alias `connectionString`): the broker as an AMQP URI,
+    /// `amqp://user:password@host:5672/vhost`, or `amqps://…` for TLS. Query parameters
+    /// `heartbeat` (default 10 s), `connection_timeout` (ms), `frame_max`, `channel_max` and
+    /// `auth_mechanism` are understood.
+    pub uri: AMQPUri,
+    /// `queueName` (required): the queue `create` publishes to and the input reads. It is
+    /// declared (created if missing) with the flags and arguments below before first use;
+    /// RabbitMQ refuses to declare an existing queue with other flags or arguments, and the
+    /// error says so.
+    pub queue_name: String,
+    /// `durable` (default `false`): declare the queue durable, so that it survives a broker
+    /// restart (its persistent messages too).
+    pub durable: bool,
+    /// `deleteWhenUnused` (default `false`): declare the queue auto-delete: it disappears
+    /// with its last consumer.
+    pub delete_when_unused: bool,
+    /// `exclusive` (default `false`): declare the queue exclusive to this sidecar's
+    /// connection; it is deleted when the connection closes and no other connection can use
+    /// it.
+    pub exclusive: bool,
+    /// `prefetchCount` (default `0`): how many unacknowledged messages the broker hands the
+    /// input binding at once, and so how many events are with the app at once. `0` or `1`
+    /// delivers one event at a time, in queue order, as daprd does; a larger value delivers up
+    /// to that many concurrently (order is then not kept).
+    pub prefetch_count: u16,
+    /// `maxPriority` (optional, 1 to 255; larger values count as 255): make the queue a
+    /// priority queue (`x-max-priority`); `create` then honours the request's `priority`.
+    pub max_priority: Option<u8>,
+    /// `ttlInSeconds` (alias `ttl`, optional): the queue's message TTL (`x-message-ttl`): a
+    /// message not consumed within it is discarded. A number of seconds or a duration
+    /// (`90s`). A `create` request's own `ttlInSeconds` sets a per-message expiration.
+    pub queue_ttl: Option<Duration>,
+    /// `contentType` (default `text/plain`): the AMQP content type of published messages; a
+    /// request's `contentType` metadata wins.
+    pub content_type: String,
+    /// `deliveryMode` (default `2`): `2` publishes persistent messages (written to disk in
+    /// durable queues), as daprd's binding always does; `1` transient ones.
+    pub delivery_mode: u8,
+    /// `reconnectWaitInSeconds` (aliases `reconnectWaitSeconds`, `reconnectWait`; default
+    /// `5s`): the pause before reconnecting after the connection broke or an attempt failed.
+    /// It doubles after each failed attempt, up to 30 s (or this value, if larger). A number
+    /// of seconds or a duration.
+    pub reconnect_wait: Duration,
+    /// `caCert` (optional, PEM): a certificate authority trusted in addition to the system
+    /// roots, for `amqps`. Has no effect with `amqp` (a warning is logged).
+    pub ca_cert: Option<String>,
+    /// `clientCert` (optional, PEM): the client certificate for mutual TLS; needs `clientKey`.
+    pub client_cert: Option<String>,
+    /// `clientKey` (optional, PEM): the private key of `clientCert`.
+    pub client_key: Option<String>,
+    /// `externalSasl` (alias `saslExternal`, default `false`): authenticate with SASL
+    /// EXTERNAL (the TLS client certificate's identity) instead of username/password. Requires
+    /// `caCert`, `clientCert` and `clientKey`; used with `amqps` only.
+    pub sasl_external: bool,
+    /// How long one connection attempt may take (see [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for RabbitBindingMetadata {
+    /// Secrets (the URI's credentials, the client key) are never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = |v: &Option<String>| if v.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("RabbitBindingMetadata")
+            .field("host", &self.uri.authority.host)
+            .field("port", &self.uri.authority.port)
+            .field("vhost", &self.uri.vhost)
+            .field("tls", &self.tls())
+            .field("queue_name", &self.queue_name)
+            .field("durable", &self.durable)
+            .field("delete_when_unused", &self.delete_when_unused)
+            .field("exclusive", &self.exclusive)
+            .field("prefetch_count", &self.prefetch_count)
+            .field("max_priority", &self.max_priority)
+            .field("queue_ttl", &self.queue_ttl)
+            .field("content_type", &self.content_type)
+            .field("delivery_mode", &self.delivery_mode)
+            .field("reconnect_wait", &self.reconnect_wait)
+            .field("client_cert", &set(&self.client_cert))
+            .field("client_key", &set(&self.client_key))
+            .field("sasl_external", &self.sasl_external)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitBindingMetadata {
+    /// Decodes and validates the component's metadata.
+    pub fn from_metadata(md: &Metadata) -> Result<Self> {
+        let field = if md.get("host").is_some() {
+            "host"
+        } else {
+            "connectionString"
+        };
+        let text = md
+            .get(field)
+            .ok_or_else(|| Error::invalid_metadata("host", "the field is required"))?;
+        let mut uri = AMQPUri::from_str(text.trim())
+            .map_err(|_| Error::invalid_metadata(field, "expected an amqp:// or amqps:// URI"))?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(DEFAULT_HEARTBEAT.as_secs() as u16);
+        }
+        let queue_name = md.required("queueName")?.trim().to_owned();
+        if queue_name.len() > 255 {
+            return Err(Error::invalid_metadata(
+                "queueName",
+                "must be at most 255 bytes long",
+            ));
+        }
+        let prefetch_count = u16::try_from(md.u64_or("prefetchCount", 0)?)
+            .map_err(|_| Error::invalid_metadata("prefetchCount", "at most 65535"))?;
+        let max_priority = match md.get("maxPriority") {
+            None => None,
+            Some(_) => Some(md.u64_or("maxPriority", 0)?.min(255) as u8),
+        };
+        let ttl_field = if md.get("ttlInSeconds").is_some() {
+            "ttlInSeconds"
+        } else {
+            "ttl"
+        };
+        let queue_ttl = match md.get(ttl_field) {
+            None => None,
+            Some(v) => Some(parse_ttl(v).map_err(|why| Error::invalid_metadata(ttl_field, why))?),
+        };
+        let delivery_mode = match md.u64_or("deliveryMode", 2)? {
+            2 => 2,
+            0 | 1 => 1,
+            _ => {
+                return Err(Error::invalid_metadata(
+                    "deliveryMode",
+                    "expected 1 (transient) or 2 (persistent)",
+                ));
+            }
+        };
+        let reconnect_field = ["reconnectWaitInSeconds", "reconnectWaitSeconds"]
+            .into_iter()
+            .find(|f| md.get(f).is_some())
+            .unwrap_or("reconnectWait");
+        let reconnect_wait = md.duration_or(reconnect_field, DEFAULT_BINDING_RECONNECT_WAIT)?;
+        let ca_cert = pem(md, "caCert")?;
+        let client_cert = pem(md, "clientCert")?;
+        let client_key = pem(md, "clientKey")?;
+        let sasl_field = if md.get("externalSasl").is_some() {
+            "externalSasl"
+        } else {
+            "saslExternal"
+        };
+        let sasl_external = md.bool_or(sasl_field, false)?;
+        if sasl_external && (ca_cert.is_none() || client_cert.is_none() || client_key.is_none()) {
+            return Err(Error::invalid_metadata(
+                sasl_field,
+                "can only be true when caCert, clientCert and clientKey are all set",
+            ));
+        }
+        if sasl_external && uri.scheme == AMQPScheme::AMQPS {
+            uri.query.auth_mechanism = Some(SASLMechanism::External);
+        }
+        let connect_timeout = uri
+            .query
+            .connection_timeout
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let settings = Self {
+            uri,
+            queue_name,
+            durable: md.bool_or("durable", false)?,
+            delete_when_unused: md.bool_or("deleteWhenUnused", false)?,
+            exclusive: md.bool_or("exclusive", false)?,
+            prefetch_count,
+            max_priority,
+            queue_ttl,
+            content_type: md.string_or("contentType", "text/plain").trim().to_owned(),
+            delivery_mode,
+            reconnect_wait,
+            ca_cert,
+            client_cert,
+            client_key,
+            sasl_external,
+            connect_timeout,
+        };
+        let tls_fields =
+            settings.ca_cert.is_some() || settings.client_cert.is_some() || settings.sasl_external;
+        if tls_fields && !settings.tls() {
+            tracing::warn!(
+                component = %md.name,
+                "caCert, clientCert, clientKey and externalSasl apply to amqps connections only; they have no effect with amqp"
+            );
+        }
+        Ok(settings)
+    }
+
+    /// Whether the connection uses TLS (`amqps`).
+    pub fn tls(&self) -> bool {
+        self.uri.scheme == AMQPScheme::AMQPS
+    }
+
+    /// What the connection needs.
+    pub(crate) fn link_settings(&self) -> LinkSettings {
+        LinkSettings {
+            uri: self.uri.clone(),
+            tls: if self.tls() {
+                tls_config(&self.ca_cert, &self.client_cert, &self.client_key)
+            } else {
+                OwnedTLSConfig::default()
+            },
+            client_name: None,
+            connect_timeout: self.connect_timeout,
+            reconnect_wait: self.reconnect_wait,
+        }
+    }
+}
+
+/// Extra trusted CA and client identity, for `amqps` connections.
+fn tls_config(
+    ca_cert: &Option<String>,
+    client_cert: &Option<String>,
+    client_key: &Option<String>,
+) -> OwnedTLSConfig {
+    let identity = match (client_cert, client_key) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: cert.clone().into_bytes(),
+            key: key.clone().into_bytes(),
+        }),
+        _ => None,
+    };
+    OwnedTLSConfig {
+        identity,
+        cert_chain: ca_cert.clone(),
+    }
+}
+
+/// A PEM field (`caCert`, `clientCert`, `clientKey`), checked for a PEM block.
+fn pem(md: &Metadata, field: &str) -> Result<Option<String>> {
+    match owned(md, field) {
+        Some(v) if !v.contains("-----BEGIN") => Err(Error::invalid_metadata(
+            field,
+            "expected a PEM block (-----BEGIN ...)",
+        )),
+        v => Ok(v),
     }
 }
 
@@ -638,5 +886,107 @@ mod tests {
     fn debug_hides_secrets() {
         let m = decode(&[("connectionString", "amqp://u:topsecret@h")]).unwrap();
         assert!(!format!("{m:?}").contains("topsecret"));
+    }
+
+    fn decode_binding(pairs: &[(&str, &str)]) -> Result<RabbitBindingMetadata> {
+        RabbitBindingMetadata::from_metadata(&md(pairs))
+    }
+
+    #[test]
+    fn binding_defaults_are_daprs() {
+        let m = decode_binding(&[("host", "amqp://u:p@mq:5673/v"), ("queueName", "jobs")]).unwrap();
+        assert_eq!(m.uri.authority.host, "mq");
+        assert_eq!(m.uri.authority.port, 5673);
+        assert_eq!(m.uri.vhost, "v");
+        assert_eq!(m.uri.query.heartbeat, Some(10));
+        assert_eq!(m.queue_name, "jobs");
+        assert!(!m.durable && !m.delete_when_unused && !m.exclusive);
+        assert_eq!(m.prefetch_count, 0);
+        assert_eq!(m.max_priority, None);
+        assert_eq!(m.queue_ttl, None);
+        assert_eq!(m.content_type, "text/plain");
+        assert_eq!(m.delivery_mode, 2);
+        assert_eq!(m.reconnect_wait, DEFAULT_BINDING_RECONNECT_WAIT);
+        assert!(!m.sasl_external && !m.tls());
+        assert!(!format!("{m:?}").contains(":p@"));
+    }
+
+    #[test]
+    fn binding_fields_and_aliases() {
+        let m = decode_binding(&[
+            ("connectionString", "amqps://mq?heartbeat=30"),
+            ("queueName", "jobs"),
+            ("durable", "true"),
+            ("deleteWhenUnused", "true"),
+            ("exclusive", "true"),
+            ("prefetchCount", "8"),
+            ("maxPriority", "1000"),
+            ("ttl", "1m"),
+            ("contentType", "application/json"),
+            ("deliveryMode", "1"),
+            ("reconnectWaitInSeconds", "2"),
+        ])
+        .unwrap();
+        assert!(m.tls());
+        assert_eq!(m.uri.query.heartbeat, Some(30));
+        assert!(m.durable && m.delete_when_unused && m.exclusive);
+        assert_eq!(m.prefetch_count, 8);
+        assert_eq!(m.max_priority, Some(255));
+        assert_eq!(m.queue_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(m.content_type, "application/json");
+        assert_eq!(m.delivery_mode, 1);
+        assert_eq!(m.reconnect_wait, Duration::from_secs(2));
+        let m = decode_binding(&[
+            ("host", "amqp://mq"),
+            ("queueName", "q"),
+            ("reconnectWait", "250ms"),
+            ("ttlInSeconds", "90"),
+        ])
+        .unwrap();
+        assert_eq!(m.reconnect_wait, Duration::from_millis(250));
+        assert_eq!(m.queue_ttl, Some(Duration::from_secs(90)));
+        let pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let m = decode_binding(&[
+            ("host", "amqps://mq"),
+            ("queueName", "q"),
+            ("externalSasl", "true"),
+            ("caCert", pem),
+            ("clientCert", pem),
+            ("clientKey", pem),
+        ])
+        .unwrap();
+        assert_eq!(m.uri.query.auth_mechanism, Some(SASLMechanism::External));
+        assert!(m.link_settings().tls.identity.is_some());
+    }
+
+    #[test]
+    fn binding_validation_names_the_field() {
+        assert_eq!(
+            field_of(decode_binding(&[("queueName", "q")]).unwrap_err()),
+            "host"
+        );
+        assert_eq!(
+            field_of(decode_binding(&[("host", "amqp://mq")]).unwrap_err()),
+            "queueName"
+        );
+        assert_eq!(
+            field_of(decode_binding(&[("host", "http://mq"), ("queueName", "q")]).unwrap_err()),
+            "host"
+        );
+        for (field, value) in [
+            ("durable", "perhaps"),
+            ("exclusive", "x"),
+            ("prefetchCount", "-1"),
+            ("maxPriority", "high"),
+            ("ttlInSeconds", "-5"),
+            ("deliveryMode", "3"),
+            ("reconnectWaitInSeconds", "soon"),
+            ("caCert", "not pem"),
+            ("externalSasl", "true"),
+        ] {
+            let err = decode_binding(&[("host", "amqp://mq"), ("queueName", "q"), (field, value)])
+                .unwrap_err();
+            assert_eq!(field_of(err), field);
+        }
     }
 }

@@ -110,7 +110,7 @@ impl RabbitPubSub {
     /// until it answers.
     pub async fn build(metadata: &Metadata) -> Result<Self> {
         let settings = Arc::new(RabbitMetadata::from_metadata(metadata)?);
-        let link = Link::start(settings.clone(), metadata.name.clone());
+        let link = Link::start(Arc::new(settings.link_settings()), metadata.name.clone());
         Ok(Self {
             settings,
             link,

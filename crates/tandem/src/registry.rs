@@ -55,6 +55,12 @@ pub(crate) fn registry() -> Registry {
     r.pubsub(&["pubsub.rabbitmq"], "v1", |m| async move {
         tandem_rabbitmq::RabbitPubSub::build(&m).await
     });
+    #[cfg(feature = "rabbitmq")]
+    r.binding(&["bindings.rabbitmq"], "v1", |m| async move {
+        tandem_rabbitmq::RabbitBinding::build(&m)
+            .await
+            .map(tandem_components::bindings::Binding::both)
+    });
     #[cfg(feature = "bindings")]
     {
         r.binding(&["bindings.cron"], "v1", |m| async move {
