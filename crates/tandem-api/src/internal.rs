@@ -15,6 +15,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use http_body_util::BodyExt;
 use tandem_components::BoxError;
 use tandem_runtime::Runtime;
@@ -41,7 +42,7 @@ pub async fn serve(
     runtime: Arc<Runtime>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(runtime))
+    axum::serve(listener.tap_io(crate::http::no_delay), router(runtime))
         .with_graceful_shutdown(shutdown)
         .await
 }

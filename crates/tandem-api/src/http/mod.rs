@@ -23,6 +23,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
+use axum::serve::ListenerExt;
 use http::{Method, StatusCode, Uri, header};
 use tandem_runtime::Runtime;
 use tokio::net::TcpListener;
@@ -152,13 +153,22 @@ fn exempt(method: &Method, uri: &Uri) -> bool {
         )
 }
 
+/// Turns Nagle's algorithm off on an accepted connection (a failure only costs latency).
+pub(crate) fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(%err, "could not set TCP_NODELAY");
+    }
+}
+
 /// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then drains.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    // Answers are written in one go; Nagle would hold an HTTP/2 frame until the client's
+    // delayed ACK (tens of milliseconds), so every accepted socket sends at once.
+    axum::serve(listener.tap_io(no_delay), router)
         .with_graceful_shutdown(shutdown)
         .await
 }
