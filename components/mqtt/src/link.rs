@@ -162,6 +162,8 @@ pub(crate) struct Link {
     corr: Mutex<Corr>,
     routes: Mutex<Routes>,
     connected: watch::Sender<bool>,
+    /// Whether a connection attempt has ended (in a connection or a failure).
+    attempted: watch::Sender<bool>,
     /// Counts connections.
     generation: AtomicU64,
 }
@@ -204,6 +206,7 @@ impl Link {
             corr: Mutex::new(Corr::default()),
             routes: Mutex::new(Routes::default()),
             connected: watch::channel(false).0,
+            attempted: watch::channel(false).0,
             generation: AtomicU64::new(0),
         });
         let (close, closed) = watch::channel(false);
@@ -222,6 +225,14 @@ impl Link {
     /// Whether the connection is up.
     pub(crate) fn connected(&self) -> bool {
         *self.connected.borrow()
+    }
+
+    /// Waits up to `timeout` for the outcome of the first connection attempt; whether the
+    /// connection is up.
+    pub(crate) async fn wait_first_attempt(&self, timeout: Duration) -> bool {
+        let mut rx = self.attempted.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|a| *a)).await;
+        self.connected()
     }
 
     /// Publishes and waits for the broker's acknowledgement (at once for QoS 0).
@@ -500,6 +511,7 @@ impl Link {
             tracing::debug!(component = %self.component, "connected to the mqtt broker");
         }
         self.connected.send_replace(true);
+        self.attempted.send_replace(true);
     }
 
     async fn on_disconnected(&self, eventloop: &mut EventLoop) {
@@ -538,6 +550,7 @@ async fn run(mut eventloop: EventLoop, link: Arc<Link>, mut closed: watch::Recei
             Err(e) => {
                 let was_connected = link.connected();
                 link.on_disconnected(&mut eventloop).await;
+                link.attempted.send_replace(true);
                 failures += 1;
                 let pause = MIN_RECONNECT
                     .saturating_mul(1 << failures.min(7))

@@ -167,6 +167,67 @@ impl MqttMetadata {
     }
 }
 
+/// The typed settings of a `bindings.mqtt3` component (components-contrib `bindings/mqtt3`).
+///
+/// Every field's doc comment is the user-facing documentation of the metadata field it is
+/// decoded from. Keys are case-insensitive; empty values count as unset.
+#[derive(Clone, Debug)]
+pub struct MqttBindingMetadata {
+    /// The connection settings, decoded as for `pubsub.mqtt3` (`url`, `consumerID`,
+    /// `retain`, `cleanSession`, `caCert`, `clientCert`, `clientKey`; see [`MqttMetadata`]),
+    /// except `qos`: as in Dapr, the binding always uses QoS 1, and a `qos` field is ignored
+    /// with a warning. The binding opens two connections, with the client ids
+    /// `<consumerID>-producer` (for `create`, opened on first use) and `<consumerID>-consumer`
+    /// (while the input reads).
+    pub connection: MqttMetadata,
+    /// `topic` (required): the topic `create` publishes to (a request's `topic` metadata
+    /// wins) and the topic filter the input subscribes to; wildcards (`+`, `#`) are allowed
+    /// for the input.
+    pub topic: String,
+    /// `backOffMaxRetries` (default `0`): how many times an event the app refused is handed
+    /// to it again, after a pause of 0.5 s doubling up to 30 s; `-1` retries until the app
+    /// takes it. An event still refused after that stays unacknowledged: with
+    /// `cleanSession: false` the broker sends it again when the input reconnects. The broker
+    /// sends a client only so many unacknowledged messages at once (Mosquitto:
+    /// `max_inflight_messages`, default 20), so many such events stall the input until then.
+    pub back_off_max_retries: i64,
+}
+
+impl MqttBindingMetadata {
+    /// Decodes and validates the component's metadata.
+    pub fn from_metadata(md: &Metadata) -> Result<Self> {
+        let mut conn = Metadata::new(md.name.clone(), md.app_id.clone());
+        conn.namespace = md.namespace.clone();
+        for (k, v) in md.iter() {
+            if k.eq_ignore_ascii_case("qos") {
+                if !v.trim().is_empty() {
+                    tracing::warn!(
+                        component = %md.name,
+                        "the binding's 'qos' metadata field is deprecated and ignored; the binding uses QoS 1"
+                    );
+                }
+                continue;
+            }
+            conn.insert(k, v);
+        }
+        let mut connection = MqttMetadata::from_metadata(&conn)?;
+        connection.qos = 1;
+        let topic = md.required("topic")?.trim().to_owned();
+        let back_off_max_retries = md.i64_or("backOffMaxRetries", 0)?;
+        if back_off_max_retries < -1 {
+            return Err(Error::invalid_metadata(
+                "backOffMaxRetries",
+                "expected -1 (no limit), 0 or a positive number",
+            ));
+        }
+        Ok(Self {
+            connection,
+            topic,
+            back_off_max_retries,
+        })
+    }
+}
+
 /// Percent-decodes a URL's user name or password.
 fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -254,5 +315,65 @@ mod tests {
             field_of(decode_md(&[("url", "ssl://h"), ("clientCert", pem)]).unwrap_err()),
             "clientKey"
         );
+    }
+
+    fn decode_binding(pairs: &[(&str, &str)]) -> Result<MqttBindingMetadata> {
+        let mut md = Metadata::new("mqtt", "app");
+        for (k, v) in pairs {
+            md.insert(*k, *v);
+        }
+        MqttBindingMetadata::from_metadata(&md)
+    }
+
+    #[test]
+    fn binding_fields() {
+        let m = decode_binding(&[("url", "tcp://u:pw@h:1884"), ("topic", "a/+")]).unwrap();
+        assert_eq!(m.topic, "a/+");
+        assert_eq!(m.back_off_max_retries, 0);
+        assert_eq!((m.connection.host.as_str(), m.connection.port), ("h", 1884));
+        assert_eq!(m.connection.client_id, "app");
+        assert_eq!(m.connection.qos, 1);
+        assert!(!m.connection.retain && !m.connection.clean_session);
+        let m = decode_binding(&[
+            ("url", "ssl://h"),
+            ("topic", "t"),
+            ("qos", "7"),
+            ("consumerID", "c"),
+            ("retain", "true"),
+            ("cleanSession", "true"),
+            ("backOffMaxRetries", "-1"),
+        ])
+        .unwrap();
+        assert_eq!(m.connection.qos, 1, "qos is ignored, as in Dapr");
+        assert_eq!(m.connection.client_id, "c");
+        assert!(m.connection.retain && m.connection.clean_session && m.connection.tls);
+        assert_eq!(m.back_off_max_retries, -1);
+        assert!(!format!("{m:?}").contains("pw"));
+        for (pairs, field) in [
+            (&[("topic", "t")][..], "url"),
+            (&[("url", "tcp://h")][..], "topic"),
+            (
+                &[
+                    ("url", "tcp://h"),
+                    ("topic", "t"),
+                    ("backOffMaxRetries", "-2"),
+                ][..],
+                "backOffMaxRetries",
+            ),
+            (
+                &[
+                    ("url", "tcp://h"),
+                    ("topic", "t"),
+                    ("backOffMaxRetries", "x"),
+                ][..],
+                "backOffMaxRetries",
+            ),
+            (
+                &[("url", "tcp://h"), ("topic", "t"), ("retain", "x")][..],
+                "retain",
+            ),
+        ] {
+            assert_eq!(field_of(decode_binding(pairs).unwrap_err()), field);
+        }
     }
 }

@@ -90,20 +90,7 @@ impl MqttPubSub {
     /// A broker that is down does not fail the build.
     pub async fn build(metadata: &Metadata) -> Result<Self> {
         let settings = MqttMetadata::from_metadata(metadata)?;
-        let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
-        options
-            .set_clean_session(settings.clean_session)
-            .set_manual_acks(true)
-            .set_keep_alive(Duration::from_secs(10))
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        if let Some(user) = &settings.username {
-            options.set_credentials(user, settings.password.as_deref().unwrap_or_default());
-        }
-        if settings.tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(tls_config(&settings)?),
-            )));
-        }
+        let options = mqtt_options(&settings, &settings.client_id)?;
         let closer = Link::start(options, &settings, metadata.name.clone());
         Ok(Self {
             settings: Arc::new(settings),
@@ -120,6 +107,27 @@ impl MqttPubSub {
     fn link(&self) -> &Arc<Link> {
         &self.closer.link
     }
+}
+
+/// The connection options of a component's connection with the client id `client_id`:
+/// manual acknowledgements, the session per `cleanSession`, credentials and TLS from `url`
+/// and the certificate fields.
+pub(crate) fn mqtt_options(settings: &MqttMetadata, client_id: &str) -> Result<MqttOptions> {
+    let mut options = MqttOptions::new(client_id, &settings.host, settings.port);
+    options
+        .set_clean_session(settings.clean_session)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(10))
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+    if let Some(user) = &settings.username {
+        options.set_credentials(user, settings.password.as_deref().unwrap_or_default());
+    }
+    if settings.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(settings)?),
+        )));
+    }
+    Ok(options)
 }
 
 /// The TLS client configuration: `caCert` (else the system roots) and the client identity.
@@ -235,7 +243,7 @@ impl PubSub for MqttPubSub {
 }
 
 /// Whether `filter` is a valid MQTT topic filter.
-fn valid_filter(filter: &str) -> bool {
+pub(crate) fn valid_filter(filter: &str) -> bool {
     if filter.is_empty() {
         return false;
     }

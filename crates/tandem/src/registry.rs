@@ -87,6 +87,12 @@ pub(crate) fn registry() -> Registry {
     r.pubsub(&["pubsub.mqtt3", "pubsub.mqtt"], "v1", |m| async move {
         tandem_mqtt::MqttPubSub::build(&m).await
     });
+    #[cfg(feature = "mqtt")]
+    r.binding(&["bindings.mqtt3", "bindings.mqtt"], "v1", |m| async move {
+        tandem_mqtt::MqttBinding::build(&m)
+            .await
+            .map(tandem_components::bindings::Binding::both)
+    });
     #[cfg(feature = "kafka")]
     {
         r.pubsub(&["pubsub.kafka"], "v1", |m| async move {
