@@ -53,26 +53,8 @@ impl fmt::Debug for Db {
 impl Db {
     /// A pool that connects lazily; no I/O happens here.
     pub(crate) fn new(component: &str, md: &PostgresMetadata) -> Result<Self> {
-        let manager = Manager::from_config(
-            md.connection.clone(),
-            NoTls,
-            ManagerConfig {
-                // `is_closed` only: a connection the server or network dropped is noticed by
-                // its connection task and discarded here.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let connect = md.connect_timeout().min(md.timeout);
-        let pool = Pool::builder(manager)
-            .max_size(md.max_conns)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(md.timeout))
-            .create_timeout(Some(connect))
-            .recycle_timeout(Some(connect))
-            .build()
-            .map_err(Error::backend)?;
         Ok(Self {
-            pool,
+            pool: new_pool(md)?,
             timeout: md.timeout,
             cache: md.query_exec_mode == QueryExecMode::CacheStatement,
             schema: Schema::from_metadata(md),
@@ -132,11 +114,46 @@ impl Db {
         })
         .await
     }
+}
 
-    /// Closes connections unused for longer than `max_idle`.
-    fn close_idle(&self, max_idle: Duration) {
-        self.pool
-            .retain(|_, metrics| metrics.last_used() < max_idle);
+/// A pool that connects lazily (no I/O here), bounded by `maxConns`, whose waits and
+/// connection attempts are bounded by `timeout` (connecting also by the connect timeout).
+pub(crate) fn new_pool(md: &PostgresMetadata) -> Result<Pool> {
+    let manager = Manager::from_config(
+        md.connection.clone(),
+        NoTls,
+        ManagerConfig {
+            // `is_closed` only: a connection the server or network dropped is noticed by its
+            // connection task and discarded here.
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let connect = md.connect_timeout().min(md.timeout);
+    Pool::builder(manager)
+        .max_size(md.max_conns)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(md.timeout))
+        .create_timeout(Some(connect))
+        .recycle_timeout(Some(connect))
+        .build()
+        .map_err(Error::backend)
+}
+
+/// Closes the pool's connections unused for longer than `max_idle`.
+pub(crate) fn close_idle(pool: &Pool, max_idle: Duration) {
+    pool.retain(|_, metrics| metrics.last_used() < max_idle);
+}
+
+/// Closes pooled connections unused for `connectionMaxIdleTime`, checking every half of it
+/// (at least every second), so a connection lives at most 1.5 times that unused; runs until
+/// aborted.
+pub(crate) async fn reap_idle(pool: Pool, max_idle: Duration) {
+    let every = (max_idle / 2).max(Duration::from_secs(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        close_idle(&pool, max_idle);
     }
 }
 
@@ -264,7 +281,7 @@ pub(crate) fn db_err(err: tokio_postgres::Error) -> Error {
     Error::backend(err)
 }
 
-fn pool_err(err: deadpool_postgres::PoolError) -> Error {
+pub(crate) fn pool_err(err: deadpool_postgres::PoolError) -> Error {
     Error::backend(err)
 }
 
@@ -291,18 +308,7 @@ impl Background {
             tasks.push(tokio::spawn(cleanup_loop(Arc::clone(db), every)));
         }
         if let Some(max_idle) = md.connection_max_idle_time {
-            let db = Arc::clone(db);
-            tasks.push(tokio::spawn(async move {
-                // Half the idle time (at least a second): a connection lives at most 1.5×.
-                let every = (max_idle / 2).max(Duration::from_secs(1));
-                let mut ticker =
-                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    ticker.tick().await;
-                    db.close_idle(max_idle);
-                }
-            }));
+            tasks.push(tokio::spawn(reap_idle(db.pool.clone(), max_idle)));
         }
         Self { tasks }
     }

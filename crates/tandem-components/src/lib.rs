@@ -12,6 +12,8 @@
 //! - [`pubsub`]: the [`pubsub::PubSub`] trait; components move bytes, the runtime handles
 //!   CloudEvents and the app.
 //! - [`bindings`]: the [`bindings::OutputBinding`] and [`bindings::InputBinding`] traits.
+//! - [`sql`]: what the SQL output bindings share (Dapr's `sql`/`params` requests, response
+//!   metadata, JSON written as Go writes it).
 //! - [`nameresolution`]: the [`nameresolution::NameResolver`] trait (register / resolve /
 //!   unregister) used by service invocation, with an in-memory reference implementation.
 //! - [`query`]: the state query API document, the [`query::Querier`] ability and an in-process
@@ -30,6 +32,7 @@ pub mod nameresolution;
 pub mod pubsub;
 pub mod query;
 pub mod secrets;
+pub mod sql;
 pub mod state;
 
 pub mod conformance;

@@ -51,6 +51,16 @@ pub(crate) fn registry() -> Registry {
         "v2",
         |m| async move { tandem_postgres::PostgresStateStoreV2::build(&m).await },
     );
+    #[cfg(feature = "postgres")]
+    r.binding(
+        &["bindings.postgresql", "bindings.postgres"],
+        "v1",
+        |m| async move {
+            tandem_postgres::PostgresBinding::build(&m)
+                .await
+                .map(tandem_components::bindings::Binding::output)
+        },
+    );
     #[cfg(feature = "rabbitmq")]
     r.pubsub(&["pubsub.rabbitmq"], "v1", |m| async move {
         tandem_rabbitmq::RabbitPubSub::build(&m).await
