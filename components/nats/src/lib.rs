@@ -17,7 +17,7 @@
 //! | `durableName`, consumer groups (`consumerID`) | implemented: one durable pull consumer `<group>-<topic>` per group, shared by the group's sidecars |
 //! | `deliverPolicy`, `startSequence`, `startTime`, `deliverAll` (legacy) | implemented |
 //! | `ackWait`, `maxDeliver`, `backOff`, `maxAckPending`, `replicas`, `memoryStorage`, `ackPolicy` | implemented (consumer settings) |
-//! | `heartbeat` | implemented as the idle heartbeat of pull requests |
+//! | `heartbeat` | implemented as the pace of pull requests (each stays open twice as long) |
 //! | `concurrencyMode` (alias `concurrency`) | implemented; `single` is the default, as in Dapr |
 //! | `queueGroupName`, `flowControl`, `rateLimit` | accepted, no effect (push-consumer settings; see [`JetStreamMetadata`]) |
 //!

@@ -155,8 +155,9 @@ pub struct JetStreamMetadata {
     pub memory_storage: bool,
     /// `rateLimit` (optional): accepted, **no effect** (a push-consumer setting).
     pub rate_limit: Option<u64>,
-    /// `heartbeat` (optional, default `5s`): the idle heartbeat of the component's pull
-    /// requests; a connection that misses two is considered lost and pulling starts over.
+    /// `heartbeat` (optional, default `5s`): paces the component's pull requests, which stay
+    /// open on the server for twice this long (between 1 s and 30 s) and are then sent again;
+    /// a request left unanswered 5 s beyond that counts as lost and pulling starts over.
     pub heartbeat: Option<Duration>,
     /// `ackPolicy` (default `explicit`): `explicit`, `all` or `none` (any other value means
     /// `explicit`, as in Dapr).

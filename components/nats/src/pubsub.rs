@@ -29,9 +29,14 @@
 //!   whose sidecar died or lost its connection is redelivered when `ackWait` runs out. With
 //!   `ackPolicy: none` nothing is acknowledged: at most once.
 //! - Delivered messages carry the metadata `Topic` (the subject), as in Dapr.
-//! - **Connection loss.** `async-nats` reconnects by itself; pulling resumes on the new
-//!   connection (a missed heartbeat starts the pull over). Publishing fails at once while the
-//!   connection is down.
+//! - **Pulling.** Each pull request asks for as many messages as there are free handler
+//!   slots and stays open on the server for twice `heartbeat` (10 s by default); the next is
+//!   sent once it is fulfilled or has expired, so the component always knows exactly what it
+//!   asked for, also while a backlog drains.
+//! - **Connection loss.** `async-nats` reconnects by itself; the pull request in flight is
+//!   given up with the old connection, and pulling resumes on the new one at once (the
+//!   consumer is looked up again, and created again if the server lost it). Publishing fails
+//!   at once while the connection is down.
 //! - **Stopping** a subscription stops pulling, hands back (negatively acknowledges) what
 //!   was pulled and not yet handled, and waits for the messages being handled.
 
@@ -45,6 +50,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::consumer::{self as js_consumer, PullConsumer, pull};
 use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishAckFuture};
 use async_nats::jetstream::message::PublishMessage;
@@ -68,9 +74,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTACH_WAIT: Duration = Duration::from_secs(10);
 /// The largest number of messages one pull request asks for.
 const MAX_BATCH: usize = 256;
-/// How long one pull request stays open on the server.
+/// The longest a pull request stays open on the server.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
-/// The idle heartbeat of pull requests when `heartbeat` is not set.
+/// The shortest a pull request stays open on the server.
+const MIN_PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// `heartbeat` when it is not set: pull requests stay open twice as long.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Pauses between attempts to create a consumer that failed.
 const MIN_PAUSE: Duration = Duration::from_millis(100);
@@ -414,6 +422,8 @@ enum AttachError {
 /// How pulling from one consumer ended.
 enum Ended {
     Stopped,
+    /// The connection dropped or came back.
+    Reconnected,
     Lost(String),
 }
 
@@ -452,9 +462,17 @@ impl Worker {
                     }
                     match self.consume(&consumer).await {
                         Ended::Stopped => break,
+                        Ended::Reconnected => {
+                            tracing::debug!(component = %self.shared.component, consumer = %self.plan.consumer, "the nats connection changed; pulling again");
+                            continue;
+                        }
                         Ended::Lost(reason) => {
                             tracing::warn!(component = %self.shared.component, consumer = %self.plan.consumer, reason = %reason, "jetstream pull ended; pulling again");
-                            continue;
+                            // A refusal the server repeats at once must not spin.
+                            tokio::select! {
+                                _ = stopped(&mut self.stop) => break,
+                                _ = tokio::time::sleep(MIN_PAUSE) => continue,
+                            }
                         }
                     }
                 }
@@ -536,77 +554,113 @@ impl Worker {
         }
     }
 
-    /// Pulls and hands messages to the handler until the subscription stops or pulling fails.
+    /// Pulls and hands messages to the handler until the subscription stops, the connection
+    /// changes, or pulling fails.
+    ///
+    /// Each pull request asks for exactly as many messages as there are free handler slots,
+    /// and reserves those slots until its messages arrive or it ends (fulfilled, or expired on
+    /// the server after twice `heartbeat`); only then is the next one sent. Counting per
+    /// request keeps the client's idea of what is outstanding exact: a long-lived pull stream
+    /// that tops itself up can lose count when messages arrive before it has noted its own
+    /// request (as when a backlog waits), and then it stops asking. A request the server never
+    /// answers (lost with the connection) is given up when the connection drops, or 5 s after
+    /// it expired.
     async fn consume(&mut self, consumer: &PullConsumer) -> Ended {
         let info = consumer.cached_info();
         let ack_policy = self.shared.settings.ack_policy;
         // The consumer's effective ack wait (the server's default when not set).
         let ack_wait = info.config.ack_wait;
-        let heartbeat = self
+        let expires = self
             .shared
             .settings
             .heartbeat
             .unwrap_or(DEFAULT_HEARTBEAT)
-            .min(PULL_EXPIRES / 2);
-        let batch = self.plan.in_flight.min(MAX_BATCH);
-        let mut messages = match consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .expires(PULL_EXPIRES)
-            .heartbeat(heartbeat)
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => return Ended::Lost(e.to_string()),
-        };
-        let ended = loop {
-            let permit = tokio::select! {
+            .saturating_mul(2)
+            .clamp(MIN_PULL_EXPIRES, PULL_EXPIRES);
+        let most = self.plan.in_flight.min(MAX_BATCH);
+        let mut connection = self.shared.connected.clone();
+        connection.borrow_and_update();
+        loop {
+            // At least one free slot, then every other free one.
+            let first = tokio::select! {
                 biased;
-                _ = stopped(&mut self.stop) => break Ended::Stopped,
+                _ = stopped(&mut self.stop) => return Ended::Stopped,
                 permit = self.permits.clone().acquire_owned() => match permit {
                     Ok(p) => p,
-                    Err(_) => break Ended::Stopped,
+                    Err(_) => return Ended::Stopped,
                 },
             };
-            let next = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break Ended::Stopped,
-                next = poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)) => next,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    tokio::spawn(handle(
-                        msg,
-                        self.handler.clone(),
-                        ack_policy,
-                        ack_wait,
-                        self.shared.settings.ack_wait,
-                        permit,
-                    ));
+            let mut slots = vec![first];
+            while slots.len() < most {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(p) => slots.push(p),
+                    Err(_) => break,
                 }
-                Some(Err(e)) => break Ended::Lost(e.to_string()),
-                None => break Ended::Lost("the pull ended".into()),
             }
-        };
-        if matches!(ended, Ended::Stopped) && ack_policy.acks() {
-            // Hand back what was pulled and not handed out, so that other members get it
-            // now rather than after ackWait.
-            for _ in 0..batch {
-                let next = tokio::time::timeout(
-                    Duration::ZERO,
-                    poll_fn(|cx| Pin::new(&mut messages).poll_next(cx)),
-                )
-                .await;
-                match next {
-                    Ok(Some(Ok(msg))) => {
-                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+            let mut batch = match consumer
+                .batch()
+                .max_messages(slots.len())
+                .expires(expires)
+                .messages()
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => return Ended::Lost(e.to_string()),
+            };
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = stopped(&mut self.stop) => {
+                        self.hand_back(&mut batch).await;
+                        return Ended::Stopped;
                     }
-                    _ => break,
+                    // The connection dropped or came back: this request may be gone with the
+                    // old connection.
+                    _ = connection.changed() => return Ended::Reconnected,
+                    next = poll_fn(|cx| Pin::new(&mut batch).poll_next(cx)) => next,
+                };
+                match next {
+                    Some(Ok(msg)) => {
+                        let Some(permit) = slots.pop() else {
+                            // More than asked for: leave it to the server's redelivery.
+                            break;
+                        };
+                        tokio::spawn(handle(
+                            msg,
+                            self.handler.clone(),
+                            ack_policy,
+                            ack_wait,
+                            self.shared.settings.ack_wait,
+                            permit,
+                        ));
+                    }
+                    Some(Err(e)) => return Ended::Lost(e.to_string()),
+                    // Fulfilled or expired: ask again with the slots free by then.
+                    None => break,
                 }
             }
         }
-        ended
+    }
+
+    /// Hands back (negatively acknowledges) what a pull brought and was not handed out, so
+    /// that other members get it now rather than after `ackWait`.
+    async fn hand_back(&self, batch: &mut Batch) {
+        if !self.shared.settings.ack_policy.acks() {
+            return;
+        }
+        for _ in 0..MAX_BATCH {
+            let next = tokio::time::timeout(
+                Duration::ZERO,
+                poll_fn(|cx| Pin::new(&mut *batch).poll_next(cx)),
+            )
+            .await;
+            match next {
+                Ok(Some(Ok(msg))) => {
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                }
+                _ => break,
+            }
+        }
     }
 }
 

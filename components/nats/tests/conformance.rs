@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use async_trait::async_trait;
 use tandem_components::conformance::pubsub::{
-    DEADLINE, assert_quiet, collector, handler, publish, publish_req, recv_n, subscribe,
-    subscribe_req,
+    DEADLINE, assert_quiet, collector, handler, publish, publish_req, recv_n, recv_n_within,
+    subscribe, subscribe_req,
 };
 use tandem_components::conformance::unique_key;
 use tandem_components::pubsub::{
@@ -281,6 +281,36 @@ async fn single_mode_is_one_at_a_time_in_order() {
         assert_eq!(others, 0, "nothing else in flight");
         assert_eq!(text(&msg), i.to_string(), "in order");
     }
+    sub.close().await;
+}
+
+/// A backlog waiting for a group drains at full speed in `single` mode: one pull request per
+/// message, each answered at once, and the next sent as soon as the handler is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_mode_drains_a_backlog() {
+    let Some(ps) = pubsub_with(&[]).await else {
+        return;
+    };
+    let topic = subject("ps-backlog");
+    // The group's consumer exists, then the messages wait for it.
+    let (h, _) = collector(Delivery::Ack);
+    subscribe(&ps, &topic, "backlog", 1, h).await.close().await;
+    let total = 300;
+    for i in 0..total {
+        publish(&ps, &topic, format!("{i}")).await;
+    }
+    let (h, mut rx) = collector(Delivery::Ack);
+    let started = Instant::now();
+    let sub = subscribe(&ps, &topic, "backlog", 1, h).await;
+    let got = recv_n_within(&mut rx, total, Duration::from_secs(10)).await;
+    let texts: Vec<String> = got.iter().map(text).collect();
+    let want: Vec<String> = (0..total).map(|i| i.to_string()).collect();
+    assert_eq!(texts, want, "all of the backlog, in order");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the backlog took {:?}",
+        started.elapsed()
+    );
     sub.close().await;
 }
 
