@@ -5,7 +5,8 @@
 //! [`Sidecar`] with its bound port, so tests never race for ports. Its logs go to a file that
 //! failures print. [`services`] finds backends at their standard local addresses;
 //! [`openbao::OpenBao`] starts a Vault-API dev server; [`kafka::Tansu`] finds or starts a
-//! Kafka-compatible broker.
+//! Kafka-compatible broker; [`server::PrivateServer`] runs a private copy of a backend that a
+//! test may stop and start again.
 //! [`mock_app`] is an in-process HTTP app for service-invocation tests.
 //!
 //! Each sidecar gets its own name-resolution database in its scratch folder unless
@@ -19,6 +20,7 @@ pub mod kafka;
 pub mod mock_app;
 pub mod openbao;
 pub mod proxy;
+pub mod server;
 pub mod services;
 pub mod subscriber;
 

@@ -14,6 +14,34 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free TCP port on 127.0.0.1 below the range the system picks ports from (for port 0
+/// and for the local end of outgoing connections), so that nothing takes it by chance while
+/// a test keeps it closed on purpose: a backend that is down at start-up, or a server that
+/// is stopped and started again on the same port. (A port from [`free_port`] can meanwhile
+/// become the local port of some outgoing connection, or of a client connecting to itself.)
+pub fn quiet_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = if low > 12_000 {
+        (10_000, low)
+    } else {
+        // An unusual range: fall back to what the system hands out.
+        return free_port();
+    };
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let candidate = from + (h.finish() % u64::from(to - from)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            return candidate;
+        }
+    }
+    free_port()
+}
+
 /// Forwards connections from `127.0.0.1:<port>` to a target until stopped.
 pub struct TcpProxy {
     /// The listening port.

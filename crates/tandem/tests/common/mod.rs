@@ -1,6 +1,8 @@
 //! Shared helpers of the end-to-end tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pubsub;
+
 use serde_json::Value;
 use tandem_testkit::{Sidecar, SidecarBuilder};
 
