@@ -227,8 +227,16 @@ async fn pubsub_reaches_a_grpc_app_through_on_topic_event() {
     )
     .await;
 
-    // The subscriptions are listed as programmatic.
-    let meta = json(client().get(sc.url("/v1.0/metadata")).send().await.unwrap()).await;
+    // The subscriptions are listed as programmatic, once the app's list was read (after the
+    // sidecar reports healthy).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let meta = loop {
+        let meta = json(client().get(sc.url("/v1.0/metadata")).send().await.unwrap()).await;
+        if meta["subscriptions"].is_array() || Instant::now() > deadline {
+            break meta;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let subs = meta["subscriptions"].as_array().expect("subscriptions");
     assert_eq!(subs.len(), 5, "{meta}");
     assert!(subs.iter().all(|s| s["type"] == "PROGRAMMATIC"), "{meta}");

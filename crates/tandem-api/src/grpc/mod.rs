@@ -21,6 +21,7 @@ mod pubsub;
 mod secrets;
 mod state;
 pub mod subscribe;
+mod unary;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -104,23 +105,32 @@ impl Interceptor for ApiToken {
 }
 
 /// The gRPC API as routes, built once and shared by every listener.
+///
+/// Requests meet, in order: the lean path for the hot unary RPCs ([`unary`]), tonic's
+/// generated `Dapr` service for every other Dapr RPC, and gRPC proxying for any other service.
 pub fn routes(runtime: Arc<Runtime>, options: &GrpcOptions) -> Routes {
     let limit = options.max_body_size;
-    let server = DaprServer::new(DaprApi::new(runtime.clone(), limit))
+    let api = Arc::new(DaprApi::new(runtime.clone(), limit));
+    let server = DaprServer::from_arc(api.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     let api_token = options.api_token.clone().filter(|t| !t.is_empty());
-    let routes = match api_token.as_deref() {
-        Some(token) => Routes::new(InterceptedService::new(server, ApiToken::new(token))),
+    let token = api_token.as_deref().map(ApiToken::new);
+    let routes = match &token {
+        Some(token) => Routes::new(InterceptedService::new(server, token.clone())),
         None => Routes::new(server),
     };
     // Every other service: gRPC proxying to the app named in the metadata.
     let proxy = proxy::Proxy { runtime, api_token };
-    Routes::from(
-        routes
-            .into_axum_router()
-            .fallback(move |req: axum::extract::Request| proxy.clone().handle(req)),
-    )
+    let tonic_routes = routes
+        .into_axum_router()
+        .fallback(move |req: axum::extract::Request| proxy.clone().handle(req));
+    let fast = unary::FastUnary {
+        api,
+        token,
+        inner: tonic_routes,
+    };
+    Routes::from(axum::Router::new().fallback_service(fast))
 }
 
 /// Serves `routes` (HTTP/2) on `listener` until `shutdown` resolves, then drains.

@@ -330,8 +330,9 @@ impl SubscriptionManager {
         let mut specs = self.declarative.clone();
         let programmatic = fetch_programmatic(&self.channel).await;
         specs.extend(programmatic);
-        metadata.set_subscriptions(specs.iter().map(SubscriptionSpec::info).collect());
         let mut running = self.start_all(&specs).await;
+        // Listed once started: a subscription the metadata API shows is receiving.
+        metadata.set_subscriptions(specs.iter().map(SubscriptionSpec::info).collect());
         loop {
             tokio::select! {
                 _ = &mut stop => break,
