@@ -107,21 +107,7 @@ impl MySqlMetadata {
         }
         let timeout = timeout(metadata)?;
         let pem_path = metadata.get("pemPath").map(|p| PathBuf::from(p.trim()));
-        let tls = match (connection.tls, &pem_path) {
-            (TlsParam::Off, _) => TlsMode::Off,
-            (TlsParam::SkipVerify, _) => TlsMode::SkipVerify,
-            (TlsParam::Unset | TlsParam::Verify | TlsParam::Custom, Some(pem)) => {
-                TlsMode::CustomCa(pem.clone())
-            }
-            (TlsParam::Verify, None) => TlsMode::WebRoots,
-            (TlsParam::Custom, None) => {
-                return Err(Error::invalid_metadata(
-                    "pemPath",
-                    "the connection string asks for tls=custom, which needs pemPath",
-                ));
-            }
-            (TlsParam::Unset, None) => TlsMode::Off,
-        };
+        let tls = tls_mode(&connection, pem_path.as_ref())?;
         let cleanup_interval = cleanup_interval(metadata)?;
         let actor_state_store = metadata.bool_or("actorStateStore", false)?;
         let key_prefix = metadata.get("keyPrefix").map(str::to_owned);
@@ -138,6 +124,26 @@ impl MySqlMetadata {
             key_prefix,
         })
     }
+}
+
+/// The TLS mode that follows from the DSN's `tls` parameter and `pemPath`: a CA file turns
+/// TLS on unless the DSN says `tls=false`.
+pub(crate) fn tls_mode(dsn: &Dsn, pem_path: Option<&PathBuf>) -> Result<TlsMode> {
+    Ok(match (dsn.tls, pem_path) {
+        (TlsParam::Off, _) => TlsMode::Off,
+        (TlsParam::SkipVerify, _) => TlsMode::SkipVerify,
+        (TlsParam::Unset | TlsParam::Verify | TlsParam::Custom, Some(pem)) => {
+            TlsMode::CustomCa(pem.clone())
+        }
+        (TlsParam::Verify, None) => TlsMode::WebRoots,
+        (TlsParam::Custom, None) => {
+            return Err(Error::invalid_metadata(
+                "pemPath",
+                "the connection string asks for tls=custom, which needs pemPath",
+            ));
+        }
+        (TlsParam::Unset, None) => TlsMode::Off,
+    })
 }
 
 /// A schema or table name: interpolated into SQL (identifiers cannot be bound), so restricted

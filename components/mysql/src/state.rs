@@ -20,7 +20,6 @@
 //! whole second (the column has no fractions), so an item lives at least `ttlInSeconds`.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -30,9 +29,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use mysql_async::prelude::Queryable;
-use mysql_async::{
-    Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts, Transaction, TxOpts, Value,
-};
+use mysql_async::{Conn, Opts, Pool, PoolConstraints, PoolOpts, Transaction, TxOpts, Value};
 use tandem_components::state::{
     BulkGetItem, Concurrency, DeleteRequest, ETag, GetRequest, RequestMetadata, SetRequest,
     StateFeature, StateItem, StateStore, TTL_EXPIRE_TIME_KEY, TransactionOperation,
@@ -41,7 +38,7 @@ use tandem_components::state::{
 use tandem_components::{Error, Metadata, Result};
 use tokio::task::JoinHandle;
 
-use crate::dsn::Address;
+use crate::conn::{check_ca_file, connect_opts, session_init};
 use crate::metadata::{MySqlMetadata, TlsMode};
 
 /// The longest key the `id VARCHAR(255)` column holds, in characters (prefix included).
@@ -116,67 +113,14 @@ impl MySqlStateStore {
 /// The client options: the DSN's server, credentials and TLS, a bounded pool whose connections
 /// keep their session (no reset on return, so prepared statements stay cached), UTC sessions.
 fn client_opts(settings: &MySqlMetadata) -> Opts {
-    let dsn = &settings.connection;
-    let mut init: Vec<String> = dsn
-        .session_variables
-        .iter()
-        .map(|(name, value)| format!("SET {name}={value}"))
-        .collect();
+    let mut init = session_init(&settings.connection);
     init.push("SET time_zone = '+00:00'".to_owned());
     let constraints = PoolConstraints::new(1, MAX_CONNECTIONS).unwrap_or_default();
     let pool = PoolOpts::default()
         .with_constraints(constraints)
         .with_reset_connection(false)
         .with_inactive_connection_ttl(IDLE_TTL);
-    let builder = OptsBuilder::default()
-        .user(dsn.user.clone())
-        .pass(dsn.password.clone())
-        .init(init)
-        .pool_opts(pool)
-        // The driver would otherwise switch a loopback TCP connection to the server's Unix
-        // socket, which is not what the DSN says (and bypasses anything in between).
-        .prefer_socket(false)
-        .client_found_rows(false)
-        .enable_cleartext_plugin(dsn.allow_cleartext_passwords);
-    let builder = match &dsn.address {
-        Address::Tcp { host, port } => builder.ip_or_hostname(host.clone()).tcp_port(*port),
-        Address::Unix(path) => builder.socket(Some(path.clone())),
-    };
-    // The TLS provider is rustls with ring, selected by mysql_async's features.
-    let ssl = match &settings.tls {
-        TlsMode::Off => None,
-        TlsMode::WebRoots => Some(SslOpts::default()),
-        TlsMode::CustomCa(path) => Some(
-            SslOpts::default()
-                .with_root_certs(vec![path.clone().into()])
-                .with_disable_built_in_roots(true),
-        ),
-        TlsMode::SkipVerify => Some(
-            SslOpts::default()
-                .with_danger_accept_invalid_certs(true)
-                .with_danger_skip_domain_validation(true),
-        ),
-    };
-    builder.ssl_opts(ssl).into()
-}
-
-/// `pemPath` must name a readable file with a certificate (PEM, or DER bytes). Checked at
-/// build so that a typo is a start-up error rather than a failure of every call.
-async fn check_ca_file(path: &Path) -> Result<()> {
-    let data = tokio::fs::read(path)
-        .await
-        .map_err(|_| Error::invalid_metadata("pemPath", "the file cannot be read"))?;
-    let is_text = std::str::from_utf8(&data).is_ok();
-    let has_pem_cert = data
-        .windows(b"-----BEGIN CERTIFICATE-----".len())
-        .any(|w| w == b"-----BEGIN CERTIFICATE-----");
-    if data.is_empty() || (is_text && !has_pem_cert) {
-        return Err(Error::invalid_metadata(
-            "pemPath",
-            "the file holds no PEM certificate",
-        ));
-    }
-    Ok(())
+    connect_opts(&settings.connection, &settings.tls, init, pool)
 }
 
 #[async_trait]

@@ -39,6 +39,12 @@ pub(crate) fn registry() -> Registry {
     r.state(&["state.mysql"], "v1", |m| async move {
         tandem_mysql::MySqlStateStore::build(&m).await
     });
+    #[cfg(feature = "mysql")]
+    r.binding(&["bindings.mysql"], "v1", |m| async move {
+        tandem_mysql::MySqlBinding::build(&m)
+            .await
+            .map(tandem_components::bindings::Binding::output)
+    });
     #[cfg(feature = "postgres")]
     r.state(
         &["state.postgresql", "state.postgres"],

@@ -1,6 +1,7 @@
 //! Tests of `state.mysql` against the real server (MariaDB at 127.0.0.1:3306, skipped when it
 //! is not there), each on tables of its own in the `tandem_mysql_test` schema.
 
+use std::path::Path;
 use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
