@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod metadata;
 pub mod pubsub;
 pub mod registry;
+pub mod resiliency;
 pub mod secrets;
 pub mod state;
 
