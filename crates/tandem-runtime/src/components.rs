@@ -117,6 +117,28 @@ impl Components {
         &self.infos
     }
 
+    /// Every component's name and kind, for resolving its resiliency policies.
+    pub fn resiliency_targets(&self) -> Vec<(&str, crate::resiliency::ComponentKind)> {
+        use crate::resiliency::ComponentKind;
+        let state = self
+            .state
+            .keys()
+            .map(|n| (n.as_str(), ComponentKind::Statestore));
+        let secrets = self
+            .secrets
+            .keys()
+            .map(|n| (n.as_str(), ComponentKind::Secretstore));
+        let pubsub = self
+            .pubsub
+            .keys()
+            .map(|n| (n.as_str(), ComponentKind::Pubsub));
+        let bindings = self
+            .bindings
+            .keys()
+            .map(|n| (n.as_str(), ComponentKind::Binding));
+        state.chain(secrets).chain(pubsub).chain(bindings).collect()
+    }
+
     /// Adds a state store built outside the loader (tests, embedded use).
     pub fn insert_state(
         &mut self,

@@ -13,7 +13,9 @@
 //!   resolution and the internal listener, HTTPEndpoints, URLs) and access control.
 //! - [`lifecycle`]: readiness (health endpoints) and the shutdown signal.
 //!
-//! [`error`] holds the one error table; [`components`] loads component definitions.
+//! [`error`] holds the one error table; [`components`] loads component definitions;
+//! [`resiliency`] applies the `Resiliency` policies (timeouts, retries, circuit breakers) to
+//! service invocation and to every component call.
 
 pub mod app_channel;
 pub mod bindings;
@@ -88,6 +90,8 @@ pub struct Runtime {
     pub invoke: invoke::InvokeService,
     /// Every loaded component.
     pub components: Arc<Components>,
+    /// The resiliency policies, resolved per target.
+    pub resiliency: Arc<resiliency::Resiliency>,
 }
 
 /// Why the runtime could not start.
@@ -96,6 +100,9 @@ pub enum StartupError {
     /// A component failed to load.
     #[error(transparent)]
     Component(#[from] ComponentError),
+    /// A Resiliency resource cannot be applied.
+    #[error(transparent)]
+    Resiliency(#[from] resiliency::ResiliencyError),
 }
 
 impl Runtime {
@@ -113,6 +120,11 @@ impl Runtime {
         };
         let loaded = components::load(&resources.components, registry, &ctx).await?;
         let components = Arc::new(loaded.components);
+        let resiliency = Arc::new(resiliency::Resiliency::new(
+            &resources.resiliencies,
+            &options.app_id,
+            &components.resiliency_targets(),
+        )?);
         let endpoints = invoke::load_endpoints(&resources.http_endpoints, &ctx, &components).await;
         let base = MetadataSnapshot {
             id: options.app_id.clone(),
@@ -162,7 +174,9 @@ impl Runtime {
             endpoints,
             access_control: Some(&configuration.access_control),
             options: options.invoke,
+            resiliency: resiliency.clone(),
         });
+        runtime.resiliency = resiliency;
         Ok(Arc::new(runtime))
     }
 
@@ -186,6 +200,7 @@ impl Runtime {
             app_channel: None,
             invoke: invoke::InvokeService::minimal(&app_id),
             components,
+            resiliency: Arc::new(resiliency::Resiliency::none()),
             app_id,
         }
     }

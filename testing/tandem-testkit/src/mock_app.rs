@@ -7,6 +7,9 @@
 //!   `path`, `query`, `headers` (lower-case name → values joined with `, `), `body` (text, when
 //!   at most 64 KiB), `body_len` and `body_hash` (FNV-1a, hex).
 //! - `mock-status: <code>`: answer with that status.
+//! - `mock-fail-first: <n>`: the first `n` requests to this path (counted since the mock
+//!   started) answer `500` with body `planned failure <i>`; later ones answer as usual.
+//! - `mock-wait-ms: <ms>`: wait that long before answering.
 //! - `mock-set-header: <name>: <value>` (repeatable): add that response header verbatim (also
 //!   hop-by-hop ones, to check that the sidecar strips them).
 //! - `mock-mode: raw`: stream the request body back as the response body, unread.
@@ -131,11 +134,32 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 
 async fn handle(State(shared): State<Shared>, req: Request) -> Response {
     shared.hits.fetch_add(1, Ordering::SeqCst);
-    shared
-        .log
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(format!("{} {}", req.method(), req.uri().path()));
+    let earlier = {
+        let mut log = shared.log.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = req.uri().path();
+        let earlier = log
+            .iter()
+            .filter(|r| r.split(' ').nth(1) == Some(path))
+            .count();
+        log.push(format!("{} {path}", req.method()));
+        earlier
+    };
+    if let Some(ms) = header(&req, "mock-wait-ms").and_then(|s| s.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(n) = header(&req, "mock-fail-first").and_then(|s| s.parse::<usize>().ok())
+        && earlier < n
+    {
+        let mut resp = (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("planned failure {}", earlier + 1),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&shared.name) {
+            resp.headers_mut().insert("x-mock-app", v);
+        }
+        return resp;
+    }
     let status = header(&req, "mock-status")
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())

@@ -42,6 +42,16 @@
 //! A refused connection to a sidecar (it was killed) is retried at once on another instance
 //! when the request body was not read yet, and that instance is set aside for
 //! [`SUSPECT_FOR`]; lookups are cached for [`CACHE_TTL`] and spread round-robin.
+//!
+//! # Resiliency
+//!
+//! A `Resiliency` policy for the target (`targets.apps.<target>` as the caller names it, or
+//! the `DefaultApp…` policies) runs each call under its timeout (until the response starts),
+//! its circuit breaker (one per target method) and its retries. An answer with a status
+//! outside 200–399 (or a gRPC app's non-OK status) is a failure, retried when `matching`
+//! allows; when the retries are spent the last answer goes back as it is. To be replayed, the
+//! request body is read into memory first; a body of unknown length (chunked) is streamed
+//! and never retried, as in daprd.
 
 mod acl;
 mod body;
@@ -58,6 +68,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -68,9 +80,10 @@ pub use body::InvokeBody;
 pub use directory::{CACHE_TTL, SUSPECT_FOR};
 pub use target::{Method, Target};
 
-use crate::app_channel::{AppBody, AppChannel, AppError, AppResponse};
+use crate::app_channel::{AppBody, AppChannel, AppError, AppResponse, full_body};
 use crate::components::{Components, LoadContext};
 use crate::error::{ApiError, ErrorCode};
+use crate::resiliency::{AppPolicy, Resiliency, StatusCode, Verdict};
 use body::Replayable;
 use directory::Directory;
 use endpoints::Endpoint;
@@ -145,6 +158,7 @@ pub struct InvokeService {
     sidecars_h2: Client<HttpConnector, Replayable>,
     external: Client<HttpConnector, AppBody>,
     registered: AtomicBool,
+    resiliency: Arc<Resiliency>,
 }
 
 impl fmt::Debug for InvokeService {
@@ -182,6 +196,7 @@ pub(crate) struct Parts<'a> {
     pub(crate) endpoints: HashMap<String, Endpoint>,
     pub(crate) access_control: Option<&'a tandem_config::AccessControlSpec>,
     pub(crate) options: InvokeOptions,
+    pub(crate) resiliency: Arc<Resiliency>,
 }
 
 /// Resolves the `HTTPEndpoint` resources (their headers may reference secrets).
@@ -208,6 +223,7 @@ impl InvokeService {
             endpoints: HashMap::new(),
             access_control: None,
             options: InvokeOptions::default(),
+            resiliency: Arc::new(Resiliency::none()),
         })
     }
 
@@ -249,6 +265,7 @@ impl InvokeService {
                 .build(connector()),
             external: client(),
             registered: AtomicBool::new(false),
+            resiliency: parts.resiliency,
         }
     }
 
@@ -300,6 +317,7 @@ impl InvokeService {
         let method =
             Method::parse(&method).map_err(|e| fail(&format_args!("invalid method: {e}")))?;
         let mut path = method.path;
+        let method_name = method.name;
         if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {
             path.push('?');
             path.push_str(q);
@@ -311,24 +329,6 @@ impl InvokeService {
                 &"gRPC proxying targets app ids only, not HTTP endpoints or URLs",
             ));
         }
-        if let Some(endpoint) = self.endpoints.get(&target) {
-            if let Some(problem) = &endpoint.problem {
-                return Err(fail(&format_args!(
-                    "HTTPEndpoint {target} is not usable: {problem}"
-                )));
-            }
-            let call = Call {
-                verb,
-                path,
-                headers,
-                body,
-                grpc: false,
-            };
-            return self
-                .call_external(&endpoint.base, &endpoint.headers, call)
-                .await
-                .map_err(|e| fail(&e));
-        }
         let call = Call {
             verb,
             path,
@@ -336,7 +336,90 @@ impl InvokeService {
             body,
             grpc: grpc_proxy,
         };
-        match Target::parse(&target).map_err(|e| fail(&e))? {
+        let policy = if self.resiliency.is_empty() {
+            None
+        } else {
+            self.resiliency.app(&target)
+        };
+        match policy {
+            None => self.dispatch(&target, call).await,
+            Some(policy) => {
+                self.dispatch_with_policy(&target, &method_name, call, &policy)
+                    .await
+            }
+        }
+    }
+
+    /// Runs the call under the target's resiliency policy.
+    async fn dispatch_with_policy(
+        &self,
+        target: &str,
+        method: &str,
+        call: Call,
+        policy: &AppPolicy,
+    ) -> Result<InvokeResponse, ApiError> {
+        let breaker = policy.breaker_for(method);
+        let policy = policy.policy();
+        // Only a body of known length is kept for replay (daprd streams the others once).
+        let replayable = policy.has_retries() && call.body.size_hint().exact().is_some();
+        let mut once = None;
+        let mut replay = None;
+        if replayable {
+            let bytes = call
+                .body
+                .collect()
+                .await
+                .map_err(|e| failed(target, &format_args!("reading the request body: {e}")))?
+                .to_bytes();
+            replay = Some((call.verb, call.path, call.headers, bytes, call.grpc));
+        } else {
+            once = Some(call);
+        }
+        let next = || match (&replay, once.take()) {
+            (Some((verb, path, headers, bytes, grpc)), _) => Some(Call {
+                verb: verb.clone(),
+                path: path.clone(),
+                headers: headers.clone(),
+                body: full_body(bytes.clone()),
+                grpc: *grpc,
+            }),
+            (None, call) => call,
+        };
+        let mut next = next;
+        let outcome = policy
+            .run_with(
+                breaker.as_deref(),
+                replayable,
+                || {
+                    let call = next();
+                    async move {
+                        match call {
+                            Some(call) => self.dispatch(target, call).await,
+                            None => Err(failed(target, &"the request body was already sent")),
+                        }
+                    }
+                },
+                classify,
+            )
+            .await;
+        outcome.unwrap_or_else(|e| Err(failed(target, &e)))
+    }
+
+    /// Sends the call to an HTTPEndpoint, a URL, this app or another app's sidecar.
+    async fn dispatch(&self, target: &str, call: Call) -> Result<InvokeResponse, ApiError> {
+        let fail = |err: &dyn fmt::Display| failed(target, err);
+        if let Some(endpoint) = self.endpoints.get(target) {
+            if let Some(problem) = &endpoint.problem {
+                return Err(fail(&format_args!(
+                    "HTTPEndpoint {target} is not usable: {problem}"
+                )));
+            }
+            return self
+                .call_external(&endpoint.base, &endpoint.headers, call)
+                .await
+                .map_err(|e| fail(&e));
+        }
+        match Target::parse(target).map_err(|e| fail(&e))? {
             Target::Url(base) => self
                 .call_external(base.trim_end_matches('/'), &[], call)
                 .await
@@ -576,6 +659,25 @@ impl Call {
         *request.method_mut() = self.verb;
         *request.headers_mut() = self.headers;
         (request, self.path)
+    }
+}
+
+/// How an invocation attempt counts for retries and circuit breakers (daprd: any status
+/// outside 200–399 is a failure; so is a gRPC app's non-OK status).
+fn classify(result: &Result<InvokeResponse, ApiError>) -> Verdict {
+    let Ok(resp) = result else {
+        return Verdict::Failure(None);
+    };
+    if let Some(st) = resp.extensions().get::<AppGrpcStatus>()
+        && st.code != 0
+    {
+        return Verdict::Failure(u16::try_from(st.code).ok().map(StatusCode::Grpc));
+    }
+    let status = resp.status().as_u16();
+    if (200..=399).contains(&status) {
+        Verdict::Success
+    } else {
+        Verdict::Failure(Some(StatusCode::Http(status)))
     }
 }
 

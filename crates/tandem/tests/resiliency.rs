@@ -1,0 +1,202 @@
+//! End-to-end: `Resiliency` policies applied by the real binary to service invocation, with an
+//! in-process mock app that fails, answers slowly or refuses on request.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_error, client, start, tandem};
+use dapr::dapr::proto::common::v1 as pb_common;
+use dapr::dapr::proto::runtime::v1 as pb;
+use pb::dapr_client::DaprClient;
+use tandem_testkit::Sidecar;
+use tandem_testkit::mock_app::MockApp;
+
+const POLICIES: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: res
+spec:
+  policies:
+    timeouts:
+      fast: 500ms
+    retries:
+      three:
+        policy: constant
+        duration: 50ms
+        maxRetries: 3
+        matching:
+          httpStatusCodes: "500-599"
+    circuitBreakers:
+      cb:
+        maxRequests: 1
+        timeout: 1s
+        trip: consecutiveFailures >= 2
+  targets:
+    apps:
+      a:
+        timeout: fast
+        retry: three
+      b:
+        circuitBreaker: cb
+"#;
+
+async fn sidecar(app_id: &str, app: &MockApp) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    start(
+        tandem()
+            .app_id(app_id)
+            .app_port(app.port())
+            .name_resolution_db(dir.path().join("nr.db"))
+            .resource("resiliency.yaml", POLICIES),
+    )
+    .await
+}
+
+fn count(app: &MockApp, request: &str) -> usize {
+    app.invocations().iter().filter(|r| *r == request).count()
+}
+
+#[tokio::test]
+async fn retries_until_the_app_answers() {
+    let app = MockApp::start("a").await;
+    let sc = sidecar("a", &app).await;
+    let c = client();
+
+    // Two failures, then success: the caller sees only the success, the body replayed whole.
+    let resp = c
+        .post(sc.url("/v1.0/invoke/a/method/flaky"))
+        .header("mock-fail-first", "2")
+        .header("content-type", "text/plain")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["body"], "payload");
+    assert_eq!(count(&app, "POST /flaky"), 3);
+
+    // More failures than retries: the app's last answer comes back as it is.
+    let resp = c
+        .get(sc.url("/v1.0/invoke/a/method/down"))
+        .header("mock-fail-first", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.text().await.unwrap(), "planned failure 4");
+    assert_eq!(count(&app, "GET /down"), 4);
+
+    // A status outside `matching` is not retried.
+    let resp = c
+        .get(sc.url("/v1.0/invoke/a/method/missing"))
+        .header("mock-status", "404")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(count(&app, "GET /missing"), 1);
+
+    // gRPC callers go through the same policy.
+    let mut grpc = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc_port))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(pb::InvokeServiceRequest {
+        id: "a".into(),
+        message: Some(pb_common::InvokeRequest {
+            method: "grpc-flaky".into(),
+            data: Some(prost_types::Any {
+                type_url: String::new(),
+                value: b"over grpc".to_vec(),
+            }),
+            content_type: "text/plain".into(),
+            http_extension: Some(pb_common::HttpExtension {
+                verb: 3, // POST
+                querystring: String::new(),
+            }),
+        }),
+    });
+    req.metadata_mut()
+        .insert("mock-fail-first", "3".parse().unwrap());
+    let resp = grpc.invoke_service(req).await.unwrap().into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&resp.data.unwrap().value).unwrap();
+    assert_eq!(v["body"], "over grpc");
+    assert_eq!(count(&app, "POST /grpc-flaky"), 4);
+}
+
+#[tokio::test]
+async fn a_slow_app_times_out() {
+    let app = MockApp::start("a").await;
+    let sc = sidecar("a", &app).await;
+    let started = Instant::now();
+    let resp = client()
+        .get(sc.url("/v1.0/invoke/a/method/slow"))
+        .header("mock-wait-ms", "5000")
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_error(
+        resp,
+        500,
+        "ERR_DIRECT_INVOKE",
+        "failed to invoke, id: a, err: context deadline exceeded",
+    )
+    .await;
+    // Four attempts of 500 ms each (the timeout is retried too), 50 ms apart.
+    assert!(
+        took >= Duration::from_millis(2000) && took < Duration::from_millis(4500),
+        "took {took:?}"
+    );
+    assert_eq!(count(&app, "GET /slow"), 4);
+
+    // A quick answer is untouched by the timeout.
+    let resp = client()
+        .get(sc.url("/v1.0/invoke/a/method/quick"))
+        .header("mock-wait-ms", "50")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn an_open_circuit_breaker_fails_fast_then_recovers() {
+    let app = MockApp::start("b").await;
+    let sc = sidecar("b", &app).await;
+    let c = client();
+    let call = |status: u16| {
+        c.get(sc.url("/v1.0/invoke/b/method/op"))
+            .header("mock-status", status.to_string())
+            .send()
+    };
+    // Two failures trip the breaker (`consecutiveFailures >= 2`); no retry policy here.
+    assert_eq!(call(500).await.unwrap().status(), 500);
+    assert_eq!(call(503).await.unwrap().status(), 503);
+    assert_eq!(count(&app, "GET /op"), 2);
+    // Open: refused without reaching the app.
+    for _ in 0..3 {
+        assert_error(
+            call(200).await.unwrap(),
+            500,
+            "ERR_DIRECT_INVOKE",
+            "failed to invoke, id: b, err: circuit breaker is open",
+        )
+        .await;
+    }
+    assert_eq!(count(&app, "GET /op"), 2);
+    // Another method has its own breaker.
+    let other = c
+        .get(sc.url("/v1.0/invoke/b/method/other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    // After `timeout` (1 s) one trial passes; its success closes the breaker.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(call(200).await.unwrap().status(), 200);
+    assert_eq!(call(200).await.unwrap().status(), 200);
+    assert_eq!(count(&app, "GET /op"), 4);
+}
