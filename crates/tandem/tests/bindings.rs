@@ -10,6 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::binding::{component, invoke};
 use common::{assert_error, client, start, tandem};
 use dapr::dapr::proto::common::v1 as pb_common;
 use dapr::dapr::proto::runtime::v1 as pb;
@@ -20,25 +21,17 @@ use tandem_testkit::mock_app::MockApp;
 use tandem_testkit::subscriber::{Answer, Subscriber};
 
 fn localstorage(name: &str, root: &std::path::Path) -> String {
-    format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: bindings.localstorage\n  version: v1\n  metadata:\n  - name: rootPath\n    value: {}\n",
-        root.display()
+    component(
+        name,
+        "bindings.localstorage",
+        &[("rootPath", &root.display().to_string())],
     )
 }
 
-fn cron(name: &str, schedule: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: bindings.cron\n  version: v1\n  metadata:\n  - name: schedule\n    value: \"{schedule}\"\n{extra}"
-    )
-}
-
-async fn call(sc: &tandem_testkit::Sidecar, name: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(sc.url(&format!("/v1.0/bindings/{name}")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+fn cron(name: &str, schedule: &str, extra: &[(&str, &str)]) -> String {
+    let mut metadata = vec![("schedule", schedule)];
+    metadata.extend_from_slice(extra);
+    component(name, "bindings.cron", &metadata)
 }
 
 #[tokio::test]
@@ -46,10 +39,7 @@ async fn output_bindings_over_http_and_grpc() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("files");
     let web = MockApp::start("web").await;
-    let http_binding = format!(
-        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: web\nspec:\n  type: bindings.http\n  version: v1\n  metadata:\n  - name: url\n    value: {}\n",
-        web.url("/api")
-    );
+    let http_binding = component("web", "bindings.http", &[("url", &web.url("/api"))]);
     let sc = start(
         tandem()
             .resource("files.yaml", &localstorage("files", &root))
@@ -58,7 +48,7 @@ async fn output_bindings_over_http_and_grpc() {
     .await;
 
     // localstorage: create (JSON string data is unquoted), get, list, delete.
-    let resp = call(
+    let resp = invoke(
         &sc,
         "files",
         json!({"operation": "create", "data": "hello", "metadata": {"fileName": "a.txt"}}),
@@ -74,7 +64,7 @@ async fn output_bindings_over_http_and_grpc() {
         std::fs::read_to_string(root.join("a.txt")).unwrap(),
         "hello"
     );
-    let resp = call(
+    let resp = invoke(
         &sc,
         "files",
         json!({"operation": "get", "metadata": {"fileName": "a.txt"}}),
@@ -82,10 +72,10 @@ async fn output_bindings_over_http_and_grpc() {
     .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "hello");
-    let resp = call(&sc, "files", json!({"operation": "list"})).await;
+    let resp = invoke(&sc, "files", json!({"operation": "list"})).await;
     let files: Vec<String> = resp.json().await.unwrap();
     assert_eq!(files.len(), 1, "{files:?}");
-    let resp = call(
+    let resp = invoke(
         &sc,
         "files",
         json!({"operation": "delete", "metadata": {"fileName": "a.txt"}}),
@@ -95,14 +85,14 @@ async fn output_bindings_over_http_and_grpc() {
     assert!(!root.join("a.txt").exists());
 
     // Errors: a missing file, an unknown operation, an unknown binding, a malformed body.
-    let resp = call(
+    let resp = invoke(
         &sc,
         "files",
         json!({"operation": "get", "metadata": {"fileName": "a.txt"}}),
     )
     .await;
     assert_error(resp, 500, "ERR_INVOKE_OUTPUT_BINDING", "file not found").await;
-    let resp = call(&sc, "files", json!({"operation": "explode"})).await;
+    let resp = invoke(&sc, "files", json!({"operation": "explode"})).await;
     assert_error(
         resp,
         500,
@@ -110,7 +100,7 @@ async fn output_bindings_over_http_and_grpc() {
         "does not support operation explode",
     )
     .await;
-    let resp = call(&sc, "nope", json!({"operation": "create"})).await;
+    let resp = invoke(&sc, "nope", json!({"operation": "create"})).await;
     assert_error(
         resp,
         500,
@@ -128,7 +118,7 @@ async fn output_bindings_over_http_and_grpc() {
 
     // bindings.http: path, upper-case metadata as headers, JSON data; the answer's status and
     // headers as metadata.* headers.
-    let resp = call(
+    let resp = invoke(
         &sc,
         "web",
         json!({"operation": "post", "data": {"n": 1}, "metadata": {"path": "orders", "X-Custom": "yes"}}),
@@ -143,7 +133,7 @@ async fn output_bindings_over_http_and_grpc() {
     assert_eq!(echo["headers"]["x-custom"], "yes", "{echo}");
     assert_eq!(echo["body"], r#"{"n":1}"#, "{echo}");
     // A non-2xx answer is an error (errorIfNot2XX defaults to true), unless turned off.
-    let resp = call(
+    let resp = invoke(
         &sc,
         "web",
         json!({"operation": "get", "metadata": {"Mock-Status": "503"}}),
@@ -156,7 +146,7 @@ async fn output_bindings_over_http_and_grpc() {
         "received status code 503",
     )
     .await;
-    let resp = call(
+    let resp = invoke(
         &sc,
         "web",
         json!({"operation": "get", "metadata": {"Mock-Status": "503", "errorIfNot2XX": "false"}}),
@@ -225,16 +215,12 @@ async fn cron_input_binding_reaches_an_http_app() {
     let sc = start(
         tandem()
             .app_port(app.port)
-            .resource("tick.yaml", &cron("tick", "@every 1s", ""))
+            .resource("tick.yaml", &cron("tick", "@every 1s", &[]))
             .resource(
                 "routed.yaml",
-                &cron(
-                    "routed",
-                    "*/1 * * * * *",
-                    "  - name: route\n    value: /custom\n",
-                ),
+                &cron("routed", "*/1 * * * * *", &[("route", "/custom")]),
             )
-            .resource("unwanted.yaml", &cron("unwanted", "@every 1s", "")),
+            .resource("unwanted.yaml", &cron("unwanted", "@every 1s", &[])),
     )
     .await;
     let fired = |path: &str, got: &[tandem_testkit::subscriber::Received]| {
@@ -266,18 +252,14 @@ async fn bad_binding_definitions_stop_the_sidecar() {
     let out = tandem()
         .resource(
             "bad.yaml",
-            &cron(
-                "bad",
-                "@every 1s",
-                "  - name: direction\n    value: output\n",
-            ),
+            &cron("bad", "@every 1s", &[("direction", "output")]),
         )
         .run_to_exit()
         .await;
     assert!(!out.status.success());
     assert!(out.log.contains("no output side"), "{}", out.log);
     let out = tandem()
-        .resource("bad.yaml", &cron("bad", "every day", ""))
+        .resource("bad.yaml", &cron("bad", "every day", &[]))
         .run_to_exit()
         .await;
     assert!(!out.status.success());
@@ -309,8 +291,8 @@ async fn input_bindings_reach_a_grpc_app_and_its_answer_is_honoured() {
             .arg("grpc")
             .resource("store.yaml", common::IN_MEMORY)
             .resource("files.yaml", &localstorage("files", &root))
-            .resource("tick.yaml", &cron("tick", "@every 1s", ""))
-            .resource("other.yaml", &cron("other", "@every 1s", "")),
+            .resource("tick.yaml", &cron("tick", "@every 1s", &[]))
+            .resource("other.yaml", &cron("other", "@every 1s", &[])),
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);

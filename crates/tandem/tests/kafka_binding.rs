@@ -9,76 +9,32 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_error, client, start, tandem};
-use serde_json::{Value, json};
-use tandem_testkit::Sidecar;
+use common::binding::{self, component, invoke, wait_started};
+use common::{assert_error, start, tandem};
+use serde_json::json;
 use tandem_testkit::kafka::Tansu;
 use tandem_testkit::subscriber::{Answer, Received, Subscriber};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn binding_yaml(name: &str, brokers: &str, topic: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: {name}
-spec:
-  type: bindings.kafka
-  version: v1
-  metadata:
-  - name: brokers
-    value: "{brokers}"
-  - name: authType
-    value: none
-  - name: publishTopic
-    value: "{topic}"
-  - name: topics
-    value: "{topic}"
-  - name: consumerGroup
-    value: "{topic}-group"
-  - name: sessionTimeout
-    value: 2s
-  - name: heartbeatInterval
-    value: 300ms
-{extra}"#
-    )
+fn binding_yaml(name: &str, brokers: &str, topic: &str, extra: &[(&str, &str)]) -> String {
+    let group = format!("{topic}-group");
+    let mut metadata = vec![
+        ("brokers", brokers),
+        ("authType", "none"),
+        ("publishTopic", topic),
+        ("topics", topic),
+        ("consumerGroup", group.as_str()),
+        ("sessionTimeout", "2s"),
+        ("heartbeatInterval", "300ms"),
+    ];
+    metadata.extend_from_slice(extra);
+    component(name, "bindings.kafka", &metadata)
 }
 
 /// A name no other test run uses, so that runs sharing the broker never see each other.
 fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("kafka-binding-e2e-{what}-{}-{nanos}", std::process::id())
-}
-
-/// Waits until the sidecar logged `n` started input bindings: `read` returns once the group
-/// gave the member its partitions, so what is written next reaches it.
-async fn wait_started(sc: &Sidecar, n: usize) {
-    let until = Instant::now() + WAIT;
-    loop {
-        let log = sc.log();
-        if log.matches("input binding started").count() >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "input bindings never started; log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn invoke(sc: &Sidecar, name: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(sc.url(&format!("/v1.0/bindings/{name}")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    binding::unique("kafka-binding-e2e", what)
 }
 
 /// Deliveries of records (the `OPTIONS` probe carries no Kafka metadata).
@@ -98,10 +54,12 @@ async fn create_and_read_back_through_the_app() {
     let app = Subscriber::start(json!([])).await;
     let sc = start(tandem().app_id(&unique("app")).app_port(app.port).resource(
         "orders.yaml",
-        &binding_yaml("orders", broker.brokers(), &topic, ""),
+        &binding_yaml("orders", broker.brokers(), &topic, &[]),
     ))
     .await;
-    wait_started(&sc, 1).await;
+    // `read` returns once the group gave the member its partitions, so what is written next
+    // reaches it.
+    wait_started(&sc, 1, WAIT).await;
 
     let resp = invoke(
         &sc,
@@ -153,16 +111,19 @@ async fn refused_events_come_back_with_consume_retry() {
                     "strict",
                     broker.brokers(),
                     &strict,
-                    "  - name: consumeRetryEnabled\n    value: \"true\"\n  - name: consumeRetryInterval\n    value: 100ms\n",
+                    &[
+                        ("consumeRetryEnabled", "true"),
+                        ("consumeRetryInterval", "100ms"),
+                    ],
                 ),
             )
             .resource(
                 "lenient.yaml",
-                &binding_yaml("lenient", broker.brokers(), &lenient, ""),
+                &binding_yaml("lenient", broker.brokers(), &lenient, &[]),
             ),
     )
     .await;
-    wait_started(&sc, 2).await;
+    wait_started(&sc, 2, WAIT).await;
     // After the OPTIONS probes, which must succeed for the bindings to start.
     app.answer("/strict", Answer::Status(500));
     app.answer("/lenient", Answer::Status(500));

@@ -7,80 +7,33 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_error, client, start, tandem};
-use serde_json::{Value, json};
-use tandem_testkit::Sidecar;
+use common::binding::{self, component, events, invoke, redelivered_until_taken, wait_started};
+use common::{assert_error, start, tandem};
+use serde_json::json;
 use tandem_testkit::services;
-use tandem_testkit::subscriber::{Answer, Received, Subscriber};
+use tandem_testkit::subscriber::{Answer, Subscriber};
 
 const MOSQUITTO: &str = "127.0.0.1:1883";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn binding_yaml(name: &str, topic: &str, consumer: &str) -> String {
-    format!(
-        r#"
-apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: {name}
-spec:
-  type: bindings.mqtt3
-  version: v1
-  metadata:
-  - name: url
-    value: "tcp://{MOSQUITTO}"
-  - name: topic
-    value: "{topic}"
-  - name: consumerID
-    value: "{consumer}"
-  - name: backOffMaxRetries
-    value: "-1"
-"#
+    component(
+        name,
+        "bindings.mqtt3",
+        &[
+            ("url", &format!("tcp://{MOSQUITTO}")),
+            ("topic", topic),
+            ("consumerID", consumer),
+            ("backOffMaxRetries", "-1"),
+        ],
     )
 }
 
 /// A name no other test run uses, so that runs sharing the broker never see each other.
 fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("mqtt-binding-e2e-{what}-{}-{nanos}", std::process::id())
-}
-
-/// Waits until the sidecar logged `n` started input bindings (subscribed on the broker).
-async fn wait_started(sc: &Sidecar, n: usize) {
-    let until = Instant::now() + WAIT;
-    loop {
-        let log = sc.log();
-        if log.matches("input binding started").count() >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "the input bindings never started; log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn invoke(sc: &Sidecar, name: &str, body: Value) -> reqwest::Response {
-    client()
-        .post(sc.url(&format!("/v1.0/bindings/{name}")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// Events delivered to `path` (the `OPTIONS` probe has no body).
-fn events(got: &[Received], path: &str) -> Vec<Received> {
-    got.iter()
-        .filter(|r| r.path == path && !r.body.is_null())
-        .cloned()
-        .collect()
+    binding::unique("mqtt-binding-e2e", what)
 }
 
 #[tokio::test]
@@ -105,7 +58,7 @@ async fn create_and_read_back_through_the_app() {
     )
     .await;
     // Both: the app answers every OPTIONS probe.
-    wait_started(&sc, 2).await;
+    wait_started(&sc, 2, WAIT).await;
 
     let resp = invoke(
         &sc,
@@ -157,23 +110,5 @@ async fn create_and_read_back_through_the_app() {
     app.answer("/sensors", Answer::Status(500));
     let resp = invoke(&sc, "out", json!({"operation": "create", "data": {"n": 3}})).await;
     assert_eq!(resp.status(), 204);
-    let refused = |r: &[Received]| {
-        events(r, "/sensors")
-            .iter()
-            .filter(|e| e.body["n"] == 3)
-            .count()
-    };
-    app.wait_for(WAIT, "three refusals", |r| refused(r) >= 3)
-        .await;
-    app.answer("/sensors", Answer::Success);
-    let switched = Instant::now();
-    app.wait_for(WAIT, "a delivery after the switch", |r| {
-        events(r, "/sensors")
-            .iter()
-            .any(|e| e.body["n"] == 3 && e.at > switched)
-    })
-    .await;
-    let total = refused(&app.received());
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(refused(&app.received()), total, "acknowledged once taken");
+    redelivered_until_taken(&app, "/sensors", 3, WAIT).await;
 }

@@ -6,36 +6,31 @@
 
 mod common;
 
-use common::{assert_error, client, start, tandem};
-use dapr::dapr::proto::runtime::v1 as pb;
-use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
+use common::binding::{
+    self, assert_exec_answer, assert_grpc_query, assert_query_answer, component, invoke,
+};
+use common::{assert_error, start, tandem};
 use serde_json::{Value, json};
 use tandem_testkit::{Sidecar, services};
 
 const MYSQL: &str = "127.0.0.1:3306";
 
-const BINDING: &str = r#"
-apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: db
-spec:
-  type: bindings.mysql
-  version: v1
-  metadata:
-  - name: url
-    value: "root:@tcp(127.0.0.1:3306)/test?allowNativePasswords=true&parseTime=true"
-  - name: maxOpenConns
-    value: "4"
-"#;
+fn binding() -> String {
+    component(
+        "db",
+        "bindings.mysql",
+        &[
+            (
+                "url",
+                "root:@tcp(127.0.0.1:3306)/test?allowNativePasswords=true&parseTime=true",
+            ),
+            ("maxOpenConns", "4"),
+        ],
+    )
+}
 
 async fn call(sc: &Sidecar, body: Value) -> reqwest::Response {
-    client()
-        .post(sc.url("/v1.0/bindings/db"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    invoke(sc, "db", body).await
 }
 
 #[tokio::test]
@@ -43,12 +38,8 @@ async fn mysql_binding_over_http_and_grpc() {
     if !services::require("MySQL/MariaDB", MYSQL) {
         return;
     }
-    let sc = start(tandem().resource("db.yaml", BINDING)).await;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let t = format!("e2e_binding_{}_{nanos}", std::process::id());
+    let sc = start(tandem().resource("db.yaml", &binding())).await;
+    let t = binding::unique("e2e", "binding").replace('-', "_");
 
     let resp = call(
         &sc,
@@ -67,19 +58,7 @@ async fn mysql_binding_over_http_and_grpc() {
         }}),
     )
     .await;
-    assert_eq!(resp.status(), 200);
-    let h = resp.headers().clone();
-    assert_eq!(h["metadata.operation"], "exec");
-    assert_eq!(h["metadata.sql"], insert.as_str());
-    assert_eq!(h["metadata.rows-affected"], "2");
-    for key in [
-        "metadata.start-time",
-        "metadata.end-time",
-        "metadata.duration",
-    ] {
-        assert!(h.contains_key(key), "{key} in {h:?}");
-    }
-    assert!(resp.bytes().await.unwrap().is_empty());
+    assert_exec_answer(resp, &insert, "2").await;
 
     // query: rows as objects keyed by column name; the NULL column is left out.
     let resp = call(
@@ -90,13 +69,11 @@ async fn mysql_binding_over_http_and_grpc() {
         }}),
     )
     .await;
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "application/json");
-    assert_eq!(resp.headers()["metadata.operation"], "query");
-    assert_eq!(
-        resp.text().await.unwrap(),
-        r#"[{"at":"2024-05-01T10:00:00Z","id":1,"item":"apple","price":"1.50"},{"id":2,"item":"pear","price":"2.00"}]"#
-    );
+    assert_query_answer(
+        resp,
+        r#"[{"at":"2024-05-01T10:00:00Z","id":1,"item":"apple","price":"1.50"},{"id":2,"item":"pear","price":"2.00"}]"#,
+    )
+    .await;
 
     // Errors.
     let resp = call(&sc, json!({"operation": "exec"})).await;
@@ -121,28 +98,14 @@ async fn mysql_binding_over_http_and_grpc() {
     .await;
 
     // gRPC InvokeBinding.
-    let mut d = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc_port))
-        .await
-        .unwrap();
-    let got = d
-        .invoke_binding(pb::InvokeBindingRequest {
-            name: "db".into(),
-            metadata: [
-                (
-                    "sql".to_owned(),
-                    format!("SELECT item FROM {t} WHERE id = ?"),
-                ),
-                ("params".to_owned(), "[2]".to_owned()),
-            ]
-            .into(),
-            operation: "query".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("InvokeBinding query")
-        .into_inner();
-    assert_eq!(got.data, br#"[{"item":"pear"}]"#);
-    assert_eq!(got.metadata["operation"], "query");
+    assert_grpc_query(
+        &sc,
+        "db",
+        format!("SELECT item FROM {t} WHERE id = ?"),
+        "[2]",
+        br#"[{"item":"pear"}]"#,
+    )
+    .await;
 
     let resp = call(
         &sc,

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{assert_error, client, start, tandem};
+use common::binding::{self, component, invoke};
+use common::{assert_error, start, tandem};
 use dapr::dapr::proto::runtime::v1 as pb;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use serde_json::{Value, json};
@@ -13,37 +14,21 @@ use tandem_testkit::{Sidecar, services};
 
 const REDIS: &str = "127.0.0.1:6379";
 
-const BINDING: &str = r#"
-apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: cache
-spec:
-  type: bindings.redis
-  version: v1
-  metadata:
-  - name: redisHost
-    value: "127.0.0.1:6379"
-  - name: redisDB
-    value: "1"
-"#;
+fn binding() -> String {
+    component(
+        "cache",
+        "bindings.redis",
+        &[("redisHost", REDIS), ("redisDB", "1")],
+    )
+}
 
 /// A key no other run uses.
 fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("redis-binding-e2e-{what}-{}-{nanos}", std::process::id())
+    binding::unique("redis-binding-e2e", what)
 }
 
 async fn call(sc: &Sidecar, body: Value) -> reqwest::Response {
-    client()
-        .post(sc.url("/v1.0/bindings/cache"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    invoke(sc, "cache", body).await
 }
 
 #[tokio::test]
@@ -56,7 +41,7 @@ async fn redis_binding_over_http_and_grpc() {
         .get_multiplexed_async_connection()
         .await
         .expect("connect to redis");
-    let sc = start(tandem().resource("cache.yaml", BINDING)).await;
+    let sc = start(tandem().resource("cache.yaml", &binding())).await;
     let key = unique("order");
 
     // create: the JSON-encoded data under `key` (database 1), with the TTL; 204.

@@ -1,6 +1,7 @@
 //! Shared helpers of the end-to-end tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod binding;
 pub mod pubsub;
 
 use serde_json::Value;
