@@ -17,7 +17,11 @@
 //!   on shutdown and at intervals, not before it acknowledges a message, so after a SIGKILL
 //!   it forgets the messages it had queued (acknowledged to the publisher) by design;
 //! * RabbitMQ (a node of its own with its own node name, ports, database and Erlang cookie;
-//!   durable queues and persistent messages), killed with SIGKILL.
+//!   durable queues and persistent messages), killed with SIGKILL;
+//! * Kafka: tansu (found as `tandem_testkit::kafka` finds it) keeping its data in an
+//!   S3-compatible object store of the test's own (moto's server, which stays up: tansu as
+//!   shipped stores data only in memory or in an object store), killed with SIGKILL and
+//!   started again against the same bucket; skipped when either program cannot be had.
 //!
 //! Components are configured for durability where that is a choice (persistent sessions in
 //! MQTT, `deliveryMode: 2` and queues kept while unused in RabbitMQ).
@@ -31,6 +35,7 @@ use std::time::{Duration, Instant};
 use common::pubsub::{self, Broker, component, meta};
 use serde_json::json;
 use tandem_testkit::Sidecar;
+use tandem_testkit::kafka;
 use tandem_testkit::server::PrivateServer;
 use tandem_testkit::subscriber::{Answer, Subscriber};
 
@@ -405,4 +410,54 @@ async fn rabbitmq_restarts_under_load() {
         ..b
     };
     restart_under_load(&mut server, &b, &durable, Stop::Kill).await;
+}
+
+#[tokio::test]
+async fn kafka_restarts_under_load() {
+    let skip = |why: String| {
+        if tandem_testkit::services::required() {
+            panic!("{why} and TANDEM_REQUIRE_SERVICES=1");
+        }
+        eprintln!("skipping: {why}");
+    };
+    let tansu = match kafka::binary() {
+        Ok(b) => b,
+        Err(why) => return skip(format!("no Kafka-compatible broker ({why})")),
+    };
+    let (program, args) = match kafka::s3_server() {
+        Ok(found) => found,
+        Err(why) => return skip(format!("no S3-compatible store for tansu ({why})")),
+    };
+    // The object store that holds tansu's data; it keeps running while tansu restarts.
+    let mut store = PrivateServer::new("S3 store", program);
+    let store_port = store.port();
+    for a in args {
+        store.arg(a);
+    }
+    store
+        .arg("-H")
+        .arg("127.0.0.1")
+        .arg("-p")
+        .arg(store_port.to_string());
+    start(&mut store, "S3 store (moto_server)").await;
+    if let Err(e) = kafka::s3_create_bucket(&store.addr()).await {
+        panic!("{e}; store log:\n{}", store.log());
+    }
+
+    let mut server = PrivateServer::new("tansu", tansu);
+    let listener = format!("tcp://{}", server.addr());
+    server
+        .arg("broker")
+        .arg("--listener-url")
+        .arg(listener.clone())
+        .arg("--advertised-listener-url")
+        .arg(listener)
+        .arg("--storage-engine")
+        .arg(format!("s3://{}/", kafka::S3_BUCKET));
+    for (k, v) in kafka::s3_env(&store.addr()) {
+        server.env(k, v);
+    }
+    start(&mut server, "tansu").await;
+    let b = Broker::kafka(&server.addr());
+    restart_under_load(&mut server, &b, "", Stop::Kill).await;
 }

