@@ -24,6 +24,7 @@ use crate::app_channel::{AppChannel, empty_body, full_body, grpc};
 use crate::components::Components;
 use crate::error::{ApiError, ErrorCode};
 use crate::lifecycle::Shutdown;
+use crate::resiliency::{Direction, Policy, Resiliency, call_component};
 use crate::state::StateService;
 
 /// How long the app may take to answer the `OPTIONS` probe of an input binding.
@@ -34,6 +35,7 @@ const MAX_ANSWER: usize = 4 << 20;
 /// Output bindings.
 pub struct BindingsService {
     components: Arc<Components>,
+    resiliency: Arc<Resiliency>,
 }
 
 fn invoke_error(name: &str, err: impl std::fmt::Display) -> ApiError {
@@ -44,9 +46,19 @@ fn invoke_error(name: &str, err: impl std::fmt::Display) -> ApiError {
 }
 
 impl BindingsService {
-    /// Over the loaded components.
-    pub fn new(components: Arc<Components>) -> Self {
-        Self { components }
+    /// Over the loaded components, under their resiliency policies.
+    pub fn new(components: Arc<Components>, resiliency: Arc<Resiliency>) -> Self {
+        Self {
+            components,
+            resiliency,
+        }
+    }
+
+    /// The outbound resiliency policy of component `name`, if any.
+    fn policy(&self, name: &str) -> Option<&Policy> {
+        self.resiliency
+            .component(name, Direction::Outbound)
+            .map(|p| &**p)
     }
 
     /// Performs `req.operation` on the output binding `name`.
@@ -68,7 +80,9 @@ impl BindingsService {
                 ),
             ));
         }
-        output.invoke(req).await.map_err(|e| invoke_error(name, e))
+        call_component(self.policy(name), req, |req| output.invoke(req))
+            .await
+            .map_err(|e| invoke_error(name, e))
     }
 }
 
@@ -79,11 +93,31 @@ struct AppHandler {
     channel: Arc<AppChannel>,
     state: Arc<StateService>,
     bindings: Arc<BindingsService>,
+    /// The binding's inbound resiliency policy, if any.
+    inbound: Option<Arc<Policy>>,
 }
 
 #[async_trait]
 impl EventHandler for AppHandler {
     async fn handle(&self, event: BindingEvent) -> Result<Option<Bytes>, String> {
+        match &self.inbound {
+            None => self.deliver(event).await,
+            Some(policy) => policy
+                .run(|| self.deliver(event.clone()))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(format!(
+                        "delivering an event of input binding {} to the app: {e}",
+                        self.name
+                    ))
+                }),
+        }
+    }
+}
+
+impl AppHandler {
+    /// One delivery attempt: the app's answer, or why it failed.
+    async fn deliver(&self, event: BindingEvent) -> Result<Option<Bytes>, String> {
         if self.channel.is_grpc() {
             return self.handle_grpc(event).await;
         }
@@ -261,6 +295,11 @@ impl InputBindingManager {
                 channel: self.channel.clone(),
                 state: self.state.clone(),
                 bindings: self.bindings.clone(),
+                inbound: self
+                    .bindings
+                    .resiliency
+                    .component(name, Direction::Inbound)
+                    .cloned(),
             });
             match input.read(handler).await {
                 Ok(sub) => {

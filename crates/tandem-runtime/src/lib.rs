@@ -152,11 +152,12 @@ impl Runtime {
                 .collect(),
             app_connection: options.app_connection.clone(),
         };
-        let mut runtime = Self::from_parts(
+        let mut runtime = Self::assemble(
             options.app_id,
             components,
             secret_scopes(configuration),
             base,
+            resiliency.clone(),
         );
         runtime.declarative_subscriptions = resources
             .subscriptions
@@ -174,9 +175,8 @@ impl Runtime {
             endpoints,
             access_control: Some(&configuration.access_control),
             options: options.invoke,
-            resiliency: resiliency.clone(),
+            resiliency,
         });
-        runtime.resiliency = resiliency;
         Ok(Arc::new(runtime))
     }
 
@@ -187,12 +187,39 @@ impl Runtime {
         scopes: HashMap<String, SecretScope>,
         base: MetadataSnapshot,
     ) -> Self {
+        Self::assemble(
+            app_id,
+            components,
+            scopes,
+            base,
+            Arc::new(resiliency::Resiliency::none()),
+        )
+    }
+
+    fn assemble(
+        app_id: String,
+        components: Arc<Components>,
+        scopes: HashMap<String, SecretScope>,
+        base: MetadataSnapshot,
+        resiliency: Arc<resiliency::Resiliency>,
+    ) -> Self {
         Self {
-            state: Arc::new(StateService::new(components.clone(), app_id.clone())),
-            bindings: Arc::new(bindings::BindingsService::new(components.clone())),
-            secrets: SecretsService::new(components.clone(), scopes),
+            state: Arc::new(StateService::new(
+                components.clone(),
+                app_id.clone(),
+                resiliency.clone(),
+            )),
+            bindings: Arc::new(bindings::BindingsService::new(
+                components.clone(),
+                resiliency.clone(),
+            )),
+            secrets: SecretsService::new(components.clone(), scopes, resiliency.clone()),
             metadata: Arc::new(MetadataService::new(base, components.clone())),
-            pubsub: pubsub::PubSubService::new(components.clone(), app_id.clone()),
+            pubsub: pubsub::PubSubService::new(
+                components.clone(),
+                app_id.clone(),
+                resiliency.clone(),
+            ),
             declarative_subscriptions: Vec::new(),
             max_in_flight: pubsub::subscriptions::DEFAULT_MAX_IN_FLIGHT,
             readiness: Readiness::default(),
@@ -200,7 +227,7 @@ impl Runtime {
             app_channel: None,
             invoke: invoke::InvokeService::minimal(&app_id),
             components,
-            resiliency: Arc::new(resiliency::Resiliency::none()),
+            resiliency,
             app_id,
         }
     }
@@ -230,6 +257,7 @@ impl Runtime {
                 channel,
                 declarative: rt.declarative_subscriptions.clone(),
                 max_in_flight: rt.max_in_flight,
+                resiliency: rt.resiliency.clone(),
             };
             manager.run(rt.metadata.clone(), &rt.shutdown).await;
         });

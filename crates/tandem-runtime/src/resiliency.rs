@@ -21,6 +21,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tandem_components::Error as ComponentError;
 use tandem_config::{BackoffPolicy, CircuitBreakerPolicy, PolicyNames, RetryMatching, RetryPolicy};
 
 pub use breaker::{Breaker, BreakerState, Counts, Ticket};
@@ -372,6 +373,44 @@ impl Policy {
         }
         result.map(|r| (r, verdict))
     }
+}
+
+/// How a component error counts: a backend failure is retried and counted by the breaker;
+/// errors about the request itself (ETag mismatch or invalid, not supported, invalid request
+/// or metadata, not found) cannot change by retrying and go back at once.
+pub fn component_verdict<T>(result: &Result<T, ComponentError>) -> Verdict {
+    match result {
+        Ok(_) => Verdict::Success,
+        Err(ComponentError::Backend(_)) => Verdict::Failure(None),
+        Err(_) => Verdict::Final,
+    }
+}
+
+/// Runs a component call with `req` under `policy`; without a policy it is one plain call.
+/// Each attempt gets its own copy of `req`. A refusal of the policy itself (timeout, open
+/// breaker) is a backend error worded as daprd words it.
+pub async fn call_component<R, T, F, Fut>(
+    policy: Option<&Policy>,
+    req: R,
+    mut op: F,
+) -> Result<T, ComponentError>
+where
+    R: Clone,
+    F: FnMut(R) -> Fut,
+    Fut: Future<Output = Result<T, ComponentError>>,
+{
+    let Some(policy) = policy else {
+        return op(req).await;
+    };
+    policy
+        .run_with(
+            policy.breaker(),
+            true,
+            || op(req.clone()),
+            component_verdict,
+        )
+        .await
+        .unwrap_or_else(|e| Err(ComponentError::backend(e)))
 }
 
 /// Service invocation policy of one target app: circuit breakers per method (daprd keeps one

@@ -8,6 +8,7 @@ use tandem_components::state::RequestMetadata;
 
 use crate::components::Components;
 use crate::error::{ApiError, ErrorCode};
+use crate::resiliency::{Direction, Policy, Resiliency, call_component};
 
 /// Access rules for one secret store (`spec.secrets.scopes[]` of the Configuration).
 pub use tandem_config::SecretScope;
@@ -16,11 +17,27 @@ pub use tandem_config::SecretScope;
 pub struct SecretsService {
     components: Arc<Components>,
     scopes: HashMap<String, SecretScope>,
+    resiliency: Arc<Resiliency>,
 }
 
 impl SecretsService {
-    pub(crate) fn new(components: Arc<Components>, scopes: HashMap<String, SecretScope>) -> Self {
-        Self { components, scopes }
+    pub(crate) fn new(
+        components: Arc<Components>,
+        scopes: HashMap<String, SecretScope>,
+        resiliency: Arc<Resiliency>,
+    ) -> Self {
+        Self {
+            components,
+            scopes,
+            resiliency,
+        }
+    }
+
+    /// The outbound resiliency policy of component `name`, if any.
+    fn policy(&self, name: &str) -> Option<&Policy> {
+        self.resiliency
+            .component(name, Direction::Outbound)
+            .map(|p| &**p)
     }
 
     fn allowed(&self, store: &str, secret: &str) -> bool {
@@ -59,12 +76,16 @@ impl SecretsService {
                 format!("access denied by policy to get {key:?} from {store_name:?}"),
             ));
         }
-        store.get(key, metadata).await.map_err(|e| {
-            ApiError::new(
-                ErrorCode::SecretGet,
-                format!("failed getting secret with key {key} from secret store {store_name}: {e}"),
-            )
-        })
+        call_component(self.policy(store_name), (), |()| store.get(key, metadata))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::SecretGet,
+                    format!(
+                        "failed getting secret with key {key} from secret store {store_name}: {e}"
+                    ),
+                )
+            })
     }
 
     /// Reads every secret the scopes allow.
@@ -74,12 +95,14 @@ impl SecretsService {
         metadata: &RequestMetadata,
     ) -> Result<BTreeMap<String, Secret>, ApiError> {
         let store = self.store(store_name)?;
-        let mut all = store.bulk_get(metadata).await.map_err(|e| {
-            ApiError::new(
-                ErrorCode::SecretGet,
-                format!("failed getting secrets from secret store {store_name}: {e}"),
-            )
-        })?;
+        let mut all = call_component(self.policy(store_name), (), |()| store.bulk_get(metadata))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::SecretGet,
+                    format!("failed getting secrets from secret store {store_name}: {e}"),
+                )
+            })?;
         all.retain(|name, _| self.allowed(store_name, name));
         Ok(all)
     }

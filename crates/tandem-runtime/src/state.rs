@@ -16,6 +16,7 @@ use tandem_components::state::{
 
 use crate::components::{Components, KeyPrefix, StateEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
+use crate::resiliency::{Direction, Policy, Resiliency, call_component};
 
 const KEY_SEPARATOR: &str = "||";
 
@@ -69,11 +70,27 @@ pub struct DeleteItem {
 pub struct StateService {
     components: Arc<Components>,
     app_id: String,
+    resiliency: Arc<Resiliency>,
 }
 
 impl StateService {
-    pub(crate) fn new(components: Arc<Components>, app_id: String) -> Self {
-        Self { components, app_id }
+    pub(crate) fn new(
+        components: Arc<Components>,
+        app_id: String,
+        resiliency: Arc<Resiliency>,
+    ) -> Self {
+        Self {
+            components,
+            app_id,
+            resiliency,
+        }
+    }
+
+    /// The outbound resiliency policy of store `name`, if any.
+    fn policy(&self, name: &str) -> Option<&Policy> {
+        self.resiliency
+            .component(name, Direction::Outbound)
+            .map(|p| &**p)
     }
 
     fn store(&self, name: &str) -> Result<&StateEntry, ApiError> {
@@ -108,12 +125,14 @@ impl StateService {
             consistency: Consistency::parse(consistency).unwrap_or_default(),
             metadata,
         };
-        entry.store.get(req).await.map_err(|e| {
-            ApiError::new(
-                ErrorCode::StateGet,
-                format!("fail to get {key} from state store {store_name}: {e}"),
-            )
-        })
+        call_component(self.policy(store_name), req, |req| entry.store.get(req))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::StateGet,
+                    format!("fail to get {key} from state store {store_name}: {e}"),
+                )
+            })
     }
 
     /// Saves items (one `set`, or a `bulk_set` for several).
@@ -126,11 +145,12 @@ impl StateService {
         for item in items {
             reqs.push(self.set_request(store_name, &entry.prefix, item)?);
         }
+        let policy = self.policy(store_name);
         let res = if reqs.len() == 1 {
             let req = reqs.pop().unwrap_or_default();
-            entry.store.set(req).await
+            call_component(policy, req, |req| entry.store.set(req)).await
         } else {
-            entry.store.bulk_set(reqs).await
+            call_component(policy, reqs, |reqs| entry.store.bulk_set(reqs)).await
         };
         res.map_err(|e| {
             let code = match e {
@@ -182,14 +202,16 @@ impl StateService {
             metadata,
             options,
         };
-        entry.store.delete(req).await.map_err(|e| {
-            let code = match e {
-                ComponentError::ETagMismatch => ErrorCode::StateDeleteETagMismatch,
-                ComponentError::ETagInvalid(_) => ErrorCode::StateDeleteETagInvalid,
-                _ => ErrorCode::StateDelete,
-            };
-            ApiError::new(code, format!("failed deleting state with key {key}: {e}"))
-        })
+        call_component(self.policy(store_name), req, |req| entry.store.delete(req))
+            .await
+            .map_err(|e| {
+                let code = match e {
+                    ComponentError::ETagMismatch => ErrorCode::StateDeleteETagMismatch,
+                    ComponentError::ETagInvalid(_) => ErrorCode::StateDeleteETagInvalid,
+                    _ => ErrorCode::StateDelete,
+                };
+                ApiError::new(code, format!("failed deleting state with key {key}: {e}"))
+            })
     }
 
     /// Deletes several keys (gRPC `DeleteBulkState`; HTTP has no such call).
@@ -211,7 +233,11 @@ impl StateService {
                 options: item.options,
             });
         }
-        entry.store.bulk_delete(reqs).await.map_err(|e| {
+        call_component(self.policy(store_name), reqs, |reqs| {
+            entry.store.bulk_delete(reqs)
+        })
+        .await
+        .map_err(|e| {
             let code = match e {
                 ComponentError::ETagMismatch => ErrorCode::StateDeleteETagMismatch,
                 ComponentError::ETagInvalid(_) => ErrorCode::StateDeleteETagInvalid,
@@ -239,7 +265,11 @@ impl StateService {
             .iter()
             .map(|k| prefixed(store_name, &entry.prefix, k))
             .collect::<Result<_, _>>()?;
-        let mut items = entry.store.bulk_get(&full, metadata).await.map_err(|e| {
+        let mut items = call_component(self.policy(store_name), (), |()| {
+            entry.store.bulk_get(&full, metadata)
+        })
+        .await
+        .map_err(|e| {
             ApiError::new(
                 ErrorCode::StateBulkGet,
                 format!("failed getting state in state store {store_name}: {e}"),
@@ -318,17 +348,18 @@ impl StateService {
                 }
             });
         }
-        tx.multi(TransactionRequest {
+        let req = TransactionRequest {
             operations: ops,
             metadata,
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::StateTransaction,
-                format!("error while executing state transaction: {e}"),
-            )
-        })
+        };
+        call_component(self.policy(store_name), req, |req| tx.multi(req))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::StateTransaction,
+                    format!("error while executing state transaction: {e}"),
+                )
+            })
     }
 }
 
@@ -360,10 +391,11 @@ impl StateService {
             KeyPrefix::None => String::new(),
             KeyPrefix::Prefix(p) => format!("{p}{KEY_SEPARATOR}"),
         };
-        let mut resp = querier
-            .query(&query, metadata)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let mut resp = call_component(self.policy(store_name), (), |()| {
+            querier.query(&query, metadata)
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
         let cut = query.key_prefix.len();
         for item in &mut resp.results {
             item.key.drain(..cut.min(item.key.len()));

@@ -200,3 +200,183 @@ async fn an_open_circuit_breaker_fails_fast_then_recovers() {
     assert_eq!(call(200).await.unwrap().status(), 200);
     assert_eq!(count(&app, "GET /op"), 4);
 }
+
+const DOWN_STORE: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: down
+spec:
+  type: state.redis
+  version: v1
+  metadata:
+  - name: redisHost
+    value: "127.0.0.1:1"
+---
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: fine
+spec:
+  type: state.in-memory
+  version: v1
+---
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: stores
+spec:
+  policies:
+    retries:
+      twice:
+        duration: 10ms
+        maxRetries: 2
+    circuitBreakers:
+      storeCB:
+        timeout: 30s
+        trip: consecutiveFailures >= 3
+    timeouts:
+      DefaultStatestoreComponentOutboundTimeoutPolicy: 2s
+  targets:
+    components:
+      down:
+        outbound:
+          retry: twice
+          circuitBreaker: storeCB
+"#;
+
+#[tokio::test]
+async fn component_calls_run_under_their_outbound_policy() {
+    let sc = start(tandem().app_id("s").resource("stores.yaml", DOWN_STORE)).await;
+    let c = client();
+    // Three failed attempts (one call, two retries) trip the breaker...
+    let resp = c.get(sc.url("/v1.0/state/down/k")).send().await.unwrap();
+    let body = assert_error(
+        resp,
+        500,
+        "ERR_STATE_GET",
+        "fail to get k from state store down",
+    )
+    .await;
+    assert!(
+        !body["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker"),
+        "{body}"
+    );
+    // ...so the next calls fail fast with daprd's words, for every operation on that store.
+    assert_error(
+        c.get(sc.url("/v1.0/state/down/k")).send().await.unwrap(),
+        500,
+        "ERR_STATE_GET",
+        "fail to get k from state store down: circuit breaker is open",
+    )
+    .await;
+    assert_error(
+        c.post(sc.url("/v1.0/state/down"))
+            .json(&serde_json::json!([{"key": "k", "value": 1}]))
+            .send()
+            .await
+            .unwrap(),
+        500,
+        "ERR_STATE_SAVE",
+        "circuit breaker is open",
+    )
+    .await;
+    // Another store (under the default timeout only) is unaffected.
+    let resp = c
+        .post(sc.url("/v1.0/state/fine"))
+        .json(&serde_json::json!([{"key": "k", "value": 1}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let resp = c.get(sc.url("/v1.0/state/fine/k")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "1");
+}
+
+const INBOUND: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: bus
+spec:
+  type: pubsub.in-memory
+  version: v1
+---
+apiVersion: dapr.io/v2alpha1
+kind: Subscription
+metadata:
+  name: orders
+spec:
+  pubsubname: bus
+  topic: orders
+  routes:
+    default: /orders
+---
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: inbound
+spec:
+  policies:
+    retries:
+      patient:
+        duration: 10ms
+        maxRetries: 6
+  targets:
+    components:
+      bus:
+        inbound:
+          retry: patient
+"#;
+
+#[tokio::test]
+async fn pubsub_deliveries_run_under_the_inbound_policy() {
+    let app = MockApp::start("sub").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = start(
+        tandem()
+            .app_id("sub")
+            .app_port(app.port())
+            .name_resolution_db(dir.path().join("nr.db"))
+            .resource("inbound.yaml", INBOUND),
+    )
+    .await;
+    let c = client();
+    for _ in 0..500 {
+        let m: serde_json::Value = c
+            .get(sc.url("/v1.0/metadata"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if m["subscriptions"].as_array().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Message metadata travels as headers: the app fails the first six deliveries.
+    let resp = c
+        .post(sc.url("/v1.0/publish/bus/orders?metadata.mock-fail-first=6"))
+        .json(&serde_json::json!({"id": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let started = Instant::now();
+    while count(&app, "POST /orders") < 7 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Seven attempts 10 ms apart (the built-in schedule would pause 100, 200, 400 ms and give
+    // the message back after four), and none after the success.
+    let took = started.elapsed();
+    assert_eq!(count(&app, "POST /orders"), 7, "{:?}", app.invocations());
+    assert!(took < Duration::from_millis(600), "took {took:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(count(&app, "POST /orders"), 7);
+}

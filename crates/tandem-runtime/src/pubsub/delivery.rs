@@ -6,6 +6,10 @@
 //! When those retries run out the message goes to the dead-letter topic if one is set
 //! (and is acknowledged), otherwise it is left to the component to deliver again later.
 //! `DROP`, 404 and unroutable or expired events are acknowledged (dead-lettered if set).
+//!
+//! When the pub/sub has an inbound `Resiliency` policy, that policy replaces the built-in
+//! retries: each attempt runs under its timeout and circuit breaker, `RETRY` answers are
+//! retried as its retry policy says, and what is left is handled as above.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
 use super::routing::{Rule, route};
 use crate::app_channel::{AppChannel, full_body, grpc};
+use crate::resiliency::{self, Policy};
 
 /// In-process delivery attempts before giving the message back (or dead-lettering it).
 pub const ATTEMPTS: u32 = 4;
@@ -82,6 +87,8 @@ pub struct AppDelivery {
     pub(crate) raw_payload: bool,
     pub(crate) channel: Arc<AppChannel>,
     pub(crate) bulk: Option<mpsc::Sender<Pending>>,
+    /// The pub/sub's inbound resiliency policy, if any.
+    pub(crate) inbound: Option<Arc<Policy>>,
 }
 
 /// A message waiting in a bulk batch, with where to send its verdict.
@@ -234,9 +241,8 @@ impl MessageHandler for AppDelivery {
             .and_then(Value::as_str)
             .map(str::to_owned);
 
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
-            let verdict = match &self.bulk {
+        let attempt = || async {
+            match &self.bulk {
                 Some(batcher) => {
                     let (tx, rx) = oneshot::channel();
                     let pending = Pending {
@@ -247,11 +253,11 @@ impl MessageHandler for AppDelivery {
                         reply: tx,
                     };
                     if batcher.send(pending).await.is_err() {
-                        return Delivery::Retry;
+                        return None;
                     }
-                    rx.await.unwrap_or(Verdict::Retry)
+                    Some(rx.await.unwrap_or(Verdict::Retry))
                 }
-                None => {
+                None => Some(
                     self.post(
                         &rule.path,
                         body.clone(),
@@ -260,26 +266,49 @@ impl MessageHandler for AppDelivery {
                         traceparent.as_deref(),
                         &msg.topic,
                     )
-                    .await
-                }
-            };
-            match verdict {
-                Verdict::Success => return Delivery::Ack,
-                Verdict::Drop => {
-                    tracing::warn!(pubsub = %self.pubsub_name, topic = %msg.topic, "the app dropped the message");
-                    return self.dead_letter(&msg).await;
-                }
-                Verdict::Retry if attempt < ATTEMPTS => {
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-                Verdict::Retry => {}
+                    .await,
+                ),
             }
+        };
+        let verdict = match &self.inbound {
+            Some(policy) => policy
+                .run_with(policy.breaker(), true, attempt, |v| match v {
+                    Some(Verdict::Success) => resiliency::Verdict::Success,
+                    Some(Verdict::Drop) | None => resiliency::Verdict::Final,
+                    Some(Verdict::Retry) => resiliency::Verdict::Failure(None),
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(pubsub = %self.pubsub_name, topic = %msg.topic, error = %e, "delivery refused by the inbound policy");
+                    Some(Verdict::Retry)
+                }),
+            None => {
+                let mut backoff = FIRST_BACKOFF;
+                let mut verdict = None;
+                for n in 1..=ATTEMPTS {
+                    verdict = attempt().await;
+                    if verdict != Some(Verdict::Retry) {
+                        break;
+                    }
+                    if n < ATTEMPTS {
+                        tokio::time::sleep(backoff).await;
+                        backoff *= 2;
+                    }
+                }
+                verdict
+            }
+        };
+        match verdict {
+            // The batcher is gone (shutting down).
+            None => Delivery::Retry,
+            Some(Verdict::Success) => Delivery::Ack,
+            Some(Verdict::Drop) => {
+                tracing::warn!(pubsub = %self.pubsub_name, topic = %msg.topic, "the app dropped the message");
+                self.dead_letter(&msg).await
+            }
+            Some(Verdict::Retry) if self.dead_letter.is_some() => self.dead_letter(&msg).await,
+            Some(Verdict::Retry) => Delivery::Retry,
         }
-        if self.dead_letter.is_some() {
-            return self.dead_letter(&msg).await;
-        }
-        Delivery::Retry
     }
 }
 

@@ -23,6 +23,7 @@ use tandem_components::pubsub::{PubSubFeature, PublishRequest};
 
 use crate::components::{Components, PubSubEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
+use crate::resiliency::{Direction, Resiliency, call_component};
 use cloudevent::{CLOUDEVENT_CONTENT_TYPE, Envelope};
 
 /// W3C trace context of a publish request.
@@ -60,11 +61,20 @@ pub struct FailedEntry {
 pub struct PubSubService {
     components: Arc<Components>,
     app_id: String,
+    resiliency: Arc<Resiliency>,
 }
 
 impl PubSubService {
-    pub(crate) fn new(components: Arc<Components>, app_id: String) -> Self {
-        Self { components, app_id }
+    pub(crate) fn new(
+        components: Arc<Components>,
+        app_id: String,
+        resiliency: Arc<Resiliency>,
+    ) -> Self {
+        Self {
+            components,
+            app_id,
+            resiliency,
+        }
     }
 
     pub(crate) fn find(&self, name: &str, topic: &str) -> Result<&PubSubEntry, ApiError> {
@@ -125,14 +135,17 @@ impl PubSubService {
         } else {
             Some(CLOUDEVENT_CONTENT_TYPE.to_owned())
         };
-        entry
-            .component
-            .publish(PublishRequest {
-                topic: topic.to_owned(),
-                data,
-                content_type,
-                metadata,
-            })
+        let req = PublishRequest {
+            topic: topic.to_owned(),
+            data,
+            content_type,
+            metadata,
+        };
+        let policy = self
+            .resiliency
+            .component(pubsub, Direction::Outbound)
+            .map(|p| &**p);
+        call_component(policy, req, |req| entry.component.publish(req))
             .await
             .map_err(|e| publish_error(pubsub, topic, &e.to_string()))
     }

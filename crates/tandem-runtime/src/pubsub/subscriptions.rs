@@ -237,6 +237,7 @@ pub struct SubscriptionManager {
     pub(crate) channel: Arc<AppChannel>,
     pub(crate) declarative: Vec<SubscriptionSpec>,
     pub(crate) max_in_flight: usize,
+    pub(crate) resiliency: Arc<crate::resiliency::Resiliency>,
 }
 
 impl SubscriptionManager {
@@ -277,6 +278,10 @@ impl SubscriptionManager {
             raw_payload,
             channel: self.channel.clone(),
             bulk: None,
+            inbound: self
+                .resiliency
+                .component(&spec.pubsub, crate::resiliency::Direction::Inbound)
+                .cloned(),
         };
         let mut max_in_flight = self.max_in_flight;
         let mut batcher = None;
