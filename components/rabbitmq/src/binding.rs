@@ -27,17 +27,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_core::Stream;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Consumer};
@@ -46,23 +44,17 @@ use tandem_components::bindings::{
 };
 use tandem_components::pubsub::Subscription;
 use tandem_components::{Error, Metadata, Result};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::OwnedSemaphorePermit;
 
-use crate::link::{Link, LinkState, Live, Publisher};
-use crate::metadata::{RabbitBindingMetadata, parse_ttl};
+use crate::consumer::{Reader, Source, Words};
+use crate::link::{Link, Publisher};
+use crate::message::{lookup, short, with_request_properties};
+use crate::metadata::RabbitBindingMetadata;
 
-/// Extra time `read` waits, beyond one connection attempt, for its consumer to start.
-const ATTACH_WAIT: Duration = Duration::from_secs(10);
-/// The shortest pause before declaring the queue again.
-const MIN_PAUSE: Duration = Duration::from_millis(100);
-/// The longest pause between attempts to declare a queue the broker refused.
-const MAX_REFUSED_PAUSE: Duration = Duration::from_secs(60);
 /// The pause before a refused event goes back to the queue, doubling while the app keeps
 /// refusing, up to [`MAX_REQUEUE_PAUSE`].
 const FIRST_REQUEUE_PAUSE: Duration = Duration::from_millis(100);
 const MAX_REQUEUE_PAUSE: Duration = Duration::from_secs(5);
-/// How long cancelling a consumer or closing a channel may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `bindings.rabbitmq` component (input and output). See the module documentation.
 ///
@@ -145,31 +137,10 @@ impl QueueSpec {
 fn properties(req: &InvokeRequest, s: &RabbitBindingMetadata) -> Result<BasicProperties> {
     let md = &req.metadata;
     let content_type = lookup(md, "contentType").unwrap_or(&s.content_type);
-    let mut props = BasicProperties::default()
+    let props = BasicProperties::default()
         .with_content_type(short(content_type))
         .with_delivery_mode(s.delivery_mode);
-    let ttl = lookup(md, "ttl")
-        .map(|v| ("ttl", v))
-        .or_else(|| lookup(md, "ttlInSeconds").map(|v| ("ttlInSeconds", v)));
-    if let Some((key, v)) = ttl {
-        let ttl = parse_ttl(v).map_err(|why| Error::InvalidRequest(format!("{key}: {why}")))?;
-        props = props.with_expiration(ttl.as_millis().to_string().into());
-    }
-    if let Some(p) = lookup(md, "priority") {
-        let p: i64 = p.trim().parse().map_err(|_| {
-            Error::InvalidRequest("priority: expected an integer from 0 to 255".into())
-        })?;
-        props = props.with_priority(p.clamp(0, 255) as u8);
-    }
-    if let Some(id) = lookup(md, "messageID") {
-        props = props.with_message_id(short(id));
-    }
-    if let Some(id) = lookup(md, "correlationID") {
-        props = props.with_correlation_id(short(id));
-    }
-    if let Some(kind) = lookup(md, "type") {
-        props = props.with_type(short(kind));
-    }
+    let mut props = with_request_properties(props, md, None)?;
     if !md.is_empty() {
         let mut headers = FieldTable::default();
         for (k, v) in md {
@@ -278,196 +249,52 @@ impl OutputBinding for RabbitBinding {
 impl InputBinding for RabbitBinding {
     async fn read(&self, handler: Arc<dyn EventHandler>) -> Result<Subscription> {
         let in_flight = usize::from(self.settings.prefetch_count.max(1));
-        let (stop_tx, stop_rx) = Subscription::channel();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let reader = Reader {
+        Reader {
             link: self.link.clone(),
-            settings: self.settings.clone(),
-            queue: self.queue.clone(),
             component: self.component.clone(),
-            handler,
+            queue: self.queue.name.as_str().into(),
+            words: &WORDS,
+            reconnect_wait: self.settings.reconnect_wait,
             in_flight,
-            permits: Arc::new(Semaphore::new(in_flight)),
-            refusals: Arc::new(AtomicU32::new(0)),
-            stop: stop_rx,
-        };
-        let task = tokio::spawn(reader.run(ready_tx));
-        let wait = self.settings.connect_timeout + ATTACH_WAIT;
-        match tokio::time::timeout(wait, ready_rx).await {
-            Ok(Ok(Ready::Attached)) | Ok(Ok(Ready::Deferred)) | Ok(Err(_)) => {}
-            Ok(Ok(Ready::Refused(e))) => {
-                let _ = task.await;
-                return Err(e);
-            }
-            Err(_) => {
-                tracing::warn!(component = %self.component, queue = %self.queue.name, "input binding not reading yet; it keeps trying in the background")
-            }
+            source: Input {
+                queue: self.queue.clone(),
+                prefetch: in_flight as u16,
+                component: self.component.clone(),
+                handler,
+                refusals: Arc::new(AtomicU32::new(0)),
+            },
         }
-        Ok(Subscription::new(stop_tx, task))
+        .start(self.settings.connect_timeout)
+        .await
     }
 }
 
-/// The first outcome of `read`.
-enum Ready {
-    /// Consuming.
-    Attached,
-    /// The broker is down: reading starts when it comes back.
-    Deferred,
-    /// The broker refused the queue (for example other flags than an existing queue's).
-    Refused(Error),
-}
+/// The log messages of the input.
+static WORDS: Words = Words {
+    deferred: "rabbitmq is unreachable; the input binding starts reading when it answers",
+    refused: "rabbitmq refused the binding's queue",
+    again: "rabbitmq consumer ended; reading again",
+    consuming: "reading",
+    attached_again: None,
+    not_yet: "input binding not reading yet; it keeps trying in the background",
+};
 
-/// How one consumer (one channel) ended.
-enum Ended {
-    Stopped,
-    Lost(String),
-    Refused(lapin::Error),
-}
-
-/// The task behind the input's [`Subscription`].
-struct Reader {
-    link: Arc<Link>,
-    settings: Arc<RabbitBindingMetadata>,
+/// What the input reads and how it hands events to the app.
+struct Input {
     queue: Arc<QueueSpec>,
+    prefetch: u16,
     component: Arc<str>,
     handler: Arc<dyn EventHandler>,
-    in_flight: usize,
-    /// One permit per event with the app; all of them back means nothing is in flight.
-    permits: Arc<Semaphore>,
     /// Refusals in a row, for the pause before a refused event goes back to the queue.
     refusals: Arc<AtomicU32>,
-    stop: watch::Receiver<bool>,
 }
 
-impl Reader {
-    async fn run(mut self, ready: oneshot::Sender<Ready>) {
-        let mut ready = Some(ready);
-        let mut after = 0u64;
-        let mut refusals = 0u32;
-        let mut states = self.link.states();
-        loop {
-            let live = loop {
-                let state = states.borrow_and_update().clone();
-                match state {
-                    LinkState::Up(live) if live.generation > after => break Some(live),
-                    LinkState::Closed => break None,
-                    LinkState::Down(_) => {
-                        if let Some(r) = ready.take() {
-                            tracing::warn!(component = %self.component, queue = %self.queue.name, "rabbitmq is unreachable; the input binding starts reading when it answers");
-                            let _ = r.send(Ready::Deferred);
-                        }
-                    }
-                    _ => {}
-                }
-                tokio::select! {
-                    _ = stopped(&mut self.stop) => break None,
-                    changed = states.changed() => if changed.is_err() { break None },
-                }
-            };
-            let Some(live) = live else { break };
-            match self.consume(&live, &mut ready).await {
-                Ended::Stopped => break,
-                Ended::Refused(e) => {
-                    tracing::error!(component = %self.component, queue = %self.queue.name, error = %e, "rabbitmq refused the binding's queue");
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Ready::Refused(Error::backend(format!(
-                            "rabbitmq refused queue {}: {e}",
-                            self.queue.name
-                        ))));
-                        break;
-                    }
-                    after = live.generation - 1;
-                    refusals += 1;
-                }
-                Ended::Lost(reason) => {
-                    refusals = 0;
-                    if live.connected() {
-                        tracing::warn!(component = %self.component, queue = %self.queue.name, reason = %reason, "rabbitmq consumer ended; reading again");
-                        after = live.generation - 1;
-                    } else {
-                        tracing::debug!(component = %self.component, queue = %self.queue.name, reason = %reason, "rabbitmq connection lost; waiting for the next one");
-                        self.link.report_broken();
-                        after = live.generation;
-                        continue;
-                    }
-                }
-            }
-            let pause = self
-                .settings
-                .reconnect_wait
-                .saturating_mul(1 << refusals.min(5))
-                .min(MAX_REFUSED_PAUSE.max(self.settings.reconnect_wait))
-                .max(MIN_PAUSE);
-            tokio::select! {
-                _ = stopped(&mut self.stop) => break,
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
-        // Events of consumers that broke earlier may still be with the app.
-        let _ = self.permits.acquire_many(self.in_flight as u32).await;
-    }
-
-    async fn consume(&mut self, live: &Live, ready: &mut Option<oneshot::Sender<Ready>>) -> Ended {
-        let channel = match live.conn.create_channel().await {
-            Ok(c) => c,
-            Err(e) => return Ended::Lost(e.to_string()),
-        };
-        let mut consumer = match self.attach(&channel).await {
-            Ok(c) => c,
-            Err(e) if e.is_amqp_soft_error() && live.connected() => return Ended::Refused(e),
-            Err(e) => return Ended::Lost(e.to_string()),
-        };
-        if let Some(r) = ready.take() {
-            let _ = r.send(Ready::Attached);
-        }
-        tracing::debug!(component = %self.component, queue = %self.queue.name, "reading");
-        let ended = loop {
-            let permit = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break None,
-                permit = self.permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break None,
-                },
-            };
-            let next = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break None,
-                next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)) => next,
-            };
-            match next {
-                Some(Ok(delivery)) => {
-                    tokio::spawn(deliver(
-                        delivery,
-                        self.handler.clone(),
-                        self.refusals.clone(),
-                        self.component.clone(),
-                        permit,
-                    ));
-                }
-                Some(Err(e)) => break Some(e.to_string()),
-                None => break Some("the broker cancelled the consumer".to_owned()),
-            }
-        };
-        if let Some(reason) = ended {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "OK".into())).await;
-            return Ended::Lost(reason);
-        }
-        let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
-        )
-        .await;
-        let _ = self.permits.acquire_many(self.in_flight as u32).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "OK".into())).await;
-        Ended::Stopped
-    }
-
+impl Source for Input {
     /// Queue, prefetch, consumer.
     async fn attach(&self, channel: &Channel) -> lapin::Result<Consumer> {
         self.queue.declare(channel).await?;
         channel
-            .basic_qos(self.in_flight as u16, BasicQosOptions::default())
+            .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;
         channel
             .basic_consume(
@@ -478,11 +305,16 @@ impl Reader {
             )
             .await
     }
-}
 
-/// Resolves once the input is asked to stop (or its [`Subscription`] is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+    fn dispatch(&self, delivery: lapin::message::Delivery, permit: OwnedSemaphorePermit) {
+        tokio::spawn(deliver(
+            delivery,
+            self.handler.clone(),
+            self.refusals.clone(),
+            self.component.clone(),
+            permit,
+        ));
+    }
 }
 
 /// Hands one message to the app, then acknowledges it, or returns it to the queue after a
@@ -560,27 +392,6 @@ fn query_escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// A request metadata value by key: exact first, then case-insensitive; empty counts as unset.
-fn lookup<'a>(md: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
-    md.get(key)
-        .or_else(|| {
-            md.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v)
-        })
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-}
-
-/// An AMQP short string, cut to its 255-byte limit on a character boundary.
-fn short(s: &str) -> ShortString {
-    let mut end = s.len().min(255);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].into()
 }
 
 #[cfg(test)]

@@ -40,7 +40,9 @@
 //! [`RabbitBinding::build`].
 
 pub mod binding;
+mod consumer;
 mod link;
+mod message;
 pub mod metadata;
 pub mod pubsub;
 

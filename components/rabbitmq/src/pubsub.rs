@@ -46,20 +46,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_core::Stream;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Consumer, PublisherConfirm};
@@ -67,23 +64,16 @@ use tandem_components::pubsub::{
     Delivery, Message, MessageHandler, PubSub, PubSubFeature, PublishRequest, SubscribeRequest,
     Subscription,
 };
-use tandem_components::state::RequestMetadata;
 use tandem_components::{Error, Metadata, Result};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::OwnedSemaphorePermit;
 
-use crate::link::{Link, LinkState, Live, Publisher};
-use crate::metadata::{ConcurrencyMode, ExchangeKind, RabbitMetadata, parse_ttl};
+use crate::consumer::{Reader, Source, Words};
+use crate::link::{Link, Publisher};
+use crate::message::{lookup, short, with_request_properties};
+use crate::metadata::{ConcurrencyMode, ExchangeKind, RabbitMetadata};
 
 /// Largest in-flight bound (and prefetch) of one subscription: AMQP's prefetch is 16 bits.
 const MAX_IN_FLIGHT: usize = u16::MAX as usize;
-/// Extra time `subscribe` waits, beyond one connection attempt, for its queue to be bound.
-const ATTACH_WAIT: Duration = Duration::from_secs(10);
-/// The shortest pause before declaring a queue again, whatever `reconnectWaitSeconds` says.
-const MIN_PAUSE: Duration = Duration::from_millis(100);
-/// The longest pause between attempts to declare a queue the broker refused.
-const MAX_REFUSED_PAUSE: Duration = Duration::from_secs(60);
-/// How long cancelling a consumer or closing a channel may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `pubsub.rabbitmq` component. See the module documentation for its semantics.
 ///
@@ -181,33 +171,7 @@ impl Outgoing {
         if settings.delivery_mode > 0 {
             props = props.with_delivery_mode(settings.delivery_mode);
         }
-        let ttl = match lookup(md, "ttl")
-            .map(|v| ("ttl", v))
-            .or_else(|| lookup(md, "ttlInSeconds").map(|v| ("ttlInSeconds", v)))
-        {
-            Some((key, v)) => {
-                Some(parse_ttl(v).map_err(|why| Error::InvalidRequest(format!("{key}: {why}")))?)
-            }
-            None => settings.default_ttl,
-        };
-        if let Some(ttl) = ttl {
-            props = props.with_expiration(ttl.as_millis().to_string().into());
-        }
-        if let Some(p) = lookup(md, "priority") {
-            let p: i64 = p.trim().parse().map_err(|_| {
-                Error::InvalidRequest("priority: expected an integer from 0 to 255".into())
-            })?;
-            props = props.with_priority(p.clamp(0, 255) as u8);
-        }
-        if let Some(id) = lookup(md, "messageID") {
-            props = props.with_message_id(short(id));
-        }
-        if let Some(id) = lookup(md, "correlationID") {
-            props = props.with_correlation_id(short(id));
-        }
-        if let Some(kind) = lookup(md, "type") {
-            props = props.with_type(short(kind));
-        }
+        let props = with_request_properties(props, md, settings.default_ttl)?;
         Ok(Self {
             exchange: req.topic.into(),
             routing_key: routing_key.into(),
@@ -330,32 +294,22 @@ impl PubSub for RabbitPubSub {
         handler: Arc<dyn MessageHandler>,
     ) -> Result<Subscription> {
         let plan = Arc::new(Plan::new(&self.settings, &req)?);
-        let (stop_tx, stop_rx) = Subscription::channel();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let worker = Worker {
-            link: self.link.clone(),
-            settings: self.settings.clone(),
-            component: self.component.clone(),
-            permits: Arc::new(Semaphore::new(plan.in_flight)),
-            plan: plan.clone(),
-            handler,
-            stop: stop_rx,
-        };
-        let task = tokio::spawn(worker.run(ready_tx));
         // Return once the queue is bound, so that what is published next reaches it.
-        let wait = self.settings.connect_timeout + ATTACH_WAIT;
-        match tokio::time::timeout(wait, ready_rx).await {
-            Ok(Ok(Ready::Attached)) => {}
-            Ok(Ok(Ready::Refused(e))) => {
-                let _ = task.await;
-                return Err(e);
-            }
-            Ok(Ok(Ready::Deferred)) | Ok(Err(_)) => {}
-            Err(_) => {
-                tracing::warn!(component = %self.component, queue = %plan.queue, "subscription not attached yet; it keeps trying in the background")
-            }
+        Reader {
+            link: self.link.clone(),
+            component: self.component.clone(),
+            queue: plan.queue.as_str().into(),
+            words: &WORDS,
+            reconnect_wait: self.settings.reconnect_wait,
+            in_flight: plan.in_flight,
+            source: Topology {
+                settings: self.settings.clone(),
+                plan,
+                handler,
+            },
         }
-        Ok(Subscription::new(stop_tx, task))
+        .start(self.settings.connect_timeout)
+        .await
     }
 }
 
@@ -486,178 +440,24 @@ impl Plan {
     }
 }
 
-/// The first outcome of a subscription, reported to `subscribe`.
-enum Ready {
-    /// Consuming.
-    Attached,
-    /// The broker is down: the subscription attaches when it comes back.
-    Deferred,
-    /// The broker refused the queue or a binding (for example inequivalent arguments).
-    Refused(Error),
-}
+/// The log messages of subscriptions.
+static WORDS: Words = Words {
+    deferred: "rabbitmq is unreachable; the subscription attaches when it answers",
+    refused: "rabbitmq refused the subscription's queue or binding",
+    again: "rabbitmq consumer ended; subscribing again",
+    consuming: "consuming",
+    attached_again: Some("rabbitmq subscription attached again"),
+    not_yet: "subscription not attached yet; it keeps trying in the background",
+};
 
-/// How one consumer (one channel) ended.
-enum Ended {
-    /// The subscription was stopped; everything in flight is settled.
-    Stopped,
-    /// The channel or connection broke.
-    Lost(String),
-    /// The broker refused the topology.
-    Refused(lapin::Error),
-}
-
-/// The task behind one [`Subscription`].
-struct Worker {
-    link: Arc<Link>,
+/// What one subscription declares and how it hands messages to the handler.
+struct Topology {
     settings: Arc<RabbitMetadata>,
-    component: Arc<str>,
     plan: Arc<Plan>,
     handler: Arc<dyn MessageHandler>,
-    /// One permit per message being handled; all of them back means nothing is in flight.
-    permits: Arc<Semaphore>,
-    stop: watch::Receiver<bool>,
 }
 
-impl Worker {
-    async fn run(mut self, ready: oneshot::Sender<Ready>) {
-        let mut ready = Some(ready);
-        let mut after = 0u64;
-        let mut attached_once = false;
-        let mut refusals = 0u32;
-        let mut states = self.link.states();
-        loop {
-            // Wait for a connection newer than `after`; say once if the broker is down.
-            let live = loop {
-                let state = states.borrow_and_update().clone();
-                match state {
-                    LinkState::Up(live) if live.generation > after => break Some(live),
-                    LinkState::Closed => break None,
-                    LinkState::Down(_) => {
-                        if let Some(r) = ready.take() {
-                            tracing::warn!(component = %self.component, queue = %self.plan.queue, "rabbitmq is unreachable; the subscription attaches when it answers");
-                            let _ = r.send(Ready::Deferred);
-                        }
-                    }
-                    _ => {}
-                }
-                tokio::select! {
-                    _ = stopped(&mut self.stop) => break None,
-                    changed = states.changed() => if changed.is_err() { break None },
-                }
-            };
-            let Some(live) = live else { break };
-            match self.consume(&live, &mut ready, &mut attached_once).await {
-                Ended::Stopped => break,
-                Ended::Refused(e) => {
-                    tracing::error!(component = %self.component, queue = %self.plan.queue, error = %e, "rabbitmq refused the subscription's queue or binding");
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Ready::Refused(Error::backend(format!(
-                            "rabbitmq refused queue {}: {e}",
-                            self.plan.queue
-                        ))));
-                        break;
-                    }
-                    after = live.generation - 1;
-                    refusals += 1;
-                }
-                Ended::Lost(reason) => {
-                    refusals = 0;
-                    if live.connected() {
-                        tracing::warn!(component = %self.component, queue = %self.plan.queue, reason = %reason, "rabbitmq consumer ended; subscribing again");
-                        // The same connection, after a pause.
-                        after = live.generation - 1;
-                    } else {
-                        tracing::debug!(component = %self.component, queue = %self.plan.queue, reason = %reason, "rabbitmq connection lost; waiting for the next one");
-                        self.link.report_broken();
-                        after = live.generation;
-                        continue;
-                    }
-                }
-            }
-            // A refused declaration is a configuration problem: try again ever more slowly.
-            let pause = self
-                .settings
-                .reconnect_wait
-                .saturating_mul(1 << refusals.min(5))
-                .min(MAX_REFUSED_PAUSE.max(self.settings.reconnect_wait))
-                .max(MIN_PAUSE);
-            tokio::select! {
-                _ = stopped(&mut self.stop) => break,
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
-        // Handlers of consumers that broke earlier may still run.
-        let _ = self.permits.acquire_many(self.plan.in_flight as u32).await;
-    }
-
-    /// Declares the topology on a fresh channel and hands messages to the handler until the
-    /// subscription stops or the channel breaks.
-    async fn consume(
-        &mut self,
-        live: &Live,
-        ready: &mut Option<oneshot::Sender<Ready>>,
-        attached_once: &mut bool,
-    ) -> Ended {
-        let channel = match live.conn.create_channel().await {
-            Ok(c) => c,
-            Err(e) => return Ended::Lost(e.to_string()),
-        };
-        let mut consumer = match self.attach(&channel).await {
-            Ok(consumer) => consumer,
-            Err(e) if e.is_amqp_soft_error() && live.connected() => return Ended::Refused(e),
-            Err(e) => return Ended::Lost(e.to_string()),
-        };
-        if let Some(r) = ready.take() {
-            let _ = r.send(Ready::Attached);
-        } else if *attached_once {
-            tracing::info!(component = %self.component, queue = %self.plan.queue, "rabbitmq subscription attached again");
-        }
-        *attached_once = true;
-        tracing::debug!(component = %self.component, queue = %self.plan.queue, "consuming");
-
-        let ended = loop {
-            let permit = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break None,
-                permit = self.permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break None,
-                },
-            };
-            let next = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break None,
-                next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)) => next,
-            };
-            match next {
-                Some(Ok(delivery)) => {
-                    tokio::spawn(handle(
-                        delivery,
-                        self.plan.topic.clone(),
-                        self.handler.clone(),
-                        self.settings.clone(),
-                        permit,
-                    ));
-                }
-                Some(Err(e)) => break Some(e.to_string()),
-                None => break Some("the broker cancelled the consumer".to_owned()),
-            }
-        };
-        if let Some(reason) = ended {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "OK".into())).await;
-            return Ended::Lost(reason);
-        }
-        // Stopping: no new messages, settle those being handled, then give back the rest.
-        let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
-        )
-        .await;
-        let _ = self.permits.acquire_many(self.plan.in_flight as u32).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "OK".into())).await;
-        Ended::Stopped
-    }
-
+impl Source for Topology {
     /// Exchange, dead-letter exchange and queue, queue, bindings, prefetch, consumer.
     async fn attach(&self, channel: &Channel) -> lapin::Result<Consumer> {
         let s = &self.settings;
@@ -740,11 +540,16 @@ impl Worker {
             )
             .await
     }
-}
 
-/// Resolves once the subscription is asked to stop (or its [`Subscription`] is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+    fn dispatch(&self, delivery: lapin::message::Delivery, permit: OwnedSemaphorePermit) {
+        tokio::spawn(handle(
+            delivery,
+            self.plan.topic.clone(),
+            self.handler.clone(),
+            self.settings.clone(),
+            permit,
+        ));
+    }
 }
 
 /// Hands one message to the handler and settles it with the broker.
@@ -831,27 +636,6 @@ fn properties_to_metadata(p: &BasicProperties) -> HashMap<String, String> {
         }
     }
     out
-}
-
-/// A request metadata value by key: exact first, then case-insensitive; empty counts as unset.
-fn lookup<'a>(md: &'a RequestMetadata, key: &str) -> Option<&'a str> {
-    md.get(key)
-        .or_else(|| {
-            md.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v)
-        })
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
-}
-
-/// An AMQP short string, cut to its 255-byte limit on a character boundary.
-fn short(s: &str) -> ShortString {
-    let mut end = s.len().min(255);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].into()
 }
 
 /// Runs a handler's future, turning a panic into `None` (the message is then requeued).
@@ -1064,13 +848,5 @@ mod tests {
         assert_eq!(md["metadata.tenant"], "acme");
         assert_eq!(md["metadata.n"], "3");
         assert!(!md.contains_key("metadata.correlationid"));
-    }
-
-    #[test]
-    fn short_strings_are_cut_on_char_boundaries() {
-        let long = "é".repeat(200);
-        let s = short(&long);
-        assert!(s.as_str().len() <= 255);
-        assert!(long.starts_with(s.as_str()));
     }
 }
