@@ -300,34 +300,15 @@ impl RabbitMetadata {
         if md.get("heartBeat").is_some() || uri.query.heartbeat.is_none() {
             uri.query.heartbeat = Some(heartbeat.as_secs() as u16);
         }
-        let ttl_field = if md.get("ttlInSeconds").is_some() {
-            "ttlInSeconds"
-        } else {
-            "ttl"
-        };
-        let default_ttl = match md.get(ttl_field) {
-            None => None,
-            Some(v) => Some(parse_ttl(v).map_err(|why| Error::invalid_metadata(ttl_field, why))?),
-        };
+        let default_ttl = ttl(md)?;
 
-        let ca_cert = pem(md, "caCert")?;
-        let client_cert = pem(md, "clientCert")?;
-        let client_key = pem(md, "clientKey")?;
-        let sasl_external = md.bool_or("saslExternal", false)?;
-        if sasl_external && (ca_cert.is_none() || client_cert.is_none() || client_key.is_none()) {
-            return Err(Error::invalid_metadata(
-                "saslExternal",
-                "can only be true when caCert, clientCert and clientKey are all set",
-            ));
-        }
-        if sasl_external && uri.scheme == AMQPScheme::AMQPS {
-            uri.query.auth_mechanism = Some(SASLMechanism::External);
-        }
-        let connect_timeout = uri
-            .query
-            .connection_timeout
-            .map(Duration::from_millis)
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let Security {
+            ca_cert,
+            client_cert,
+            client_key,
+            sasl_external,
+        } = Security::from_metadata(md, "saslExternal", &mut uri)?;
+        let connect_timeout = connect_timeout(&uri);
 
         let settings = Self {
             uri,
@@ -539,15 +520,7 @@ impl RabbitBindingMetadata {
             None => None,
             Some(_) => Some(md.u64_or("maxPriority", 0)?.min(255) as u8),
         };
-        let ttl_field = if md.get("ttlInSeconds").is_some() {
-            "ttlInSeconds"
-        } else {
-            "ttl"
-        };
-        let queue_ttl = match md.get(ttl_field) {
-            None => None,
-            Some(v) => Some(parse_ttl(v).map_err(|why| Error::invalid_metadata(ttl_field, why))?),
-        };
+        let queue_ttl = ttl(md)?;
         let delivery_mode = match md.u64_or("deliveryMode", 2)? {
             2 => 2,
             0 | 1 => 1,
@@ -563,29 +536,18 @@ impl RabbitBindingMetadata {
             .find(|f| md.get(f).is_some())
             .unwrap_or("reconnectWait");
         let reconnect_wait = md.duration_or(reconnect_field, DEFAULT_BINDING_RECONNECT_WAIT)?;
-        let ca_cert = pem(md, "caCert")?;
-        let client_cert = pem(md, "clientCert")?;
-        let client_key = pem(md, "clientKey")?;
         let sasl_field = if md.get("externalSasl").is_some() {
             "externalSasl"
         } else {
             "saslExternal"
         };
-        let sasl_external = md.bool_or(sasl_field, false)?;
-        if sasl_external && (ca_cert.is_none() || client_cert.is_none() || client_key.is_none()) {
-            return Err(Error::invalid_metadata(
-                sasl_field,
-                "can only be true when caCert, clientCert and clientKey are all set",
-            ));
-        }
-        if sasl_external && uri.scheme == AMQPScheme::AMQPS {
-            uri.query.auth_mechanism = Some(SASLMechanism::External);
-        }
-        let connect_timeout = uri
-            .query
-            .connection_timeout
-            .map(Duration::from_millis)
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let Security {
+            ca_cert,
+            client_cert,
+            client_key,
+            sasl_external,
+        } = Security::from_metadata(md, sasl_field, &mut uri)?;
+        let connect_timeout = connect_timeout(&uri);
         let settings = Self {
             uri,
             queue_name,
@@ -633,6 +595,64 @@ impl RabbitBindingMetadata {
             connect_timeout: self.connect_timeout,
             reconnect_wait: self.reconnect_wait,
         }
+    }
+}
+
+/// The TLS files and SASL EXTERNAL, decoded alike for both components.
+struct Security {
+    ca_cert: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    sasl_external: bool,
+}
+
+impl Security {
+    /// Decodes `caCert`, `clientCert`, `clientKey` and the SASL EXTERNAL switch named
+    /// `sasl_field`, which needs all three and sets the mechanism of an `amqps` `uri`.
+    fn from_metadata(md: &Metadata, sasl_field: &str, uri: &mut AMQPUri) -> Result<Self> {
+        let ca_cert = pem(md, "caCert")?;
+        let client_cert = pem(md, "clientCert")?;
+        let client_key = pem(md, "clientKey")?;
+        let sasl_external = md.bool_or(sasl_field, false)?;
+        if sasl_external && (ca_cert.is_none() || client_cert.is_none() || client_key.is_none()) {
+            return Err(Error::invalid_metadata(
+                sasl_field,
+                "can only be true when caCert, clientCert and clientKey are all set",
+            ));
+        }
+        if sasl_external && uri.scheme == AMQPScheme::AMQPS {
+            uri.query.auth_mechanism = Some(SASLMechanism::External);
+        }
+        Ok(Self {
+            ca_cert,
+            client_cert,
+            client_key,
+            sasl_external,
+        })
+    }
+}
+
+/// How long one connection attempt may take: the URI's `connection_timeout` (ms), else
+/// [`DEFAULT_CONNECT_TIMEOUT`].
+fn connect_timeout(uri: &AMQPUri) -> Duration {
+    uri.query
+        .connection_timeout
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
+/// `ttlInSeconds` (alias `ttl`): a number of seconds or a duration.
+fn ttl(md: &Metadata) -> Result<Option<Duration>> {
+    let field = if md.get("ttlInSeconds").is_some() {
+        "ttlInSeconds"
+    } else {
+        "ttl"
+    };
+    match md.get(field) {
+        None => Ok(None),
+        Some(v) => Ok(Some(
+            parse_ttl(v).map_err(|why| Error::invalid_metadata(field, why))?,
+        )),
     }
 }
 
