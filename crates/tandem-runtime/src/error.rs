@@ -78,6 +78,11 @@ error_table! {
     DirectInvokeNoAppId => "ERR_DIRECT_INVOKE", 404, NotFound, Legacy, None;
     /// Service invocation failure.
     DirectInvoke => "ERR_DIRECT_INVOKE", 500, Internal, Legacy, None;
+    /// Service invocation refused by the target's open circuit breaker (daprd's gRPC API
+    /// answers `Unknown` here).
+    DirectInvokeCircuitOpen => "ERR_DIRECT_INVOKE", 500, Unknown, Legacy, None;
+    /// Service invocation ended by the target's resiliency timeout.
+    DirectInvokeTimeout => "ERR_DIRECT_INVOKE", 500, DeadlineExceeded, Legacy, None;
     /// Service invocation denied by the callee's access-control policy.
     DirectInvokeForbidden => "ERR_DIRECT_INVOKE", 403, PermissionDenied, Legacy, None;
     /// A call on the internal port for an app-id this sidecar does not serve.

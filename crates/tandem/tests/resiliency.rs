@@ -100,13 +100,28 @@ async fn retries_until_the_app_answers() {
     assert_eq!(count(&app, "GET /missing"), 1);
 
     // gRPC callers go through the same policy.
-    let mut grpc = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc_port))
+    let mut grpc = grpc_client(&sc).await;
+    let mut req = grpc_invoke("a", "grpc-flaky");
+    req.metadata_mut()
+        .insert("mock-fail-first", "3".parse().unwrap());
+    let resp = grpc.invoke_service(req).await.unwrap().into_inner();
+    let v: serde_json::Value = serde_json::from_slice(&resp.data.unwrap().value).unwrap();
+    assert_eq!(v["body"], "over grpc");
+    assert_eq!(count(&app, "POST /grpc-flaky"), 4);
+}
+
+async fn grpc_client(sc: &Sidecar) -> DaprClient<tonic::transport::Channel> {
+    DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc_port))
         .await
-        .unwrap();
-    let mut req = tonic::Request::new(pb::InvokeServiceRequest {
-        id: "a".into(),
+        .unwrap()
+}
+
+/// A POST of `over grpc` to `method` of `app` through the gRPC API.
+fn grpc_invoke(app: &str, method: &str) -> tonic::Request<pb::InvokeServiceRequest> {
+    tonic::Request::new(pb::InvokeServiceRequest {
+        id: app.into(),
         message: Some(pb_common::InvokeRequest {
-            method: "grpc-flaky".into(),
+            method: method.into(),
             data: Some(prost_types::Any {
                 type_url: String::new(),
                 value: b"over grpc".to_vec(),
@@ -117,13 +132,7 @@ async fn retries_until_the_app_answers() {
                 querystring: String::new(),
             }),
         }),
-    });
-    req.metadata_mut()
-        .insert("mock-fail-first", "3".parse().unwrap());
-    let resp = grpc.invoke_service(req).await.unwrap().into_inner();
-    let v: serde_json::Value = serde_json::from_slice(&resp.data.unwrap().value).unwrap();
-    assert_eq!(v["body"], "over grpc");
-    assert_eq!(count(&app, "POST /grpc-flaky"), 4);
+    })
 }
 
 #[tokio::test]
@@ -151,6 +160,21 @@ async fn a_slow_app_times_out() {
         "took {took:?}"
     );
     assert_eq!(count(&app, "GET /slow"), 4);
+
+    // Over gRPC the timeout is DEADLINE_EXCEEDED, as daprd answers.
+    let mut req = grpc_invoke("a", "slow-grpc");
+    req.metadata_mut()
+        .insert("mock-wait-ms", "5000".parse().unwrap());
+    let err = grpc_client(&sc)
+        .await
+        .invoke_service(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        err.message().contains("context deadline exceeded"),
+        "{err:?}"
+    );
 
     // A quick answer is untouched by the timeout.
     let resp = client()
@@ -186,6 +210,22 @@ async fn an_open_circuit_breaker_fails_fast_then_recovers() {
         )
         .await;
     }
+    assert_eq!(count(&app, "GET /op"), 2);
+    // Over gRPC an open breaker is UNKNOWN, as daprd answers.
+    let mut req = grpc_invoke("b", "op");
+    if let Some(m) = req.get_mut().message.as_mut() {
+        m.http_extension = Some(pb_common::HttpExtension {
+            verb: 1, // GET
+            querystring: String::new(),
+        });
+    }
+    let err = grpc_client(&sc)
+        .await
+        .invoke_service(req)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
+    assert!(err.message().contains("circuit breaker is open"), "{err:?}");
     assert_eq!(count(&app, "GET /op"), 2);
     // Another method has its own breaker.
     let other = c

@@ -83,7 +83,7 @@ pub use target::{Method, Target};
 use crate::app_channel::{AppBody, AppChannel, AppError, AppResponse, full_body};
 use crate::components::{Components, LoadContext};
 use crate::error::{ApiError, ErrorCode};
-use crate::resiliency::{AppPolicy, Resiliency, StatusCode, Verdict};
+use crate::resiliency::{AppPolicy, PolicyError, Resiliency, StatusCode, Verdict};
 use body::Replayable;
 use directory::Directory;
 use endpoints::Endpoint;
@@ -402,7 +402,18 @@ impl InvokeService {
                 classify,
             )
             .await;
-        outcome.unwrap_or_else(|e| Err(failed(target, &e)))
+        outcome.unwrap_or_else(|e| {
+            let code = match e {
+                PolicyError::Timeout(_) => ErrorCode::DirectInvokeTimeout,
+                PolicyError::CircuitOpen | PolicyError::TooManyRequests => {
+                    ErrorCode::DirectInvokeCircuitOpen
+                }
+            };
+            Err(ApiError::new(
+                code,
+                format!("failed to invoke, id: {target}, err: {e}"),
+            ))
+        })
     }
 
     /// Sends the call to an HTTPEndpoint, a URL, this app or another app's sidecar.
