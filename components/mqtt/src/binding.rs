@@ -32,7 +32,7 @@ use tandem_components::pubsub::Subscription;
 use tandem_components::{Error, Metadata, Result};
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::link::{Closer, Copy, Group, Link, strip_share};
+use crate::link::{Closer, Copy, Group, Link, stopped, strip_share};
 use crate::metadata::MqttBindingMetadata;
 use crate::pubsub::{mqtt_options, valid_filter};
 
@@ -190,40 +190,25 @@ struct Reader {
 
 impl Reader {
     async fn run(mut self) {
-        loop {
-            let permit = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break,
-                permit = self.permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let copy = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break,
-                copy = async { self.group.rx.lock().await.recv().await } => copy,
-            };
-            let Some(copy) = copy else { break };
-            tokio::spawn(deliver(
-                copy,
-                self.handler.clone(),
-                self.max_retries,
-                self.component.clone(),
-                self.stop.clone(),
-                permit,
-            ));
-        }
+        // Each event watches for the stop too, to give up its retries.
+        let events_stop = self.stop.clone();
+        self.group
+            .take(&self.permits, &mut self.stop, |copy, permit| {
+                tokio::spawn(deliver(
+                    copy,
+                    self.handler.clone(),
+                    self.max_retries,
+                    self.component.clone(),
+                    events_stop.clone(),
+                    permit,
+                ));
+            })
+            .await;
         let _ = self.permits.acquire_many(INPUT_IN_FLIGHT as u32).await;
         // Not unsubscribed: a kept session goes on collecting messages for the next reader.
         self.closer.link.leave(&self.filter, &self.group);
         // Dropping the closer disconnects.
     }
-}
-
-/// Resolves once the input is asked to stop (or its [`Subscription`] is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Hands one message to the app, again after a pause while it refuses (up to `max_retries`

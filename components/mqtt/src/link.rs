@@ -21,7 +21,7 @@ use rumqttc::{
 };
 use tandem_components::pubsub::Message;
 use tandem_components::{Error, Result};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::metadata::MqttMetadata;
 
@@ -133,6 +133,38 @@ impl Group {
     pub(crate) fn requeue(&self, copy: Copy) {
         let _ = self.tx.send(copy);
     }
+
+    /// Takes the group's copies while a permit is free, handing each to `dispatch` with its
+    /// permit, until `stop` is set, the permits are closed or the group has no sender left.
+    pub(crate) async fn take(
+        &self,
+        permits: &Arc<Semaphore>,
+        stop: &mut watch::Receiver<bool>,
+        mut dispatch: impl FnMut(Copy, OwnedSemaphorePermit),
+    ) {
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = stopped(stop) => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let copy = tokio::select! {
+                biased;
+                _ = stopped(stop) => break,
+                copy = async { self.rx.lock().await.recv().await } => copy,
+            };
+            let Some(copy) = copy else { break };
+            dispatch(copy, permit);
+        }
+    }
+}
+
+/// Resolves once a subscription or input is asked to stop (or its `Subscription` is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// One topic filter subscribed on the broker and the groups reading it here.

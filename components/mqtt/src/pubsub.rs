@@ -270,39 +270,22 @@ struct Member {
 
 impl Member {
     async fn run(mut self) {
-        loop {
-            let permit = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break,
-                permit = self.permits.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let copy = tokio::select! {
-                biased;
-                _ = stopped(&mut self.stop) => break,
-                copy = async { self.group.rx.lock().await.recv().await } => copy,
-            };
-            let Some(copy) = copy else { break };
-            tokio::spawn(handle(
-                copy,
-                self.handler.clone(),
-                Arc::downgrade(&self.group),
-                permit,
-            ));
-        }
+        self.group
+            .take(&self.permits, &mut self.stop, |copy, permit| {
+                tokio::spawn(handle(
+                    copy,
+                    self.handler.clone(),
+                    Arc::downgrade(&self.group),
+                    permit,
+                ));
+            })
+            .await;
         let link = &self.closer.link;
         if link.leave(&self.filter, &self.group) && self.unsubscribe_on_close {
             link.unsubscribe_filter(&self.filter);
         }
         let _ = self.permits.acquire_many(self.in_flight as u32).await;
     }
-}
-
-/// Resolves once the subscription is asked to stop (or its [`Subscription`] is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Hands one copy to the handler; on Retry puts it back in its group later.
