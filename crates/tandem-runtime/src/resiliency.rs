@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tandem_components::Error as ComponentError;
@@ -426,7 +426,7 @@ struct BreakerTemplate {
     spec: CircuitBreakerPolicy,
     trip: Arc<TripExpr>,
     capacity: usize,
-    per_endpoint: Mutex<HashMap<String, Arc<Breaker>>>,
+    per_endpoint: RwLock<HashMap<String, Arc<Breaker>>>,
 }
 
 impl AppPolicy {
@@ -435,13 +435,31 @@ impl AppPolicy {
         &self.policy
     }
 
+    fn all_closed(&self) -> bool {
+        self.breaker.as_ref().is_none_or(|t| {
+            t.per_endpoint
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .all(|b| b.state() == BreakerState::Closed)
+        })
+    }
+
     /// The breaker of `method` (created on first use), if the policy has one.
     pub fn breaker_for(&self, method: &str) -> Option<Arc<Breaker>> {
         let t = self.breaker.as_ref()?;
+        if let Some(b) = t
+            .per_endpoint
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(method)
+        {
+            return Some(b.clone());
+        }
         let mut map = t
             .per_endpoint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(b) = map.get(method) {
             return Some(b.clone());
         }
@@ -488,9 +506,15 @@ pub struct Resiliency {
 #[derive(Debug)]
 struct DefaultApp {
     names: PolicyNames,
-    instances: Mutex<HashMap<String, Arc<AppPolicy>>>,
+    /// Without a circuit breaker the default policy holds no state: one for every app.
+    shared: Option<Arc<AppPolicy>>,
+    /// With one, each app gets its own breakers (up to [`MAX_DEFAULT_APPS`] apps).
+    instances: RwLock<HashMap<String, Arc<AppPolicy>>>,
     merged: Merged,
 }
+
+/// How many app ids keep their own default-policy breakers.
+const MAX_DEFAULT_APPS: usize = 1000;
 
 /// A `circuitBreakers` entry with its compiled trip expression.
 type NamedBreaker = (CircuitBreakerPolicy, Arc<TripExpr>);
@@ -615,9 +639,15 @@ impl Resiliency {
             }
         }
         if let Some(names) = default_app {
+            let shared = names
+                .circuit_breaker
+                .is_none()
+                .then(|| merged.app_policy("*", &names).map(Arc::new))
+                .flatten();
             out.default_app = Some(DefaultApp {
                 names,
-                instances: Mutex::new(HashMap::new()),
+                shared,
+                instances: RwLock::new(HashMap::new()),
                 merged,
             });
         }
@@ -635,14 +665,33 @@ impl Resiliency {
             return Some(p.clone());
         }
         let d = self.default_app.as_ref()?;
-        let mut instances = d
+        if d.names.circuit_breaker.is_none() {
+            return d.shared.clone();
+        }
+        if let Some(p) = d
             .instances
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(app)
+        {
+            return Some(p.clone());
+        }
+        let mut instances = d.instances.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = instances.get(app) {
             return Some(p.clone());
         }
         let p = Arc::new(d.merged.app_policy(app, &d.names)?);
+        if instances.len() >= MAX_DEFAULT_APPS {
+            // Forget an app whose breakers are all closed (nothing is lost), else any.
+            let victim = instances
+                .iter()
+                .find(|(_, p)| p.all_closed())
+                .or_else(|| instances.iter().next())
+                .map(|(k, _)| k.clone());
+            if let Some(k) = victim {
+                instances.remove(&k);
+            }
+        }
         instances.insert(app.to_owned(), p.clone());
         Some(p)
     }
@@ -718,7 +767,7 @@ impl Merged {
                 spec: spec.clone(),
                 trip: trip.clone(),
                 capacity: self.app_cache_sizes.get(app).copied().unwrap_or(100),
-                per_endpoint: Mutex::new(HashMap::new()),
+                per_endpoint: RwLock::new(HashMap::new()),
             }),
         })
     }

@@ -262,6 +262,17 @@ spec:
   version: v1
 ---
 apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: downbus
+spec:
+  type: pubsub.redis
+  version: v1
+  metadata:
+  - name: redisHost
+    value: "127.0.0.1:1"
+---
+apiVersion: dapr.io/v1alpha1
 kind: Resiliency
 metadata:
   name: stores
@@ -280,6 +291,10 @@ spec:
   targets:
     components:
       down:
+        outbound:
+          retry: twice
+          circuitBreaker: storeCB
+      downbus:
         outbound:
           retry: twice
           circuitBreaker: storeCB
@@ -321,6 +336,44 @@ async fn component_calls_run_under_their_outbound_policy() {
             .unwrap(),
         500,
         "ERR_STATE_SAVE",
+        "circuit breaker is open",
+    )
+    .await;
+    // Publishing, single and bulk, runs under the pub/sub's own breaker.
+    let resp = c
+        .post(sc.url("/v1.0/publish/downbus/t"))
+        .json(&serde_json::json!({"n": 1}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(resp, 500, "ERR_PUBSUB_PUBLISH_MESSAGE", "").await;
+    assert!(
+        !body["message"]
+            .as_str()
+            .unwrap()
+            .contains("circuit breaker"),
+        "{body}"
+    );
+    let resp = c
+        .post(sc.url("/v1.0-alpha1/publish/bulk/downbus/t"))
+        .json(&serde_json::json!([
+            {"entryId": "1", "event": {"n": 1}, "contentType": "application/json"},
+            {"entryId": "2", "event": {"n": 2}, "contentType": "application/json"}
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("circuit breaker is open"), "{text}");
+    assert_error(
+        c.post(sc.url("/v1.0/publish/downbus/t"))
+            .json(&serde_json::json!({"n": 1}))
+            .send()
+            .await
+            .unwrap(),
+        500,
+        "ERR_PUBSUB_PUBLISH_MESSAGE",
         "circuit breaker is open",
     )
     .await;

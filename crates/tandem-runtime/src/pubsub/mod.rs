@@ -23,7 +23,7 @@ use tandem_components::pubsub::{PubSubFeature, PublishRequest};
 
 use crate::components::{Components, PubSubEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
-use crate::resiliency::{Direction, Resiliency, call_component};
+use crate::resiliency::{Direction, Resiliency, Verdict, call_component, component_verdict};
 use cloudevent::{CLOUDEVENT_CONTENT_TYPE, Envelope};
 
 /// W3C trace context of a publish request.
@@ -271,7 +271,35 @@ impl PubSubService {
                 metadata: meta,
             });
         }
-        let results = entry.component.bulk_publish(reqs).await;
+        let results = match self.resiliency.component(pubsub, Direction::Outbound) {
+            None => entry.component.bulk_publish(reqs).await,
+            // Like daprd, a batch with a failed entry is published again whole.
+            Some(policy) => {
+                let n = reqs.len();
+                policy
+                    .run_with(
+                        policy.breaker(),
+                        true,
+                        || entry.component.bulk_publish(reqs.clone()),
+                        |results: &Vec<Result<(), tandem_components::Error>>| {
+                            let verdicts = results.iter().map(component_verdict);
+                            verdicts.fold(Verdict::Success, |all, v| match (all, v) {
+                                (Verdict::Failure(c), _) | (_, Verdict::Failure(c)) => {
+                                    Verdict::Failure(c)
+                                }
+                                (Verdict::Final, _) | (_, Verdict::Final) => Verdict::Final,
+                                _ => Verdict::Success,
+                            })
+                        },
+                    )
+                    .await
+                    .unwrap_or_else(|e| {
+                        (0..n)
+                            .map(|_| Err(tandem_components::Error::backend(e)))
+                            .collect()
+                    })
+            }
+        };
         let failed: Vec<FailedEntry> = ids
             .into_iter()
             .zip(results)

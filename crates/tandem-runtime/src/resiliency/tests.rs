@@ -530,3 +530,27 @@ fn a_bad_trip_expression_is_a_startup_error() {
         "resiliency res: spec.policies.circuitBreakers.cb.trip: invalid trip expression 'failures > 2': unknown variable 'failures' (expected requests, totalSuccesses, totalFailures, consecutiveSuccesses or consecutiveFailures)"
     );
 }
+
+#[test]
+fn a_default_app_breaker_is_kept_per_app() {
+    let yaml = TARGETS.replace(
+        "      cb:\n",
+        "      DefaultAppCircuitBreakerPolicy:\n        trip: consecutiveFailures > 1\n      cb:\n",
+    );
+    let r = Resiliency::new(&load(&yaml, "app1"), "app1", &[]).unwrap();
+    let (x, y) = (r.app("x").unwrap(), r.app("y").unwrap());
+    assert!(!Arc::ptr_eq(&x, &y));
+    assert!(Arc::ptr_eq(&x, &r.app("x").unwrap()));
+    let bx = x.breaker_for("m").unwrap();
+    assert!(!Arc::ptr_eq(&bx, &y.breaker_for("m").unwrap()));
+    assert!(Arc::ptr_eq(
+        &bx,
+        &r.app("x").unwrap().breaker_for("m").unwrap()
+    ));
+    for _ in 0..2 {
+        let t = bx.admit().unwrap();
+        bx.record(t, false);
+    }
+    assert_eq!(bx.state(), BreakerState::Open);
+    assert_eq!(y.breaker_for("m").unwrap().state(), BreakerState::Closed);
+}
