@@ -473,3 +473,67 @@ async fn pubsub_deliveries_run_under_the_inbound_policy() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(count(&app, "POST /orders"), 7);
 }
+
+const CRON: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: tick
+spec:
+  type: bindings.cron
+  version: v1
+  metadata:
+  - name: schedule
+    value: "@every 2s"
+  - name: route
+    value: /fail-first-2/tick
+---
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: inbound
+spec:
+  policies:
+    retries:
+      quick:
+        duration: 10ms
+        maxRetries: 5
+  targets:
+    components:
+      tick:
+        inbound:
+          retry: quick
+"#;
+
+#[tokio::test]
+async fn input_binding_events_run_under_the_inbound_policy() {
+    let app = MockApp::start("cron").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = start(
+        tandem()
+            .app_id("cron")
+            .app_port(app.port())
+            .name_resolution_db(dir.path().join("nr.db"))
+            .resource("cron.yaml", CRON),
+    )
+    .await;
+    let started = Instant::now();
+    while count(&app, "POST /fail-first-2/tick") == 0 && started.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = Instant::now();
+    // The first event is refused twice and retried 10 ms apart, well before the next tick.
+    while count(&app, "POST /fail-first-2/tick") < 3 && first.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = first.elapsed();
+    assert_eq!(
+        count(&app, "POST /fail-first-2/tick"),
+        3,
+        "{:?}\n{}",
+        app.requests(),
+        sc.log()
+    );
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+}

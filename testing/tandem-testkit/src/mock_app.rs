@@ -7,8 +7,10 @@
 //!   `path`, `query`, `headers` (lower-case name → values joined with `, `), `body` (text, when
 //!   at most 64 KiB), `body_len` and `body_hash` (FNV-1a, hex).
 //! - `mock-status: <code>`: answer with that status.
-//! - `mock-fail-first: <n>`: the first `n` requests to this path (counted since the mock
-//!   started) answer `500` with body `planned failure <i>`; later ones answer as usual.
+//! - `mock-fail-first: <n>`: the first `n` requests with this verb and path (counted since
+//!   the mock started) answer `500` with body `planned failure <i>`; later ones answer as
+//!   usual. A path segment `fail-first-<n>` does the same for `POST`s, for callers that set
+//!   no headers (input bindings, whose `OPTIONS` probe still succeeds).
 //! - `mock-wait-ms: <ms>`: wait that long before answering.
 //! - `mock-set-header: <name>: <value>` (repeatable): add that response header verbatim (also
 //!   hop-by-hop ones, to check that the sidecar strips them).
@@ -136,18 +138,24 @@ async fn handle(State(shared): State<Shared>, req: Request) -> Response {
     shared.hits.fetch_add(1, Ordering::SeqCst);
     let earlier = {
         let mut log = shared.log.lock().unwrap_or_else(PoisonError::into_inner);
-        let path = req.uri().path();
-        let earlier = log
-            .iter()
-            .filter(|r| r.split(' ').nth(1) == Some(path))
-            .count();
-        log.push(format!("{} {path}", req.method()));
+        let line = format!("{} {}", req.method(), req.uri().path());
+        let earlier = log.iter().filter(|r| **r == line).count();
+        log.push(line);
         earlier
     };
+    let fail_first = header(&req, "mock-fail-first")
+        .and_then(|s| s.parse::<usize>().ok())
+        .or_else(|| {
+            (req.method() == axum::http::Method::POST).then_some(())?;
+            req.uri()
+                .path()
+                .split('/')
+                .find_map(|seg| seg.strip_prefix("fail-first-")?.parse().ok())
+        });
     if let Some(ms) = header(&req, "mock-wait-ms").and_then(|s| s.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(n) = header(&req, "mock-fail-first").and_then(|s| s.parse::<usize>().ok())
+    if let Some(n) = fail_first
         && earlier < n
     {
         let mut resp = (
