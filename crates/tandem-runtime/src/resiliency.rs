@@ -22,7 +22,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tandem_components::Error as ComponentError;
-use tandem_config::{BackoffPolicy, CircuitBreakerPolicy, PolicyNames, RetryMatching, RetryPolicy};
+use tandem_config::{
+    BUILT_IN_RETRY_POLICIES, BackoffPolicy, CircuitBreakerPolicy, PolicyNames, RetryMatching,
+    RetryPolicy,
+};
 
 pub use breaker::{Breaker, BreakerState, Counts, Ticket};
 pub use trip::TripExpr;
@@ -516,6 +519,39 @@ struct DefaultApp {
 /// How many app ids keep their own default-policy breakers.
 const MAX_DEFAULT_APPS: usize = 1000;
 
+/// The built-in retry policy that resources cannot redefine.
+const PROTECTED_RETRY: &str = "DaprBuiltInActorNotFoundRetries";
+
+/// daprd's built-in retry policies, which targets may name without defining them (a
+/// definition of the same name replaces them, except the protected one).
+fn built_in_retries() -> [(String, RetryPolicy); 5] {
+    let constant = |retries| RetryPolicy {
+        policy: BackoffPolicy::Constant,
+        duration: Duration::from_secs(1),
+        max_retries: retries,
+        ..RetryPolicy::default()
+    };
+    let exponential = |retries, max_interval| RetryPolicy {
+        policy: BackoffPolicy::Exponential,
+        max_interval,
+        max_retries: retries,
+        ..RetryPolicy::default()
+    };
+    [
+        ("DaprBuiltInServiceRetries".into(), constant(3)),
+        ("DaprBuiltInActorRetries".into(), constant(3)),
+        (
+            "DaprBuiltInActorReminderRetries".into(),
+            exponential(-1, Duration::from_secs(60)),
+        ),
+        (
+            "DaprBuiltInInitializationRetries".into(),
+            exponential(3, Duration::from_secs(1)),
+        ),
+        (PROTECTED_RETRY.into(), constant(5)),
+    ]
+}
+
 /// A `circuitBreakers` entry with its compiled trip expression.
 type NamedBreaker = (CircuitBreakerPolicy, Arc<TripExpr>);
 
@@ -559,18 +595,31 @@ impl Resiliency {
             return Ok(Self::none());
         }
         let mut merged = Merged::default();
+        merged.retries.extend(built_in_retries());
         let mut app_targets = HashMap::new();
         let mut component_targets = HashMap::new();
         for r in &applying {
             merged
                 .timeouts
                 .extend(r.policies.timeouts.iter().map(|(k, v)| (k.clone(), *v)));
-            merged.retries.extend(
-                r.policies
-                    .retries
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
+            for (name, retry) in &r.policies.retries {
+                let mut retry = retry.clone();
+                match name.as_str() {
+                    // Protected: daprd ignores a definition of this one.
+                    PROTECTED_RETRY => continue,
+                    n if BUILT_IN_RETRY_POLICIES.contains(&n)
+                        && (0..3).contains(&retry.max_retries) =>
+                    {
+                        tracing::warn!(
+                            policy = n,
+                            "a built-in retry policy keeps at least 3 retries"
+                        );
+                        retry.max_retries = 3;
+                    }
+                    _ => {}
+                }
+                merged.retries.insert(name.clone(), retry);
+            }
             for (name, cb) in &r.policies.circuit_breakers {
                 let trip = TripExpr::parse(&cb.trip).map_err(|e| ResiliencyError {
                     resource: r.name.clone(),

@@ -554,3 +554,43 @@ fn a_default_app_breaker_is_kept_per_app() {
     assert_eq!(bx.state(), BreakerState::Open);
     assert_eq!(y.breaker_for("m").unwrap().state(), BreakerState::Closed);
 }
+
+#[test]
+fn built_in_retries_can_be_named_and_overridden_within_limits() {
+    let yaml = "\
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: builtin
+spec:
+  policies:
+    retries:
+      DaprBuiltInActorRetries:
+        maxRetries: 1
+      DaprBuiltInActorNotFoundRetries:
+        maxRetries: 50
+  targets:
+    apps:
+      a:
+        retry: DaprBuiltInServiceRetries
+      b:
+        retry: DaprBuiltInActorRetries
+      c:
+        retry: DaprBuiltInActorNotFoundRetries
+";
+    let r = Resiliency::new(&load(yaml, "app1"), "app1", &[]).unwrap();
+    let limit = |app: &str| {
+        r.app(app)
+            .unwrap()
+            .policy()
+            .retry
+            .as_ref()
+            .map(|r| (r.policy, r.duration, r.limit))
+    };
+    let second = Duration::from_secs(1);
+    assert_eq!(limit("a"), Some((BackoffPolicy::Constant, second, Some(3))));
+    // An override below 3 retries is raised to 3.
+    assert_eq!(limit("b").unwrap().2, Some(3));
+    // The protected policy ignores its redefinition.
+    assert_eq!(limit("c"), Some((BackoffPolicy::Constant, second, Some(5))));
+}
