@@ -35,7 +35,7 @@ use mysql_async::{
 };
 use tandem_components::bindings::{InvokeRequest, InvokeResponse, OutputBinding};
 use tandem_components::metadata::parse_duration;
-use tandem_components::sql::{OPERATIONS, SqlRequest, Timing};
+use tandem_components::sql::{OPERATIONS, SqlRequest, SqlStatements, exec_or_query};
 use tandem_components::{Error, Metadata, Result};
 
 use crate::cells::{param, write_row};
@@ -190,7 +190,10 @@ impl MySqlBinding {
             ))),
         }
     }
+}
 
+#[async_trait]
+impl SqlStatements for MySqlBinding {
     /// Runs `exec`: the rows affected.
     async fn exec(&self, req: &SqlRequest) -> Result<u64> {
         let mut conn = self.conn().await?;
@@ -279,29 +282,7 @@ impl OutputBinding for MySqlBinding {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::InvalidRequest("component is closed".into()));
         }
-        let sql = SqlRequest::parse(&req)?;
-        let timing = Timing::start();
-        match req.operation.as_str() {
-            "exec" => {
-                let rows = self.exec(&sql).await?;
-                Ok(InvokeResponse {
-                    data: Some(Bytes::new()),
-                    metadata: timing.finish("exec", &sql.sql, Some(rows)),
-                    content_type: None,
-                })
-            }
-            "query" => {
-                let data = self.query(&sql).await?;
-                Ok(InvokeResponse {
-                    data: Some(data),
-                    metadata: timing.finish("query", &sql.sql, None),
-                    content_type: None,
-                })
-            }
-            other => Err(Error::InvalidRequest(format!(
-                "invalid operation type: {other}. Expected exec, query, or close"
-            ))),
-        }
+        exec_or_query(self, &req).await
     }
 }
 

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use deadpool_postgres::{Object, Pool};
 use serde_json::Value;
 use tandem_components::bindings::{InvokeRequest, InvokeResponse, OutputBinding};
-use tandem_components::sql::{OPERATIONS, SqlRequest, Timing};
+use tandem_components::sql::{OPERATIONS, SqlRequest, SqlStatements, exec_or_query};
 use tandem_components::{Error, Metadata, Result};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::{Kind, ToSql, Type};
@@ -99,7 +99,10 @@ impl PostgresBinding {
     async fn conn(&self) -> Result<Object> {
         self.pool.get().await.map_err(pool_err)
     }
+}
 
+#[async_trait]
+impl SqlStatements for PostgresBinding {
     /// Runs `exec`: the rows affected.
     async fn exec(&self, req: &SqlRequest) -> Result<u64> {
         let conn = self.conn().await?;
@@ -167,7 +170,9 @@ impl PostgresBinding {
         out.push(']');
         Ok(Bytes::from(out))
     }
+}
 
+impl PostgresBinding {
     /// The prepared statement for `sql` (cached on the connection while the cache has room),
     /// or `None` when statements go unnamed (`queryExecMode` other than the caching ones).
     async fn prepare(&self, conn: &Object, sql: &str) -> Result<Option<Statement>> {
@@ -238,28 +243,6 @@ impl OutputBinding for PostgresBinding {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::InvalidRequest("component is closed".into()));
         }
-        let sql = SqlRequest::parse(&req)?;
-        let timing = Timing::start();
-        match req.operation.as_str() {
-            "exec" => {
-                let rows = self.exec(&sql).await?;
-                Ok(InvokeResponse {
-                    data: Some(Bytes::new()),
-                    metadata: timing.finish("exec", &sql.sql, Some(rows)),
-                    content_type: None,
-                })
-            }
-            "query" => {
-                let data = self.query(&sql).await?;
-                Ok(InvokeResponse {
-                    data: Some(data),
-                    metadata: timing.finish("query", &sql.sql, None),
-                    content_type: None,
-                })
-            }
-            other => Err(Error::InvalidRequest(format!(
-                "invalid operation type: {other}. Expected exec, query, or close"
-            ))),
-        }
+        exec_or_query(self, &req).await
     }
 }

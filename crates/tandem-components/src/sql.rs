@@ -16,9 +16,11 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::Value;
 
-use crate::bindings::InvokeRequest;
+use crate::bindings::{InvokeRequest, InvokeResponse};
 use crate::error::{Error, Result};
 
 /// The operations of the SQL bindings.
@@ -65,6 +67,45 @@ impl SqlRequest {
             sql: sql.clone(),
             params,
         })
+    }
+}
+
+/// The statements of a SQL binding, run by [`exec_or_query`].
+#[async_trait]
+pub trait SqlStatements: Send + Sync {
+    /// Runs `exec`: the rows affected.
+    async fn exec(&self, req: &SqlRequest) -> Result<u64>;
+    /// Runs `query`: the rows as the JSON answer.
+    async fn query(&self, req: &SqlRequest) -> Result<Bytes>;
+}
+
+/// Answers an `exec` or `query` call (`close` is the binding's own): reads the statement and
+/// its parameters, runs it on `db`, and answers with the response metadata of [`Timing`]
+/// (`exec` with no data and `rows-affected`, `query` with the rows). Any other operation is
+/// refused with Dapr's message.
+pub async fn exec_or_query(db: &dyn SqlStatements, req: &InvokeRequest) -> Result<InvokeResponse> {
+    let sql = SqlRequest::parse(req)?;
+    let timing = Timing::start();
+    match req.operation.as_str() {
+        "exec" => {
+            let rows = db.exec(&sql).await?;
+            Ok(InvokeResponse {
+                data: Some(Bytes::new()),
+                metadata: timing.finish("exec", &sql.sql, Some(rows)),
+                content_type: None,
+            })
+        }
+        "query" => {
+            let data = db.query(&sql).await?;
+            Ok(InvokeResponse {
+                data: Some(data),
+                metadata: timing.finish("query", &sql.sql, None),
+                content_type: None,
+            })
+        }
+        other => Err(Error::InvalidRequest(format!(
+            "invalid operation type: {other}. Expected exec, query, or close"
+        ))),
     }
 }
 
