@@ -4,6 +4,7 @@
 
 mod cli;
 mod logging;
+mod metrics;
 mod registry;
 mod run;
 mod sidecar;

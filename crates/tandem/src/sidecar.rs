@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::sidecar::{SidecarArgs, unimplemented_flags_set};
-use crate::{logging, registry};
+use crate::{logging, metrics, registry};
 
 /// Runs `tandem sidecar` to completion.
 pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
@@ -156,17 +156,32 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
     let runtime = Runtime::build(options, &resources, &configuration, &registry::registry())
         .await
         .map_err(|e| e.to_string())?;
-    for c in runtime.metadata.snapshot().components {
+    let components = runtime.metadata.snapshot().components;
+    for c in &components {
         info!(component = %c.name, r#type = %c.type_name, version = %c.version, "component loaded");
+    }
+    let metrics = (args.enable_metrics && configuration.metric.enabled).then(|| {
+        let m = metrics::Metrics::new(
+            &args.app_id,
+            &configuration.metric.latency_distribution_buckets,
+        );
+        m.set_components_loaded(components.len() as u64);
+        Arc::new(m)
+    });
+    let mut servers = Vec::new();
+    if let Some(m) = &metrics {
+        start_metrics(&args, &runtime, m.clone(), &mut servers).await;
     }
 
     let http_options = HttpOptions {
         max_body_size,
         api_token: non_empty("DAPR_API_TOKEN"),
     };
-    let router = tandem_api::http::router(runtime.clone(), &http_options);
+    let mut router = tandem_api::http::router(runtime.clone(), &http_options);
+    if let Some(m) = &metrics {
+        router = metrics::http_layer(router, m.clone());
+    }
     let mut port = args.dapr_http_port;
-    let mut servers = Vec::new();
     for addr in args.listen_addresses() {
         let listener = TcpListener::bind((addr.as_str(), port))
             .await
@@ -190,7 +205,7 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         max_body_size,
         api_token: http_options.api_token.clone(),
     };
-    let grpc_port = start_grpc(&args, &runtime, &grpc_options, &mut servers).await?;
+    let grpc_port = start_grpc(&args, &runtime, &grpc_options, metrics, &mut servers).await?;
     let internal_port = start_internal(&args, &runtime, &env, &mut servers).await?;
     if let Some(path) = &args.ports_file {
         write_ports_file(path, port, grpc_port, internal_port)
@@ -268,9 +283,13 @@ async fn start_grpc(
     args: &SidecarArgs,
     runtime: &Arc<Runtime>,
     options: &GrpcOptions,
+    metrics: Option<Arc<metrics::Metrics>>,
     servers: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<u16, String> {
-    let routes = tandem_api::grpc::routes(runtime.clone(), options);
+    let mut routes = tandem_api::grpc::routes(runtime.clone(), options);
+    if let Some(m) = metrics {
+        routes = metrics::grpc_layer(routes, m);
+    }
     let mut port = args.dapr_grpc_port;
     for addr in args.listen_addresses() {
         let listener = TcpListener::bind((addr.as_str(), port))
@@ -292,6 +311,44 @@ async fn start_grpc(
         }));
     }
     Ok(port)
+}
+
+/// Serves the Prometheus metrics on `--metrics-listen-address`:`--metrics-port` until
+/// shutdown. A port that cannot be bound is logged and leaves the sidecar running without
+/// the endpoint.
+async fn start_metrics(
+    args: &SidecarArgs,
+    runtime: &Arc<Runtime>,
+    metrics: Arc<metrics::Metrics>,
+    servers: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let addr = args
+        .metrics_listen_address
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let addr = if addr.is_empty() { "0.0.0.0" } else { addr };
+    let port = args.metrics_port;
+    let listener = match TcpListener::bind((addr, port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "cannot listen on {addr}:{port} (--metrics-port): metrics are not served");
+            return;
+        }
+    };
+    if let Ok(bound) = listener.local_addr() {
+        info!(address = %bound, "metrics server listening");
+    }
+    let shutdown = runtime.shutdown.wait();
+    servers.push(tokio::spawn(async move {
+        if let Err(e) = metrics::serve(listener, metrics, async move {
+            shutdown.await;
+        })
+        .await
+        {
+            error!(error = %e, "metrics server failed");
+        }
+    }));
 }
 
 /// Service invocation settings: the name resolver from `spec.nameResolution` (a failure leaves

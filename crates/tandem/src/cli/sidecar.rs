@@ -72,8 +72,10 @@ pub(crate) struct SidecarArgs {
     /// Port of the Prometheus metrics endpoint.
     #[arg(long = "metrics-port", default_value_t = 9090)]
     pub(crate) metrics_port: u16,
+    /// Address the metrics endpoint binds.
     #[arg(long = "metrics-listen-address", default_value = "0.0.0.0")]
     pub(crate) metrics_listen_address: String,
+    /// Serve Prometheus metrics.
     #[arg(long = "enable-metrics", num_args = 0..=1, default_missing_value = "true", default_value = "true", value_parser = go_bool)]
     pub(crate) enable_metrics: bool,
     #[arg(long = "profile-port", default_value_t = 7777)]
@@ -171,9 +173,6 @@ const NOT_YET: &[&str] = &[
     "app_ssl",
     "dapr_public_port",
     "dapr_public_listen_address",
-    "metrics_port",
-    "metrics_listen_address",
-    "enable_metrics",
     "profile_port",
     "enable_profiling",
     "enable_api_logging",
