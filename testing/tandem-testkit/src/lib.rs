@@ -13,7 +13,7 @@
 //! [`SidecarBuilder::name_resolution_db`] points several at a shared one, and its internal
 //! (sidecar-to-sidecar) listener binds `127.0.0.1` on a free port ([`Sidecar::internal_port`]).
 //! The gRPC API binds a free port too unless the test passes `--dapr-grpc-port`
-//! ([`Sidecar::grpc_port`]).
+//! ([`Sidecar::grpc_port`]); metrics are off unless the test passes `--metrics-port`.
 
 pub mod grpc_app;
 pub mod kafka;
@@ -157,6 +157,10 @@ impl SidecarBuilder {
         }
         if !self.args.iter().any(|a| a == "--dapr-grpc-port") {
             cmd.arg("--dapr-grpc-port").arg("0");
+        }
+        // Sidecars of parallel tests would all reach for the default metrics port 9090.
+        if !self.args.iter().any(|a| a.starts_with("--metrics-port")) {
+            cmd.arg("--enable-metrics=false");
         }
         if !self
             .args
