@@ -404,8 +404,13 @@ mod tests {
 
     use super::*;
 
-    /// The service over a runtime with one in-memory store, no sockets.
+    /// The service over [`test_runtime`].
     fn api() -> DaprApi {
+        DaprApi::new(test_runtime(), 4 << 20)
+    }
+
+    /// A runtime with one in-memory state store, `statestore`, and no sockets.
+    pub(super) fn test_runtime() -> Arc<Runtime> {
         let mut components = Components::default();
         components.insert_state(
             "statestore",
@@ -413,13 +418,12 @@ mod tests {
             Arc::new(InMemoryStateStore::default()),
             KeyPrefix::Prefix("app".into()),
         );
-        let runtime = Runtime::from_parts(
+        Arc::new(Runtime::from_parts(
             "app".into(),
             Arc::new(components),
             Default::default(),
             MetadataSnapshot::default(),
-        );
-        DaprApi::new(Arc::new(runtime), 4 << 20)
+        ))
     }
 
     fn save(key: &str, value: &[u8], etag: Option<&str>) -> Request<rt::SaveStateRequest> {

@@ -314,36 +314,20 @@ impl http_body::Body for UnaryBody {
 mod tests {
     use dapr::dapr::proto::common::v1::StateItem;
     use dapr::dapr::proto::runtime::v1 as rt;
-    use tandem_components::memory::InMemoryStateStore;
-    use tandem_runtime::Runtime;
-    use tandem_runtime::components::{Components, KeyPrefix};
-    use tandem_runtime::metadata::MetadataSnapshot;
     use tonic::Code;
     use tower::ServiceExt;
 
     use super::*;
+    use crate::grpc::tests::test_runtime;
     use crate::grpc::{GrpcOptions, routes};
 
     /// The gRPC routes over a runtime with one in-memory store.
     fn service(token: Option<&str>, max_body_size: usize) -> tonic::service::Routes {
-        let mut components = Components::default();
-        components.insert_state(
-            "statestore",
-            "state.in-memory",
-            Arc::new(InMemoryStateStore::default()),
-            KeyPrefix::Prefix("app".into()),
-        );
-        let runtime = Runtime::from_parts(
-            "app".into(),
-            Arc::new(components),
-            Default::default(),
-            MetadataSnapshot::default(),
-        );
         let options = GrpcOptions {
             max_body_size,
             api_token: token.map(str::to_owned),
         };
-        routes(Arc::new(runtime), &options)
+        routes(test_runtime(), &options)
     }
 
     fn framed(message: &impl Message, flag: u8) -> Bytes {
