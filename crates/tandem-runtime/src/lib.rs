@@ -29,6 +29,7 @@ pub mod registry;
 pub mod resiliency;
 pub mod secrets;
 pub mod state;
+pub mod trace;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
