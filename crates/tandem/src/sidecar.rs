@@ -173,9 +173,11 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         start_metrics(&args, &runtime, m.clone(), &mut servers).await;
     }
 
+    let api_rules = api_rules(&configuration.api);
     let http_options = HttpOptions {
         max_body_size,
         api_token: non_empty("DAPR_API_TOKEN"),
+        api_rules: api_rules.clone(),
     };
     let mut router = tandem_api::http::router(runtime.clone(), &http_options);
     if let Some(m) = &metrics {
@@ -204,6 +206,7 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
     let grpc_options = GrpcOptions {
         max_body_size,
         api_token: http_options.api_token.clone(),
+        api_rules,
     };
     let grpc_port = start_grpc(&args, &runtime, &grpc_options, metrics, &mut servers).await?;
     let internal_port = start_internal(&args, &runtime, &env, &mut servers).await?;
@@ -237,6 +240,24 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Configuration `spec.api` in the API crate's terms.
+fn api_rules(spec: &tandem_config::ApiSpec) -> tandem_api::allowlist::ApiRules {
+    let convert = |rules: &[tandem_config::ApiRule]| {
+        rules
+            .iter()
+            .map(|r| tandem_api::allowlist::ApiRule {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                protocol: r.protocol.clone(),
+            })
+            .collect()
+    };
+    tandem_api::allowlist::ApiRules {
+        allowed: convert(&spec.allowed),
+        denied: convert(&spec.denied),
+    }
 }
 
 async fn wait_for_stop(runtime: &Arc<Runtime>) -> StopKind {

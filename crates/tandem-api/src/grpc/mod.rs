@@ -9,6 +9,7 @@
 //! secrets, metadata and shutdown. Every other RPC answers `UNIMPLEMENTED`
 //! ("`<method>` is not implemented by Tandem yet").
 //!
+//! Configuration `spec.api` rules are applied first ([`crate::allowlist`]), then
 //! `DAPR_API_TOKEN` is checked by an interceptor ([`ApiToken`]) on every call, streaming ones
 //! included; without a token the interceptor is not installed at all. `--max-body-size` bounds
 //! decoded and encoded messages.
@@ -47,6 +48,8 @@ pub struct GrpcOptions {
     pub max_body_size: usize,
     /// `DAPR_API_TOKEN`, when set.
     pub api_token: Option<String>,
+    /// Configuration `spec.api` (only its `protocol: grpc` rules apply here).
+    pub api_rules: crate::allowlist::ApiRules,
 }
 
 impl Default for GrpcOptions {
@@ -54,6 +57,7 @@ impl Default for GrpcOptions {
         Self {
             max_body_size: 4 << 20,
             api_token: None,
+            api_rules: Default::default(),
         }
     }
 }
@@ -106,7 +110,7 @@ impl Interceptor for ApiToken {
 
 /// The gRPC API as routes, built once and shared by every listener.
 ///
-/// Requests meet, in order: the lean path for the hot unary RPCs ([`unary`]), tonic's
+/// Requests meet, in order: the `spec.api` filter (only when gRPC rules are configured), the lean path for the hot unary RPCs ([`unary`]), tonic's
 /// generated `Dapr` service for every other Dapr RPC, and gRPC proxying for any other service.
 pub fn routes(runtime: Arc<Runtime>, options: &GrpcOptions) -> Routes {
     let limit = options.max_body_size;
@@ -127,6 +131,7 @@ pub fn routes(runtime: Arc<Runtime>, options: &GrpcOptions) -> Routes {
         .fallback(move |req: axum::extract::Request| proxy.clone().handle(req));
     let fast = unary::FastUnary {
         api,
+        filter: options.api_rules.grpc().map(Arc::new),
         token,
         inner: tonic_routes,
     };

@@ -32,7 +32,9 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
+use super::error::http_status_error;
 use super::{ApiToken, DaprApi};
+use crate::allowlist::GrpcFilter;
 
 const SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.Dapr/";
 
@@ -73,6 +75,8 @@ impl Rpc {
 #[derive(Clone)]
 pub(super) struct FastUnary<S> {
     pub(super) api: Arc<DaprApi>,
+    /// `spec.api`'s gRPC rules; checked before anything else, on both paths.
+    pub(super) filter: Option<Arc<GrpcFilter>>,
     pub(super) token: Option<ApiToken>,
     pub(super) inner: S,
 }
@@ -93,6 +97,16 @@ where
     }
 
     fn call(&mut self, req: Request) -> BoxFuture {
+        if let Some(filter) = &self.filter
+            && filter.blocks(req.uri().path())
+        {
+            let status = http_status_error(
+                501,
+                "requested endpoint is not available",
+                MetadataMap::new(),
+            );
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
         match served(&req) {
             Some(rpc) => {
                 let api = self.api.clone();
@@ -326,6 +340,7 @@ mod tests {
         let options = GrpcOptions {
             max_body_size,
             api_token: token.map(str::to_owned),
+            ..Default::default()
         };
         routes(test_runtime(), &options)
     }

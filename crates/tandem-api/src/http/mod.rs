@@ -28,6 +28,8 @@ use http::{Method, StatusCode, Uri, header};
 use tandem_runtime::Runtime;
 use tokio::net::TcpListener;
 
+use crate::allowlist::{ApiRules, Group, HttpRules};
+
 /// Settings of the HTTP API server.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
@@ -35,6 +37,8 @@ pub struct HttpOptions {
     pub max_body_size: usize,
     /// `DAPR_API_TOKEN`, when set.
     pub api_token: Option<String>,
+    /// Configuration `spec.api`.
+    pub api_rules: ApiRules,
 }
 
 impl Default for HttpOptions {
@@ -42,6 +46,7 @@ impl Default for HttpOptions {
         Self {
             max_body_size: 4 << 20,
             api_token: None,
+            api_rules: ApiRules::default(),
         }
     }
 }
@@ -57,63 +62,135 @@ pub(crate) fn empty() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// The HTTP API as an axum router.
+/// The HTTP API as an axum router. Endpoints that `spec.api` blocks are not registered.
 pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
     let state = ApiState {
         runtime,
         max_body_size: options.max_body_size,
     };
-    let router = Router::new()
-        .route("/v1.0/state/{store}", post(state::save).put(state::save))
-        .route(
-            "/v1.0-alpha1/state/{store}/query",
-            post(state::query).put(state::query),
-        )
-        .route(
-            "/v1.0/state/{store}/bulk",
-            post(state::bulk)
-                .put(state::bulk)
-                .get(state::get_reserved)
-                .delete(state::delete_reserved),
-        )
-        .route(
-            "/v1.0/state/{store}/transaction",
-            post(state::transaction)
-                .put(state::transaction)
-                .get(state::get_reserved)
-                .delete(state::delete_reserved),
-        )
-        .route(
-            "/v1.0/state/{store}/{key}",
-            get(state::get).delete(state::delete),
-        )
-        .route("/v1.0/secrets/{store}/bulk", get(secrets::bulk))
-        .route("/v1.0/secrets/{store}/{key}", get(secrets::get))
-        .route(
-            "/v1.0/publish/{pubsub}/{*topic}",
-            post(pubsub::publish).put(pubsub::publish),
-        )
-        .route(
-            "/v1.0/publish/bulk/{pubsub}/{*topic}",
-            post(pubsub::bulk_publish).put(pubsub::bulk_publish),
-        )
-        .route(
-            "/v1.0-alpha1/publish/bulk/{pubsub}/{*topic}",
-            post(pubsub::bulk_publish).put(pubsub::bulk_publish),
-        )
-        .route(
-            "/v1.0/bindings/{name}",
-            post(bindings::invoke).put(bindings::invoke),
-        )
-        .route("/v1.0/metadata", get(metadata::get))
-        .route("/v1.0/metadata/{key}", put(metadata::put))
-        .route("/v1.0/healthz", get(health::healthz))
-        .route("/v1.0/healthz/outbound", get(health::outbound))
-        .route("/v1.0/shutdown", post(health::shutdown))
-        .route("/v1.0/invoke/{*rest}", any(invoke::handle))
-        .fallback(invoke::handle)
-        .method_not_allowed_fallback(invoke::handle)
-        .with_state(state);
+    let rules = options.api_rules.http();
+    let mut r = Routes {
+        router: Router::new(),
+        rules: &rules,
+    };
+    const STATE: Group = group("state", "v1");
+    const PUBLISH: Group = group("publish", "v1");
+    const SECRETS: Group = group("secrets", "v1");
+    const METADATA: Group = group("metadata", "v1");
+    const HEALTH: Group = group("healthz", "v1");
+    r.add(
+        STATE,
+        "v1.0/state/{storeName}",
+        "/v1.0/state/{store}",
+        post(state::save).put(state::save),
+    );
+    r.add(
+        group("state", "v1alpha1"),
+        "v1.0-alpha1/state/{storeName}/query",
+        "/v1.0-alpha1/state/{store}/query",
+        post(state::query).put(state::query),
+    );
+    r.add(
+        STATE,
+        "v1.0/state/{storeName}/bulk",
+        "/v1.0/state/{store}/bulk",
+        post(state::bulk)
+            .put(state::bulk)
+            .get(state::get_reserved)
+            .delete(state::delete_reserved),
+    );
+    r.add(
+        STATE,
+        "v1.0/state/{storeName}/transaction",
+        "/v1.0/state/{store}/transaction",
+        post(state::transaction)
+            .put(state::transaction)
+            .get(state::get_reserved)
+            .delete(state::delete_reserved),
+    );
+    r.add(
+        STATE,
+        "v1.0/state/{storeName}/{key}",
+        "/v1.0/state/{store}/{key}",
+        get(state::get).delete(state::delete),
+    );
+    r.add(
+        SECRETS,
+        "v1.0/secrets/{secretStoreName}/bulk",
+        "/v1.0/secrets/{store}/bulk",
+        get(secrets::bulk),
+    );
+    r.add(
+        SECRETS,
+        "v1.0/secrets/{secretStoreName}/{key}",
+        "/v1.0/secrets/{store}/{key}",
+        get(secrets::get),
+    );
+    r.add(
+        PUBLISH,
+        "v1.0/publish/{pubsubname}/*",
+        "/v1.0/publish/{pubsub}/{*topic}",
+        post(pubsub::publish).put(pubsub::publish),
+    );
+    r.add(
+        PUBLISH,
+        "v1.0/publish/bulk/{pubsubname}/*",
+        "/v1.0/publish/bulk/{pubsub}/{*topic}",
+        post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+    );
+    r.add(
+        group("publish", "v1alpha1"),
+        "v1.0-alpha1/publish/bulk/{pubsubname}/*",
+        "/v1.0-alpha1/publish/bulk/{pubsub}/{*topic}",
+        post(pubsub::bulk_publish).put(pubsub::bulk_publish),
+    );
+    r.add(
+        group("bindings", "v1"),
+        "v1.0/bindings/{name}",
+        "/v1.0/bindings/{name}",
+        post(bindings::invoke).put(bindings::invoke),
+    );
+    r.add(
+        METADATA,
+        "v1.0/metadata",
+        "/v1.0/metadata",
+        get(metadata::get),
+    );
+    r.add(
+        METADATA,
+        "v1.0/metadata/{key}",
+        "/v1.0/metadata/{key}",
+        put(metadata::put),
+    );
+    r.add(
+        HEALTH,
+        "v1.0/healthz",
+        "/v1.0/healthz",
+        get(health::healthz),
+    );
+    r.add(
+        HEALTH,
+        "v1.0/healthz/outbound",
+        "/v1.0/healthz/outbound",
+        get(health::outbound),
+    );
+    r.add(
+        group("shutdown", "v1"),
+        "v1.0/shutdown",
+        "/v1.0/shutdown",
+        post(health::shutdown),
+    );
+    let invoke_allowed = rules.allows(group("invoke", "v1"), "v1.0/invoke/*");
+    let router = if invoke_allowed {
+        r.router
+            .route("/v1.0/invoke/{*rest}", any(invoke::handle))
+            .fallback(invoke::handle)
+            .method_not_allowed_fallback(invoke::handle)
+    } else {
+        // Without the invocation fallback, unknown routes get Go's plain not-found answer.
+        r.router.fallback(not_found)
+    };
+    let router = router.with_state(state);
     match &options.api_token {
         Some(token) if !token.is_empty() => router.layer(middleware::from_fn_with_state(
             Arc::<str>::from(token.as_str()),
@@ -121,6 +198,44 @@ pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
         )),
         _ => router,
     }
+}
+
+const fn group(name: &'static str, version: &'static str) -> Group {
+    Group { name, version }
+}
+
+/// The router under construction and the rules deciding which endpoints it gets.
+struct Routes<'a> {
+    router: Router<ApiState>,
+    rules: &'a HttpRules,
+}
+
+impl Routes<'_> {
+    /// Registers `path` unless `spec.api` blocks it (`dapr_path` is daprd's template, which
+    /// the legacy prefix rules are matched against).
+    fn add(
+        &mut self,
+        group: Group,
+        dapr_path: &str,
+        path: &str,
+        handler: axum::routing::MethodRouter<ApiState>,
+    ) {
+        if self.rules.allows(group, dapr_path) {
+            self.router = std::mem::take(&mut self.router).route(path, handler);
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        "404 page not found\n",
+    )
+        .into_response()
 }
 
 /// Enforces `DAPR_API_TOKEN`: every request but the two health GETs carries
