@@ -3,6 +3,7 @@
 //! Invoked under the name `daprd` (a symlink), it behaves as `tandem sidecar`.
 
 mod cli;
+mod injector;
 mod logging;
 mod metrics;
 mod registry;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         let parsed = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         match parsed.command {
             cli::Command::Run(a) => return run::main(*a),
+            cli::Command::Injector(a) => return injector::main(*a),
             cli::Command::Sidecar(a) => {
                 let sub = matches
                     .subcommand_matches("sidecar")

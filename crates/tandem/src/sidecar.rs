@@ -271,7 +271,7 @@ async fn wait_for_stop(runtime: &Arc<Runtime>) -> StopKind {
     }
 }
 
-async fn terminate_signal() {
+pub(crate) async fn terminate_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

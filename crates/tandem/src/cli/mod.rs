@@ -1,5 +1,6 @@
-//! Command-line front: `tandem sidecar` (daprd's flags) and the small tools.
+//! Command-line front: `tandem sidecar` (daprd's flags), `tandem injector` and the small tools.
 
+pub(crate) mod injector;
 pub(crate) mod quantity;
 pub(crate) mod run;
 pub(crate) mod sidecar;
@@ -23,6 +24,9 @@ pub(crate) enum Command {
     /// Run an app with its sidecar, like `dapr run` (embedded local defaults when no
     /// `--resources-path` is given).
     Run(Box<run::RunArgs>),
+    /// Run the Kubernetes sidecar injector: a mutating admission webhook that adds a `daprd`
+    /// container running Tandem to pods annotated `dapr.io/enabled: "true"`.
+    Injector(Box<injector::InjectorArgs>),
 }
 
 /// Rewrites Go-style single-dash long flags (`-app-id`) to `--app-id`, as daprd accepts both.
