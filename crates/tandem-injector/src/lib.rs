@@ -29,6 +29,7 @@ pub const DEFAULT_ALLOWED_SERVICE_ACCOUNTS: &[&str] = &[
     "kube-system:daemon-set-controller",
     "openshift-operator-lifecycle-manager:olm-operator-serviceaccount",
     "tekton-pipelines:tekton-pipelines-controller",
+    "mirrord:mirrord-operator",
 ];
 
 /// The injector's own settings (flags and environment of `tandem injector`).

@@ -276,6 +276,16 @@ fn helm_chart_renders_valid_manifests() {
     assert!(b64(&hook["clientConfig"]["caBundle"]).starts_with("-----BEGIN CERTIFICATE-----"));
     assert!(b64(&secret["data"]["tls.crt"]).starts_with("-----BEGIN CERTIFICATE-----"));
     assert!(b64(&secret["data"]["tls.key"]).contains("PRIVATE KEY-----"));
+    // The injector serves the pair Helm generated (an RSA key in PKCS#1 PEM).
+    let tls = tempfile::tempdir().unwrap();
+    std::fs::write(tls.path().join("tls.crt"), b64(&secret["data"]["tls.crt"])).unwrap();
+    std::fs::write(tls.path().join("tls.key"), b64(&secret["data"]["tls.key"])).unwrap();
+    let pair = tandem_injector::server::ReloadingCert::load(
+        &tls.path().join("tls.crt"),
+        &tls.path().join("tls.key"),
+    )
+    .expect("the chart's certificate loads");
+    tandem_injector::server::tls_config(std::sync::Arc::new(pair)).unwrap();
 
     // The injector: runs `tandem injector` on the Secret, reads nothing from the API.
     let inj = find(&docs, "Deployment", "tandem-sidecar-injector");

@@ -325,3 +325,128 @@ async fn refuses_to_start_without_a_usable_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("serving certificate"), "{err}");
 }
+
+#[test]
+fn every_annotation_becomes_flags_tandem_sidecar_accepts() {
+    let annotations: serde_json::Map<String, Value> = [
+        ("dapr.io/enabled", "true"),
+        ("dapr.io/app-id", "orders"),
+        ("dapr.io/app-port", "8080"),
+        ("dapr.io/app-protocol", "grpcs"),
+        ("dapr.io/app-ssl", "false"),
+        ("dapr.io/app-channel-address", "127.0.0.1"),
+        ("dapr.io/config", "appconfig"),
+        ("dapr.io/log-level", "warn"),
+        ("dapr.io/log-as-json", "yes"),
+        ("dapr.io/enable-profiling", "on"),
+        ("dapr.io/enable-api-logging", "false"),
+        ("dapr.io/api-token-secret", "tok"),
+        ("dapr.io/app-token-secret", "apptok"),
+        ("dapr.io/app-max-concurrency", "-1"),
+        ("dapr.io/enable-metrics", "true"),
+        ("dapr.io/metrics-port", "9191"),
+        ("dapr.io/grpc-port", "50011"),
+        ("dapr.io/internal-grpc-port", "50012"),
+        ("dapr.io/sidecar-listen-addresses", "0.0.0.0"),
+        ("dapr.io/env", "A=1"),
+        ("dapr.io/env-from-secret", "B=sec:key"),
+        ("dapr.io/sidecar-cpu-request", "50m"),
+        ("dapr.io/sidecar-memory-limit", "1Gi"),
+        ("dapr.io/sidecar-liveness-probe-period-seconds", "20"),
+        ("dapr.io/sidecar-readiness-probe-threshold", "3"),
+        ("dapr.io/sidecar-image", "example/tandem:dev"),
+        ("dapr.io/sidecar-seccomp-profile-type", "RuntimeDefault"),
+        ("dapr.io/max-body-size", "16Mi"),
+        ("dapr.io/read-buffer-size", "8Ki"),
+        ("dapr.io/http-max-request-size", "16"),
+        ("dapr.io/http-read-buffer-size", "8"),
+        ("dapr.io/graceful-shutdown-seconds", "0"),
+        ("dapr.io/block-shutdown-duration", "10s"),
+        ("dapr.io/unix-domain-socket-path", "/tmp/dapr"),
+        ("dapr.io/volume-mounts", "data:/data"),
+        ("dapr.io/volume-mounts-rw", "scratch:/scratch"),
+        ("dapr.io/disable-builtin-k8s-secret-store", "true"),
+        ("dapr.io/enable-app-health-check", "true"),
+        ("dapr.io/app-health-check-path", "/ready"),
+        ("dapr.io/app-health-probe-interval", "2"),
+        ("dapr.io/app-health-probe-timeout", "300"),
+        ("dapr.io/app-health-threshold", "4"),
+        ("dapr.io/app-binding-options-timeout", "5s"),
+        ("dapr.io/placement-host-address", "\"placement.dapr:50005\""),
+        ("dapr.io/actors-disseminate-timeout", "2s"),
+        ("dapr.io/scheduler-host-address", ""),
+        ("dapr.io/sentry-request-jwt-audiences", "aud1,aud2"),
+        ("dapr.io/disable-init-endpoints", "healthz"),
+        ("dapr.io/enable-native-sidecar", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+    .collect();
+    let pod = serde_json::json!({
+        "metadata": {"name": "orders-0", "annotations": annotations},
+        "spec": {
+            "volumes": [{"name": "data", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "app", "image": "example/app"}],
+        },
+    });
+    let ann = tandem_injector::annotations::of_pod(&pod);
+    let spec = tandem_injector::annotations::parse(&ann, &pod).expect("all values valid");
+    let args = tandem_injector::patch::args(&spec);
+    for flag in [
+        "--app-id",
+        "--app-port",
+        "--app-protocol",
+        "--app-channel-address",
+        "--config",
+        "--log-level",
+        "--log-as-json",
+        "--enable-profiling",
+        "--enable-api-logging=false",
+        "--app-max-concurrency",
+        "--enable-metrics=true",
+        "--metrics-port",
+        "--dapr-grpc-port",
+        "--dapr-internal-grpc-port",
+        "--dapr-listen-addresses",
+        "--max-body-size",
+        "--read-buffer-size",
+        "--dapr-http-max-request-size",
+        "--dapr-http-read-buffer-size",
+        "--dapr-graceful-shutdown-seconds",
+        "--dapr-block-shutdown-duration",
+        "--unix-domain-socket",
+        "--disable-builtin-k8s-secret-store",
+        "--enable-app-health-check",
+        "--app-health-check-path",
+        "--app-health-probe-interval",
+        "--app-health-probe-timeout",
+        "--app-health-threshold",
+        "--app-binding-options-timeout",
+        "--placement-host-address",
+        "--actors-disseminate-timeout",
+        "--scheduler-host-address",
+        "--sentry-request-jwt-audiences",
+        "--disable-init-endpoints",
+    ] {
+        assert!(
+            args.iter().any(|a| a == flag),
+            "{flag} missing from {args:?}"
+        );
+    }
+    let pos = args
+        .iter()
+        .position(|a| a == "--placement-host-address")
+        .unwrap();
+    assert_eq!(args[pos + 1], "placement.dapr:50005", "quotes are trimmed");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("sidecar")
+        .args(&args)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tandem sidecar {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
