@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use crate::app_channel::{AppChannel, empty_body, full_body, grpc};
 use crate::components::Components;
 use crate::error::{ApiError, ErrorCode};
 use crate::lifecycle::Shutdown;
+use crate::metrics::{ComponentFamily, Metrics};
 use crate::resiliency::{Direction, Policy, Resiliency, call_component};
 use crate::state::StateService;
 
@@ -36,6 +37,7 @@ const MAX_ANSWER: usize = 4 << 20;
 pub struct BindingsService {
     components: Arc<Components>,
     resiliency: Arc<Resiliency>,
+    metrics: Arc<Metrics>,
 }
 
 fn invoke_error(name: &str, err: impl std::fmt::Display) -> ApiError {
@@ -47,10 +49,15 @@ fn invoke_error(name: &str, err: impl std::fmt::Display) -> ApiError {
 
 impl BindingsService {
     /// Over the loaded components, under their resiliency policies.
-    pub fn new(components: Arc<Components>, resiliency: Arc<Resiliency>) -> Self {
+    pub fn new(
+        components: Arc<Components>,
+        resiliency: Arc<Resiliency>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             components,
             resiliency,
+            metrics,
         }
     }
 
@@ -80,9 +87,17 @@ impl BindingsService {
                 ),
             ));
         }
-        call_component(self.policy(name), req, |req| output.invoke(req))
-            .await
-            .map_err(|e| invoke_error(name, e))
+        let start = Instant::now();
+        let operation = req.operation.clone();
+        let res = call_component(self.policy(name), req, |req| output.invoke(req)).await;
+        self.metrics.component(
+            ComponentFamily::OutputBinding,
+            name,
+            &operation,
+            res.is_ok(),
+            start,
+        );
+        res.map_err(|e| invoke_error(name, e))
     }
 }
 
@@ -100,6 +115,17 @@ struct AppHandler {
 #[async_trait]
 impl EventHandler for AppHandler {
     async fn handle(&self, event: BindingEvent) -> Result<Option<Bytes>, String> {
+        let start = Instant::now();
+        let res = self.handle_once(event).await;
+        self.bindings
+            .metrics
+            .input_binding(&self.name, res.is_ok(), start);
+        res
+    }
+}
+
+impl AppHandler {
+    async fn handle_once(&self, event: BindingEvent) -> Result<Option<Bytes>, String> {
         match &self.inbound {
             None => self.deliver(event).await,
             Some(policy) => policy

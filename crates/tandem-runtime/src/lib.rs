@@ -24,6 +24,7 @@ pub mod error;
 pub mod invoke;
 pub mod lifecycle;
 pub mod metadata;
+pub mod metrics;
 pub mod pubsub;
 pub mod registry;
 pub mod resiliency;
@@ -61,6 +62,8 @@ pub struct RuntimeOptions {
     pub app_channel: Option<app_channel::AppChannelOptions>,
     /// Service invocation: name resolution and this machine's identity.
     pub invoke: invoke::InvokeOptions,
+    /// Where the services record their metrics (none: nothing is recorded).
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 /// The sidecar: every building-block service, readiness and shutdown.
@@ -93,6 +96,8 @@ pub struct Runtime {
     pub components: Arc<Components>,
     /// The resiliency policies, resolved per target.
     pub resiliency: Arc<resiliency::Resiliency>,
+    /// The services' metrics.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Why the runtime could not start.
@@ -120,6 +125,16 @@ impl Runtime {
             env: &options.env,
         };
         let loaded = components::load(&resources.components, registry, &ctx).await?;
+        let metrics = options
+            .metrics
+            .clone()
+            .unwrap_or_else(|| Arc::new(metrics::Metrics::disabled()));
+        for c in &resources.components {
+            match loaded.ignored.iter().find(|e| e.name == c.name) {
+                Some(_) => metrics.component_init_failed(&c.type_name, "init", &c.name),
+                None => metrics.component_initialized(&c.type_name),
+            }
+        }
         let components = Arc::new(loaded.components);
         let resiliency = Arc::new(resiliency::Resiliency::new(
             &resources.resiliencies,
@@ -159,6 +174,7 @@ impl Runtime {
             secret_scopes(configuration),
             base,
             resiliency.clone(),
+            metrics,
         );
         runtime.declarative_subscriptions = resources
             .subscriptions
@@ -169,6 +185,9 @@ impl Runtime {
             runtime.max_in_flight = n;
         }
         runtime.app_channel = options.app_channel.map(app_channel::AppChannel::new);
+        if let Some(ch) = &runtime.app_channel {
+            ch.set_metrics(runtime.metrics.clone());
+        }
         runtime.invoke = invoke::InvokeService::new(invoke::Parts {
             app_id: &runtime.app_id,
             namespace: options.namespace.as_deref(),
@@ -177,6 +196,7 @@ impl Runtime {
             access_control: Some(&configuration.access_control),
             options: options.invoke,
             resiliency,
+            metrics: runtime.metrics.clone(),
         });
         Ok(Arc::new(runtime))
     }
@@ -194,6 +214,7 @@ impl Runtime {
             scopes,
             base,
             Arc::new(resiliency::Resiliency::none()),
+            Arc::new(metrics::Metrics::disabled()),
         )
     }
 
@@ -203,23 +224,32 @@ impl Runtime {
         scopes: HashMap<String, SecretScope>,
         base: MetadataSnapshot,
         resiliency: Arc<resiliency::Resiliency>,
+        metrics: Arc<metrics::Metrics>,
     ) -> Self {
         Self {
             state: Arc::new(StateService::new(
                 components.clone(),
                 app_id.clone(),
                 resiliency.clone(),
+                metrics.clone(),
             )),
             bindings: Arc::new(bindings::BindingsService::new(
                 components.clone(),
                 resiliency.clone(),
+                metrics.clone(),
             )),
-            secrets: SecretsService::new(components.clone(), scopes, resiliency.clone()),
+            secrets: SecretsService::new(
+                components.clone(),
+                scopes,
+                resiliency.clone(),
+                metrics.clone(),
+            ),
             metadata: Arc::new(MetadataService::new(base, components.clone())),
             pubsub: pubsub::PubSubService::new(
                 components.clone(),
                 app_id.clone(),
                 resiliency.clone(),
+                metrics.clone(),
             ),
             declarative_subscriptions: Vec::new(),
             max_in_flight: pubsub::subscriptions::DEFAULT_MAX_IN_FLIGHT,
@@ -229,6 +259,7 @@ impl Runtime {
             invoke: invoke::InvokeService::minimal(&app_id),
             components,
             resiliency,
+            metrics,
             app_id,
         }
     }
@@ -259,6 +290,7 @@ impl Runtime {
                 declarative: rt.declarative_subscriptions.clone(),
                 max_in_flight: rt.max_in_flight,
                 resiliency: rt.resiliency.clone(),
+                metrics: rt.metrics.clone(),
             };
             manager.run(rt.metadata.clone(), &rt.shutdown).await;
         });

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -244,6 +245,42 @@ pub struct Policy {
     timeout: Option<Duration>,
     retry: Option<Retry>,
     breaker: Option<Breaker>,
+    stats: PolicyStats,
+}
+
+/// The circuit breaker states as daprd labels them, in [`breaker_index`] order.
+pub const BREAKER_STATES: [&str; 3] = ["closed", "open", "half-open"];
+
+fn breaker_index(state: BreakerState) -> usize {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::Open => 1,
+        BreakerState::HalfOpen => 2,
+    }
+}
+
+/// What a policy did, for `dapr_resiliency_count` (policy applied to a call) and
+/// `dapr_resiliency_activations_total` (timeout fired, retry made, breaker changed state).
+#[derive(Debug, Default)]
+pub struct PolicyStats {
+    /// The Resiliency resource that defined the policy.
+    pub resiliency: String,
+    /// daprd's target label: `app_<id>` or `<Kind>_<component>`.
+    pub target: String,
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// Calls under the timeout / retry policy.
+    pub timeout_applied: AtomicU64,
+    /// Timeouts that fired.
+    pub timeout_activated: AtomicU64,
+    /// Calls under the retry policy.
+    pub retry_applied: AtomicU64,
+    /// Retries made.
+    pub retry_activated: AtomicU64,
+    /// Calls through a breaker, by the breaker's state then ([`BREAKER_STATES`]).
+    pub breaker_applied: [AtomicU64; 3],
+    /// Breaker state changes, by the new state.
+    pub breaker_activated: [AtomicU64; 3],
 }
 
 impl Policy {
@@ -259,7 +296,21 @@ impl Policy {
             timeout: timeout.filter(|t| !t.is_zero()),
             retry,
             breaker,
+            stats: PolicyStats::default(),
         }
+    }
+
+    /// Sets the metric labels: the defining resource, the target and the direction.
+    fn labelled(mut self, resiliency: &str, target: String, direction: &'static str) -> Self {
+        self.stats.resiliency = resiliency.to_owned();
+        self.stats.target = target;
+        self.stats.direction = direction;
+        self
+    }
+
+    /// What the policy did so far.
+    pub fn stats(&self) -> &PolicyStats {
+        &self.stats
     }
 
     /// What the policy applies to, for logs.
@@ -318,6 +369,16 @@ impl Policy {
             .as_ref()
             .filter(|r| replayable && r.retries())
             .map(|r| (r, r.backoff()));
+        let stats = &self.stats;
+        if self.timeout.is_some() {
+            stats.timeout_applied.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.retry.is_some() {
+            stats.retry_applied.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(b) = breaker {
+            stats.breaker_applied[breaker_index(b.state())].fetch_add(1, Ordering::Relaxed);
+        }
         let mut attempt = 0u64;
         loop {
             attempt += 1;
@@ -344,6 +405,7 @@ impl Policy {
                 return outcome;
             };
             drop(outcome);
+            stats.retry_activated.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(policy = %self.name, attempt, "operation failed; retrying in {pause:?}");
             tokio::time::sleep(pause).await;
         }
@@ -360,21 +422,32 @@ impl Policy {
         Fut: Future<Output = R>,
         C: Fn(&R) -> Verdict,
     {
+        let before = breaker.map(Breaker::state);
         let ticket = match breaker {
-            Some(b) => Some(b.admit()?),
+            Some(b) => Some(b.admit().inspect_err(|_| self.note_breaker(b, before))?),
             None => None,
         };
         let result = match self.timeout {
-            Some(t) => tokio::time::timeout(t, op())
-                .await
-                .map_err(|_| PolicyError::Timeout(t)),
+            Some(t) => tokio::time::timeout(t, op()).await.map_err(|_| {
+                self.stats.timeout_activated.fetch_add(1, Ordering::Relaxed);
+                PolicyError::Timeout(t)
+            }),
             None => Ok(op().await),
         };
         let verdict = result.as_ref().map_or(Verdict::Failure(None), classify);
         if let (Some(b), Some(ticket)) = (breaker, ticket) {
             b.record(ticket, !matches!(verdict, Verdict::Failure(_)));
+            self.note_breaker(b, before);
         }
         result.map(|r| (r, verdict))
+    }
+
+    /// Counts a state change of `breaker` since `before`.
+    fn note_breaker(&self, breaker: &Breaker, before: Option<BreakerState>) {
+        let now = breaker.state();
+        if before != Some(now) {
+            self.stats.breaker_activated[breaker_index(now)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -504,10 +577,14 @@ pub struct Resiliency {
     /// instances (each app gets its own breakers).
     default_app: Option<DefaultApp>,
     components: HashMap<String, ComponentPolicies>,
+    /// The names of the Resiliency resources that apply.
+    loaded: Vec<String>,
 }
 
 #[derive(Debug)]
 struct DefaultApp {
+    /// The resource that set the defaults (for metric labels).
+    resource: String,
     names: PolicyNames,
     /// Without a circuit breaker the default policy holds no state: one for every app.
     shared: Option<Arc<AppPolicy>>,
@@ -635,35 +712,54 @@ impl Resiliency {
                     .insert(app.clone(), t.circuit_breaker_cache_size);
                 app_targets.insert(
                     app.clone(),
-                    PolicyNames {
-                        timeout: t.timeout.clone(),
-                        retry: t.retry.clone(),
-                        circuit_breaker: t.circuit_breaker.clone(),
-                    },
+                    (
+                        PolicyNames {
+                            timeout: t.timeout.clone(),
+                            retry: t.retry.clone(),
+                            circuit_breaker: t.circuit_breaker.clone(),
+                        },
+                        r.name.clone(),
+                    ),
                 );
             }
             for (name, t) in &r.targets.components {
-                component_targets.insert(name.clone(), t.clone());
+                component_targets.insert(name.clone(), (t.clone(), r.name.clone()));
             }
         }
-        let mut out = Self::default();
-        for (app, names) in &app_targets {
-            if let Some(p) = merged.app_policy(app, names) {
+        let mut out = Self {
+            loaded: applying.iter().map(|r| r.name.clone()).collect(),
+            ..Self::default()
+        };
+        let first = applying.first().map_or("", |r| r.name.as_str());
+        for (app, (names, resource)) in &app_targets {
+            if let Some(mut p) = merged.app_policy(app, names) {
+                p.policy = p
+                    .policy
+                    .labelled(resource, format!("app_{app}"), "outbound");
                 out.apps.insert(app.clone(), Arc::new(p));
             }
         }
         let default_app = merged.defaults(&["App"]);
         for &(name, kind) in components {
+            let target = format!("{}_{name}", kind.as_str());
+            let label = |p: Policy, resource: &str, direction: Direction| {
+                let dir = match direction {
+                    Direction::Outbound => "outbound",
+                    Direction::Inbound => "inbound",
+                };
+                Arc::new(p.labelled(resource, target.clone(), dir))
+            };
             let policies = match component_targets.get(name) {
-                Some(t) => ComponentPolicies {
+                Some((t, resource)) => ComponentPolicies {
                     outbound: merged
                         .policy(&format!("component[{name}] output"), &t.outbound)
-                        .map(Arc::new),
+                        .map(|p| label(p, resource, Direction::Outbound)),
                     inbound: merged
                         .policy(&format!("component[{name}] input"), &t.inbound)
-                        .map(Arc::new),
+                        .map(|p| label(p, resource, Direction::Inbound)),
                 },
                 None => {
+                    let label_default = |p: Policy, d: Direction| label(p, first, d);
                     let resolve = |d: Direction, label: &str| {
                         let dir = d.as_str();
                         let levels = [
@@ -675,7 +771,7 @@ impl Resiliency {
                         merged
                             .defaults(&levels)
                             .and_then(|n| merged.policy(&format!("component[{name}] {label}"), &n))
-                            .map(Arc::new)
+                            .map(|p| label_default(p, d))
                     };
                     ComponentPolicies {
                         outbound: resolve(Direction::Outbound, "output"),
@@ -691,9 +787,14 @@ impl Resiliency {
             let shared = names
                 .circuit_breaker
                 .is_none()
-                .then(|| merged.app_policy("*", &names).map(Arc::new))
-                .flatten();
+                .then(|| merged.app_policy("*", &names))
+                .flatten()
+                .map(|mut p| {
+                    p.policy = p.policy.labelled(first, "app_*".to_owned(), "outbound");
+                    Arc::new(p)
+                });
             out.default_app = Some(DefaultApp {
+                resource: first.to_owned(),
                 names,
                 shared,
                 instances: RwLock::new(HashMap::new()),
@@ -729,7 +830,11 @@ impl Resiliency {
         if let Some(p) = instances.get(app) {
             return Some(p.clone());
         }
-        let p = Arc::new(d.merged.app_policy(app, &d.names)?);
+        let mut p = d.merged.app_policy(app, &d.names)?;
+        p.policy = p
+            .policy
+            .labelled(&d.resource, format!("app_{app}"), "outbound");
+        let p = Arc::new(p);
         if instances.len() >= MAX_DEFAULT_APPS {
             // Forget an app whose breakers are all closed (nothing is lost), else any.
             let victim = instances
@@ -743,6 +848,32 @@ impl Resiliency {
         }
         instances.insert(app.to_owned(), p.clone());
         Some(p)
+    }
+
+    /// The names of the Resiliency resources that apply (`dapr_resiliency_loaded`).
+    pub fn loaded(&self) -> &[String] {
+        &self.loaded
+    }
+
+    /// Calls `f` with every policy built so far (for the metrics).
+    pub fn for_each_policy(&self, mut f: impl FnMut(&Policy, bool)) {
+        for p in self.apps.values() {
+            f(&p.policy, p.breaker.is_some());
+        }
+        if let Some(d) = &self.default_app {
+            if let Some(p) = &d.shared {
+                f(&p.policy, false);
+            }
+            let instances = d.instances.read().unwrap_or_else(PoisonError::into_inner);
+            for p in instances.values() {
+                f(&p.policy, p.breaker.is_some());
+            }
+        }
+        for c in self.components.values() {
+            for p in [&c.outbound, &c.inbound].into_iter().flatten() {
+                f(p, p.breaker.is_some());
+            }
+        }
     }
 
     /// The policy for calls to / deliveries from component `name`.

@@ -2,12 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tandem_components::secrets::Secret;
 use tandem_components::state::RequestMetadata;
 
 use crate::components::Components;
 use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{ComponentFamily, Metrics};
 use crate::resiliency::{Direction, Policy, Resiliency, call_component};
 
 /// Access rules for one secret store (`spec.secrets.scopes[]` of the Configuration).
@@ -18,6 +20,7 @@ pub struct SecretsService {
     components: Arc<Components>,
     scopes: HashMap<String, SecretScope>,
     resiliency: Arc<Resiliency>,
+    metrics: Arc<Metrics>,
 }
 
 impl SecretsService {
@@ -25,11 +28,13 @@ impl SecretsService {
         components: Arc<Components>,
         scopes: HashMap<String, SecretScope>,
         resiliency: Arc<Resiliency>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             components,
             scopes,
             resiliency,
+            metrics,
         }
     }
 
@@ -76,16 +81,21 @@ impl SecretsService {
                 format!("access denied by policy to get {key:?} from {store_name:?}"),
             ));
         }
-        call_component(self.policy(store_name), (), |()| store.get(key, metadata))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::SecretGet,
-                    format!(
-                        "failed getting secret with key {key} from secret store {store_name}: {e}"
-                    ),
-                )
-            })
+        let start = Instant::now();
+        let res = call_component(self.policy(store_name), (), |()| store.get(key, metadata)).await;
+        self.metrics.component(
+            ComponentFamily::Secret,
+            store_name,
+            "get",
+            res.is_ok(),
+            start,
+        );
+        res.map_err(|e| {
+            ApiError::new(
+                ErrorCode::SecretGet,
+                format!("failed getting secret with key {key} from secret store {store_name}: {e}"),
+            )
+        })
     }
 
     /// Reads every secret the scopes allow.
@@ -95,14 +105,21 @@ impl SecretsService {
         metadata: &RequestMetadata,
     ) -> Result<BTreeMap<String, Secret>, ApiError> {
         let store = self.store(store_name)?;
-        let mut all = call_component(self.policy(store_name), (), |()| store.bulk_get(metadata))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::SecretGet,
-                    format!("failed getting secrets from secret store {store_name}: {e}"),
-                )
-            })?;
+        let start = Instant::now();
+        let res = call_component(self.policy(store_name), (), |()| store.bulk_get(metadata)).await;
+        self.metrics.component(
+            ComponentFamily::Secret,
+            store_name,
+            "bulk_get",
+            res.is_ok(),
+            start,
+        );
+        let mut all = res.map_err(|e| {
+            ApiError::new(
+                ErrorCode::SecretGet,
+                format!("failed getting secrets from secret store {store_name}: {e}"),
+            )
+        })?;
         all.retain(|name, _| self.allowed(store_name, name));
         Ok(all)
     }

@@ -4,6 +4,7 @@
 //! runs the component and maps its semantic errors onto the error table.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use dapr::dapr::proto::common::v1 as common;
@@ -16,6 +17,7 @@ use tandem_components::state::{
 
 use crate::components::{Components, KeyPrefix, StateEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
+use crate::metrics::{ComponentFamily, Metrics};
 use crate::resiliency::{Direction, Policy, Resiliency, call_component};
 
 const KEY_SEPARATOR: &str = "||";
@@ -71,6 +73,7 @@ pub struct StateService {
     components: Arc<Components>,
     app_id: String,
     resiliency: Arc<Resiliency>,
+    metrics: Arc<Metrics>,
 }
 
 impl StateService {
@@ -78,12 +81,28 @@ impl StateService {
         components: Arc<Components>,
         app_id: String,
         resiliency: Arc<Resiliency>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             components,
             app_id,
             resiliency,
+            metrics,
         }
+    }
+
+    /// Awaits a call to store `store`, recording it as `operation`.
+    async fn measured<T>(
+        &self,
+        store: &str,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, ComponentError>>,
+    ) -> Result<T, ComponentError> {
+        let start = Instant::now();
+        let res = call.await;
+        self.metrics
+            .component(ComponentFamily::State, store, operation, res.is_ok(), start);
+        res
     }
 
     /// The outbound resiliency policy of store `name`, if any.
@@ -125,14 +144,18 @@ impl StateService {
             consistency: Consistency::parse(consistency).unwrap_or_default(),
             metadata,
         };
-        call_component(self.policy(store_name), req, |req| entry.store.get(req))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::StateGet,
-                    format!("fail to get {key} from state store {store_name}: {e}"),
-                )
-            })
+        self.measured(
+            store_name,
+            "get",
+            call_component(self.policy(store_name), req, |req| entry.store.get(req)),
+        )
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::StateGet,
+                format!("fail to get {key} from state store {store_name}: {e}"),
+            )
+        })
     }
 
     /// Saves items (one `set`, or a `bulk_set` for several).
@@ -146,12 +169,20 @@ impl StateService {
             reqs.push(self.set_request(store_name, &entry.prefix, item)?);
         }
         let policy = self.policy(store_name);
+        let start = Instant::now();
         let res = if reqs.len() == 1 {
             let req = reqs.pop().unwrap_or_default();
             call_component(policy, req, |req| entry.store.set(req)).await
         } else {
             call_component(policy, reqs, |reqs| entry.store.bulk_set(reqs)).await
         };
+        self.metrics.component(
+            ComponentFamily::State,
+            store_name,
+            "set",
+            res.is_ok(),
+            start,
+        );
         res.map_err(|e| {
             let code = match e {
                 ComponentError::ETagMismatch => ErrorCode::StateSaveETagMismatch,
@@ -202,16 +233,20 @@ impl StateService {
             metadata,
             options,
         };
-        call_component(self.policy(store_name), req, |req| entry.store.delete(req))
-            .await
-            .map_err(|e| {
-                let code = match e {
-                    ComponentError::ETagMismatch => ErrorCode::StateDeleteETagMismatch,
-                    ComponentError::ETagInvalid(_) => ErrorCode::StateDeleteETagInvalid,
-                    _ => ErrorCode::StateDelete,
-                };
-                ApiError::new(code, format!("failed deleting state with key {key}: {e}"))
-            })
+        self.measured(
+            store_name,
+            "delete",
+            call_component(self.policy(store_name), req, |req| entry.store.delete(req)),
+        )
+        .await
+        .map_err(|e| {
+            let code = match e {
+                ComponentError::ETagMismatch => ErrorCode::StateDeleteETagMismatch,
+                ComponentError::ETagInvalid(_) => ErrorCode::StateDeleteETagInvalid,
+                _ => ErrorCode::StateDelete,
+            };
+            ApiError::new(code, format!("failed deleting state with key {key}: {e}"))
+        })
     }
 
     /// Deletes several keys (gRPC `DeleteBulkState`; HTTP has no such call).
@@ -233,9 +268,13 @@ impl StateService {
                 options: item.options,
             });
         }
-        call_component(self.policy(store_name), reqs, |reqs| {
-            entry.store.bulk_delete(reqs)
-        })
+        self.measured(
+            store_name,
+            "bulk_delete",
+            call_component(self.policy(store_name), reqs, |reqs| {
+                entry.store.bulk_delete(reqs)
+            }),
+        )
         .await
         .map_err(|e| {
             let code = match e {
@@ -265,16 +304,21 @@ impl StateService {
             .iter()
             .map(|k| prefixed(store_name, &entry.prefix, k))
             .collect::<Result<_, _>>()?;
-        let mut items = call_component(self.policy(store_name), (), |()| {
-            entry.store.bulk_get(&full, metadata)
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::StateBulkGet,
-                format!("failed getting state in state store {store_name}: {e}"),
+        let mut items = self
+            .measured(
+                store_name,
+                "bulk_get",
+                call_component(self.policy(store_name), (), |()| {
+                    entry.store.bulk_get(&full, metadata)
+                }),
             )
-        })?;
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorCode::StateBulkGet,
+                    format!("failed getting state in state store {store_name}: {e}"),
+                )
+            })?;
         for item in &mut items {
             if let Some(pos) = full.iter().position(|f| *f == item.key) {
                 item.key.clone_from(&keys[pos]);
@@ -352,14 +396,18 @@ impl StateService {
             operations: ops,
             metadata,
         };
-        call_component(self.policy(store_name), req, |req| tx.multi(req))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    ErrorCode::StateTransaction,
-                    format!("error while executing state transaction: {e}"),
-                )
-            })
+        self.measured(
+            store_name,
+            "transaction",
+            call_component(self.policy(store_name), req, |req| tx.multi(req)),
+        )
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::StateTransaction,
+                format!("error while executing state transaction: {e}"),
+            )
+        })
     }
 }
 
@@ -391,11 +439,16 @@ impl StateService {
             KeyPrefix::None => String::new(),
             KeyPrefix::Prefix(p) => format!("{p}{KEY_SEPARATOR}"),
         };
-        let mut resp = call_component(self.policy(store_name), (), |()| {
-            querier.query(&query, metadata)
-        })
-        .await
-        .map_err(|e| failed(e.to_string()))?;
+        let mut resp = self
+            .measured(
+                store_name,
+                "query",
+                call_component(self.policy(store_name), (), |()| {
+                    querier.query(&query, metadata)
+                }),
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let cut = query.key_prefix.len();
         for item in &mut resp.results {
             item.key.drain(..cut.min(item.key.len()));

@@ -6,6 +6,7 @@ mod cli;
 mod injector;
 mod logging;
 mod metrics;
+mod process;
 mod registry;
 mod run;
 mod sidecar;

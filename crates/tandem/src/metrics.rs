@@ -6,10 +6,8 @@
 //! never with the raw path, so the number of series stays bounded; requests that match no
 //! template (invocation through the `dapr-app-id` header) have an empty `path`.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -18,144 +16,41 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
+use tandem_runtime::Runtime;
+use tandem_runtime::metrics::{Family, Histogram, Metrics as RuntimeMetrics, grpc_code_name};
 
-/// daprd's default latency buckets, in milliseconds.
-pub(crate) const DEFAULT_BUCKETS: &[f64] = &[
-    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 30.0, 40.0, 50.0, 65.0, 80.0,
-    100.0, 130.0, 160.0, 200.0, 250.0, 300.0, 400.0, 500.0, 650.0, 800.0, 1000.0, 2000.0, 5000.0,
-    10000.0, 20000.0, 50000.0, 100000.0,
-];
+/// One HTTP server series: requests and their latency.
+type HttpSeries = Histogram;
 
-/// gRPC status code names, as daprd labels them (`grpc_server_status`).
-const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
-/// A cumulative histogram over fixed bucket bounds (milliseconds).
-pub(crate) struct Histogram {
-    bounds: Arc<[f64]>,
-    /// One count per bound plus one for `+Inf`; not cumulative (summed when encoded).
-    buckets: Box<[AtomicU64]>,
-    /// Sum of the observations, in nanoseconds.
-    sum_nanos: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub(crate) fn new(bounds: Arc<[f64]>) -> Self {
-        let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Self {
-            bounds,
-            buckets,
-            sum_nanos: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    /// Records one observation of `nanos` nanoseconds.
-    pub(crate) fn observe_nanos(&self, nanos: u64) {
-        let ms = nanos as f64 / 1e6;
-        let i = self.bounds.partition_point(|b| *b < ms);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Writes the `_bucket`, `_sum` and `_count` lines of one series; `labels` is the
-    /// already-encoded label list without braces.
-    fn encode(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0u64;
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let le = match self.bounds.get(i) {
-                Some(b) => format_float(*b),
-                None => "+Inf".to_owned(),
-            };
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", format_float(sum));
-        let _ = writeln!(
-            out,
-            "{name}_count{{{labels}}} {}",
-            self.count.load(Ordering::Relaxed)
-        );
-    }
-}
-
-fn format_float(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
-}
-
-/// Escapes a label value for the text format.
-fn escape(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-struct HttpSeries {
-    method: &'static str,
-    status: u16,
-    count: AtomicU64,
-    latency: Histogram,
-}
-
-/// The sidecar's metrics.
+/// The sidecar's metrics: the API servers' own, plus the runtime's.
 pub(crate) struct Metrics {
-    app_id: String,
-    bounds: Arc<[f64]>,
-    /// Route template → series per method and status.
-    http: RwLock<HashMap<Box<str>, Vec<Arc<HttpSeries>>>>,
-    /// gRPC method → completed RPCs per status code.
-    grpc: RwLock<HashMap<Box<str>, Arc<[AtomicU64; 17]>>>,
+    runtime: Arc<RuntimeMetrics>,
+    /// (method, path, status) → requests and latency.
+    http: Family<HttpSeries>,
+    http_request_bytes: Histogram,
+    http_response_bytes: Histogram,
+    /// (method, status) → completed RPCs and their latency.
+    grpc: Family<Histogram>,
+    grpc_received: Family<Histogram>,
+    grpc_sent: Family<Histogram>,
     components_loaded: AtomicU64,
+    /// When the process started, in seconds since the Unix epoch.
+    start_time: f64,
 }
 
 impl Metrics {
-    /// Metrics of app `app_id`; `buckets` are the latency bounds in milliseconds (empty:
-    /// daprd's defaults).
-    pub(crate) fn new(app_id: &str, buckets: &[f64]) -> Self {
-        let mut bounds: Vec<f64> = if buckets.is_empty() {
-            DEFAULT_BUCKETS.to_vec()
-        } else {
-            buckets.iter().copied().filter(|b| b.is_finite()).collect()
-        };
-        bounds.sort_by(f64::total_cmp);
-        bounds.dedup();
+    /// The API servers' metrics next to the runtime's `runtime` metrics.
+    pub(crate) fn new(runtime: Arc<RuntimeMetrics>) -> Self {
         Self {
-            app_id: app_id.to_owned(),
-            bounds: bounds.into(),
-            http: RwLock::default(),
-            grpc: RwLock::default(),
+            runtime,
+            http: Family::new(&["method", "path", "status"]),
+            http_request_bytes: Histogram::sizes(),
+            http_response_bytes: Histogram::sizes(),
+            grpc: Family::new(&["grpc_server_method", "grpc_server_status"]),
+            grpc_received: Family::new(&["grpc_server_method"]),
+            grpc_sent: Family::new(&["grpc_server_method"]),
             components_loaded: AtomicU64::new(0),
+            start_time: crate::process::start_time(),
         }
     }
 
@@ -165,124 +60,127 @@ impl Metrics {
     }
 
     /// Records one HTTP request answered with `status` after `nanos` nanoseconds.
-    pub(crate) fn record_http(&self, method: &Method, path: &str, status: u16, nanos: u64) {
-        let method = method_label(method);
-        let find = |list: &Vec<Arc<HttpSeries>>| {
-            list.iter()
-                .find(|s| s.method == method && s.status == status)
-                .cloned()
+    pub(crate) fn record_http(
+        &self,
+        method: &Method,
+        path: &str,
+        status: u16,
+        nanos: u64,
+        sizes: (u64, u64),
+    ) {
+        let method = if self.runtime.exclude_verbs() {
+            ""
+        } else {
+            method_label(method)
         };
-        let found = {
-            let map = self.http.read().unwrap_or_else(|e| e.into_inner());
-            map.get(path).and_then(find)
-        };
-        let series = match found {
-            Some(s) => s,
-            None => {
-                let mut map = self.http.write().unwrap_or_else(|e| e.into_inner());
-                let list = map.entry(path.into()).or_default();
-                match find(list) {
-                    Some(s) => s,
-                    None => {
-                        let s = Arc::new(HttpSeries {
-                            method,
-                            status,
-                            count: AtomicU64::new(0),
-                            latency: Histogram::new(self.bounds.clone()),
-                        });
-                        list.push(s.clone());
-                        s
-                    }
-                }
-            }
-        };
-        series.count.fetch_add(1, Ordering::Relaxed);
-        series.latency.observe_nanos(nanos);
+        let status = axum::http::StatusCode::from_u16(status)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let bounds = self.runtime.bounds();
+        if let Some(s) = self.http.get(&[method, path, status.as_str()], || {
+            Histogram::latency(bounds.clone())
+        }) {
+            s.value.observe(nanos);
+        }
+        self.http_request_bytes.observe(sizes.0);
+        self.http_response_bytes.observe(sizes.1);
     }
 
     /// Records one completed gRPC call of `method` (`/package.Service/Method`) with status
-    /// `code`.
-    pub(crate) fn record_grpc(&self, method: &str, code: u32) {
-        let code = usize::try_from(code).ok().filter(|c| *c <= 16).unwrap_or(2);
-        let found = {
-            let map = self.grpc.read().unwrap_or_else(|e| e.into_inner());
-            map.get(method).cloned()
-        };
-        let counters = match found {
-            Some(c) => c,
-            None => {
-                let mut map = self.grpc.write().unwrap_or_else(|e| e.into_inner());
-                map.entry(method.into())
-                    .or_insert_with(|| Arc::new(std::array::from_fn(|_| AtomicU64::new(0))))
-                    .clone()
-            }
-        };
-        counters[code].fetch_add(1, Ordering::Relaxed);
+    /// `code`, its duration and its message bytes in and out.
+    pub(crate) fn record_grpc(
+        &self,
+        method: &str,
+        code: u32,
+        nanos: u64,
+        received: u64,
+        sent: u64,
+    ) {
+        let code = grpc_code_name(i32::try_from(code).unwrap_or(2));
+        let bounds = self.runtime.bounds();
+        if let Some(s) = self
+            .grpc
+            .get(&[method, code], || Histogram::latency(bounds.clone()))
+        {
+            s.value.observe(nanos);
+        }
+        if let Some(s) = self.grpc_received.get(&[method], Histogram::sizes) {
+            s.value.observe(received);
+        }
+        if let Some(s) = self.grpc_sent.get(&[method], Histogram::sizes) {
+            s.value.observe(sent);
+        }
     }
 
     /// The metrics in Prometheus text format 0.0.4.
-    pub(crate) fn encode(&self) -> String {
+    pub(crate) fn encode(&self, runtime: Option<&Runtime>) -> String {
         let mut out = String::new();
-        let app = format!("app_id=\"{}\"", escape(&self.app_id));
-
-        let mut http: Vec<(String, Arc<HttpSeries>)> = {
-            let map = self.http.read().unwrap_or_else(|e| e.into_inner());
-            map.iter()
-                .flat_map(|(path, list)| list.iter().map(|s| (path.to_string(), s.clone())))
-                .collect()
-        };
-        http.sort_by(|a, b| (&a.0, a.1.method, a.1.status).cmp(&(&b.0, b.1.method, b.1.status)));
-        let labels = |path: &str, s: &HttpSeries| {
-            format!(
-                "{app},method=\"{}\",path=\"{}\",status=\"{}\"",
-                s.method,
-                escape(path),
-                s.status
-            )
-        };
-        out.push_str("# HELP dapr_http_server_request_count Number of HTTP requests started in server.\n# TYPE dapr_http_server_request_count counter\n");
-        for (path, s) in &http {
-            let _ = writeln!(
-                out,
-                "dapr_http_server_request_count{{{}}} {}",
-                labels(path, s),
-                s.count.load(Ordering::Relaxed)
+        let mut enc = self.runtime.encoder(&mut out);
+        enc.counts(
+            "dapr_http_server_request_count",
+            "Number of HTTP requests started in server.",
+            &[],
+            &self.http,
+        );
+        enc.histograms(
+            "dapr_http_server_latency",
+            "HTTP request end-to-end latency in server.",
+            &[],
+            &self.http,
+        );
+        if self.runtime.increased_cardinality() {
+            enc.counts(
+                "dapr_http_server_response_count",
+                "The number of HTTP responses.",
+                &[],
+                &self.http,
             );
         }
-        out.push_str("# HELP dapr_http_server_latency HTTP request end-to-end latency in server.\n# TYPE dapr_http_server_latency histogram\n");
-        for (path, s) in &http {
-            s.latency
-                .encode(&mut out, "dapr_http_server_latency", &labels(path, s));
-        }
-
-        let mut grpc: Vec<(String, Arc<[AtomicU64; 17]>)> = {
-            let map = self.grpc.read().unwrap_or_else(|e| e.into_inner());
-            map.iter()
-                .map(|(m, c)| (m.to_string(), c.clone()))
-                .collect()
-        };
-        grpc.sort_by(|a, b| a.0.cmp(&b.0));
-        out.push_str("# HELP dapr_grpc_io_server_completed_rpcs Count of RPCs by method and status.\n# TYPE dapr_grpc_io_server_completed_rpcs counter\n");
-        for (method, counters) in &grpc {
-            for (code, counter) in counters.iter().enumerate() {
-                let n = counter.load(Ordering::Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "dapr_grpc_io_server_completed_rpcs{{{app},grpc_server_method=\"{}\",grpc_server_status=\"{}\"}} {n}",
-                        escape(method),
-                        GRPC_CODES[code]
-                    );
-                }
-            }
-        }
-
-        out.push_str("# HELP dapr_runtime_component_loaded The number of successfully loaded components.\n# TYPE dapr_runtime_component_loaded counter\n");
-        let _ = writeln!(
-            out,
-            "dapr_runtime_component_loaded{{{app}}} {}",
-            self.components_loaded.load(Ordering::Relaxed)
+        enc.histogram(
+            "dapr_http_server_request_bytes",
+            "HTTP request body size if set as ContentLength (uncompressed) in server.",
+            &self.http_request_bytes,
         );
+        enc.histogram(
+            "dapr_http_server_response_bytes",
+            "HTTP response body size (uncompressed) in server.",
+            &self.http_response_bytes,
+        );
+        enc.counts(
+            "dapr_grpc_io_server_completed_rpcs",
+            "Count of RPCs by method and status.",
+            &[],
+            &self.grpc,
+        );
+        enc.histograms(
+            "dapr_grpc_io_server_server_latency",
+            "Time between the first byte received and the last byte sent, in milliseconds.",
+            &[],
+            &self.grpc,
+        );
+        enc.histograms(
+            "dapr_grpc_io_server_received_bytes_per_rpc",
+            "Bytes received per RPC.",
+            &[],
+            &self.grpc_received,
+        );
+        enc.histograms(
+            "dapr_grpc_io_server_sent_bytes_per_rpc",
+            "Bytes sent per RPC.",
+            &[],
+            &self.grpc_sent,
+        );
+        enc.counter(
+            "dapr_runtime_component_loaded",
+            "The number of successfully loaded components.",
+            &[],
+            self.components_loaded.load(Ordering::Relaxed),
+        );
+        self.runtime.encode(&mut enc);
+        if let Some(rt) = runtime {
+            self.runtime.encode_resiliency(&mut enc, &rt.resiliency);
+        }
+        drop(enc);
+        crate::process::encode(&mut out, self.start_time);
         out
     }
 }
@@ -326,18 +224,44 @@ async fn tag_template(req: Request, next: Next) -> Response {
 async fn record_http(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
+    let request_bytes = content_length(req.headers());
+    let paths = metrics.runtime.paths();
+    let matched = if paths.is_empty() {
+        None
+    } else {
+        paths.find(req.uri().path())
+    };
     let resp = next.run(req).await;
-    let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let path = resp
-        .extensions()
-        .get::<Template>()
-        .map(|t| t.0.as_str())
-        .unwrap_or("");
-    metrics.record_http(&method, path, resp.status().as_u16(), nanos);
+    let nanos = tandem_runtime::metrics::nanos_since(start);
+    let path = match matched {
+        Some(template) => template,
+        None if !metrics.runtime.increased_cardinality() => "",
+        None => resp
+            .extensions()
+            .get::<Template>()
+            .map(|t| t.0.as_str())
+            .unwrap_or(""),
+    };
+    let response_bytes = axum::body::HttpBody::size_hint(resp.body()).lower();
+    metrics.record_http(
+        &method,
+        path,
+        resp.status().as_u16(),
+        nanos,
+        (request_bytes, response_bytes),
+    );
     resp
 }
 
-/// Adds completed-RPC counting to the gRPC API routes.
+fn content_length(headers: &HeaderMap) -> u64 {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Adds completed-RPC counting, latency and message sizes to the gRPC API routes.
 pub(crate) fn grpc_layer(
     routes: tonic::service::Routes,
     metrics: Arc<Metrics>,
@@ -355,24 +279,56 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Counts an RPC when its status is known: at once for a trailers-only answer, else when the
+/// Bytes seen in each direction of one RPC.
+#[derive(Default)]
+struct RpcBytes {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+/// Records an RPC when its status is known: at once for a trailers-only answer, else when the
 /// body's trailers go out.
 async fn record_grpc(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
     let method: Arc<str> = req.uri().path().into();
+    let bytes = Arc::new(RpcBytes::default());
+    let (parts, body) = req.into_parts();
+    let counter = bytes.clone();
+    let body = body.map_frame(move |frame| {
+        if let Some(d) = frame.data_ref() {
+            counter
+                .received
+                .fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    });
+    let req = Request::from_parts(parts, axum::body::Body::new(body));
     let resp = next.run(req).await;
+    let done = move |metrics: &Metrics, method: &str, bytes: &RpcBytes, code: u32| {
+        metrics.record_grpc(
+            method,
+            code,
+            tandem_runtime::metrics::nanos_since(start),
+            bytes.received.load(Ordering::Relaxed),
+            bytes.sent.load(Ordering::Relaxed),
+        );
+    };
     if let Some(code) = grpc_status(resp.headers()) {
-        metrics.record_grpc(&method, code);
+        done(&metrics, &method, &bytes, code);
         return resp;
     }
     if !resp.status().is_success() {
         // Not a gRPC answer at all (an HTTP-level error): count it as UNKNOWN.
-        metrics.record_grpc(&method, 2);
+        done(&metrics, &method, &bytes, 2);
         return resp;
     }
     let (parts, body) = resp.into_parts();
     let body = body.map_frame(move |frame| {
+        if let Some(d) = frame.data_ref() {
+            bytes.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
         if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
-            metrics.record_grpc(&method, code);
+            done(&metrics, &method, &bytes, code);
         }
         frame
     });
@@ -383,10 +339,11 @@ async fn record_grpc(State(metrics): State<Arc<Metrics>>, req: Request, next: Ne
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    runtime: Arc<Runtime>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = Router::new().fallback(move || {
-        let body = metrics.encode();
+        let body = metrics.encode(Some(&runtime));
         async move {
             (
                 [(
@@ -405,50 +362,50 @@ pub(crate) async fn serve(
 mod tests {
     use super::*;
 
-    #[test]
-    fn histogram_buckets_are_cumulative_with_sum_and_count() {
-        let h = Histogram::new(Arc::from(&[1.0, 5.0, 10.0][..]));
-        h.observe_nanos(500_000); // 0.5 ms
-        h.observe_nanos(1_000_000); // 1 ms: in le="1"
-        h.observe_nanos(7_000_000); // 7 ms
-        h.observe_nanos(20_000_000); // 20 ms: only +Inf
-        let mut out = String::new();
-        h.encode(&mut out, "x", "a=\"b\"");
-        assert_eq!(
-            out,
-            "x_bucket{a=\"b\",le=\"1\"} 2\n\
-             x_bucket{a=\"b\",le=\"5\"} 2\n\
-             x_bucket{a=\"b\",le=\"10\"} 3\n\
-             x_bucket{a=\"b\",le=\"+Inf\"} 4\n\
-             x_sum{a=\"b\"} 28.5\n\
-             x_count{a=\"b\"} 4\n"
-        );
+    fn metrics(app: &str, spec: &tandem_config::MetricSpec) -> Metrics {
+        Metrics::new(Arc::new(
+            RuntimeMetrics::new(app, None, spec).expect("metrics"),
+        ))
     }
 
     #[test]
     fn encodes_series_sorted_with_escaped_labels() {
-        let m = Metrics::new("my\"app", &[]);
-        m.record_http(&Method::GET, "/v1.0/state/{store}/{key}", 204, 3_000_000);
-        m.record_http(&Method::GET, "/v1.0/state/{store}/{key}", 204, 3_000_000);
-        m.record_http(&Method::POST, "/v1.0/state/{store}", 500, 1);
-        m.record_grpc("/dapr.proto.runtime.v1.Dapr/GetState", 0);
-        m.record_grpc("/dapr.proto.runtime.v1.Dapr/GetState", 5);
-        m.record_grpc("/dapr.proto.runtime.v1.Dapr/GetState", 99);
-        m.set_components_loaded(3);
-        let text = m.encode();
-        let app = "app_id=\"my\\\"app\"";
-        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(
-            lines[0],
-            format!(
-                "dapr_http_server_request_count{{{app},method=\"POST\",path=\"/v1.0/state/{{store}}\",status=\"500\"}} 1"
-            )
+        let m = metrics("my\"app", &Default::default());
+        m.record_http(
+            &Method::GET,
+            "/v1.0/state/{store}/{key}",
+            204,
+            3_000_000,
+            (0, 0),
         );
+        m.record_http(
+            &Method::GET,
+            "/v1.0/state/{store}/{key}",
+            204,
+            3_000_000,
+            (0, 0),
+        );
+        m.record_http(&Method::POST, "/v1.0/state/{store}", 500, 1, (2000, 10));
+        m.record_grpc("/dapr.proto.runtime.v1.Dapr/GetState", 0, 1, 10, 20);
+        m.record_grpc("/dapr.proto.runtime.v1.Dapr/GetState", 5, 1, 10, 20);
+        m.record_grpc("/dapr.proto.runtime.v1.Dapr/GetState", 99, 1, 10, 20);
+        m.set_components_loaded(3);
+        let text = m.encode(None);
+        let app = "app_id=\"my\\\"app\"";
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("dapr_http_server_request_count"))
+            .collect();
         assert_eq!(
-            lines[1],
-            format!(
-                "dapr_http_server_request_count{{{app},method=\"GET\",path=\"/v1.0/state/{{store}}/{{key}}\",status=\"204\"}} 2"
-            )
+            lines,
+            [
+                format!(
+                    "dapr_http_server_request_count{{{app},method=\"GET\",path=\"/v1.0/state/{{store}}/{{key}}\",status=\"204\"}} 2"
+                ),
+                format!(
+                    "dapr_http_server_request_count{{{app},method=\"POST\",path=\"/v1.0/state/{{store}}\",status=\"500\"}} 1"
+                ),
+            ]
         );
         assert!(text.contains(&format!(
             "dapr_http_server_latency_bucket{{{app},method=\"GET\",path=\"/v1.0/state/{{store}}/{{key}}\",status=\"204\",le=\"2\"}} 0\n"
@@ -459,6 +416,18 @@ mod tests {
         assert!(text.contains(&format!(
             "dapr_http_server_latency_sum{{{app},method=\"GET\",path=\"/v1.0/state/{{store}}/{{key}}\",status=\"204\"}} 6\n"
         )));
+        assert!(
+            text.contains(&format!(
+                "dapr_http_server_request_bytes_bucket{{{app},le=\"2048\"}} 3\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "dapr_http_server_request_bytes_bucket{{{app},le=\"1024\"}} 2\n"
+            )),
+            "{text}"
+        );
         for (status, n) in [("OK", 1), ("NOT_FOUND", 1), ("UNKNOWN", 1)] {
             assert!(
                 text.contains(&format!(
@@ -467,13 +436,31 @@ mod tests {
                 "{text}"
             );
         }
+        assert!(text.contains(&format!(
+            "dapr_grpc_io_server_sent_bytes_per_rpc_sum{{{app},grpc_server_method=\"/dapr.proto.runtime.v1.Dapr/GetState\"}} 60\n"
+        )), "{text}");
         assert!(text.contains(&format!("dapr_runtime_component_loaded{{{app}}} 3\n")));
         assert!(text.contains("# TYPE dapr_http_server_latency histogram\n"));
+        assert!(text.contains("# TYPE dapr_http_server_response_count counter\n"));
+        assert!(text.contains("# TYPE process_resident_memory_bytes gauge\n"));
     }
 
     #[test]
-    fn configured_buckets_are_sorted_and_deduplicated() {
-        let m = Metrics::new("a", &[10.0, 1.0, 10.0, f64::INFINITY]);
-        assert_eq!(&*m.bounds, &[1.0, 10.0]);
+    fn excluded_verbs_leave_the_method_empty() {
+        let spec = tandem_config::MetricSpec {
+            http: tandem_config::MetricHttpSpec {
+                exclude_verbs: true,
+                increased_cardinality: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let m = metrics("a", &spec);
+        m.record_http(&Method::GET, "", 200, 1, (0, 0));
+        let text = m.encode(None);
+        assert!(text.contains(
+            "dapr_http_server_request_count{app_id=\"a\",method=\"\",path=\"\",status=\"200\"} 1\n"
+        ), "{text}");
+        assert!(!text.contains("dapr_http_server_response_count"));
     }
 }

@@ -114,6 +114,17 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?
     };
 
+    let runtime_metrics = if args.enable_metrics && configuration.metric.enabled {
+        let m = tandem_runtime::metrics::Metrics::new(
+            &args.app_id,
+            namespace.as_deref(),
+            &configuration.metric,
+        )
+        .map_err(|e| format!("--config: {e}"))?;
+        Some(Arc::new(m))
+    } else {
+        None
+    };
     let options = RuntimeOptions {
         app_id: args.app_id.clone(),
         namespace,
@@ -152,6 +163,7 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             max_message_size: max_body_size,
         }),
         invoke: invoke_options(&args.app_id, &configuration, &env).await,
+        metrics: runtime_metrics.clone(),
     };
     let runtime = Runtime::build(options, &resources, &configuration, &registry::registry())
         .await
@@ -160,11 +172,8 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
     for c in &components {
         info!(component = %c.name, r#type = %c.type_name, version = %c.version, "component loaded");
     }
-    let metrics = (args.enable_metrics && configuration.metric.enabled).then(|| {
-        let m = metrics::Metrics::new(
-            &args.app_id,
-            &configuration.metric.latency_distribution_buckets,
-        );
+    let metrics = runtime_metrics.map(|rm| {
+        let m = metrics::Metrics::new(rm);
         m.set_components_loaded(components.len() as u64);
         Arc::new(m)
     });
@@ -361,8 +370,9 @@ async fn start_metrics(
         info!(address = %bound, "metrics server listening");
     }
     let shutdown = runtime.shutdown.wait();
+    let rt = runtime.clone();
     servers.push(tokio::spawn(async move {
-        if let Err(e) = metrics::serve(listener, metrics, async move {
+        if let Err(e) = metrics::serve(listener, metrics, rt, async move {
             shutdown.await;
         })
         .await

@@ -1,13 +1,20 @@
 //! End-to-end: Prometheus metrics on `--metrics-port` through the real binary — HTTP request
 //! counts and latency labelled by route template, completed gRPC calls by method and status,
-//! loaded components; `--enable-metrics=false`; a metrics port already taken.
+//! loaded components; every component family, pub/sub in and out, service invocation between
+//! two sidecars, resiliency, process metrics; bounded series under many distinct URLs;
+//! Configuration `spec.metric`; `--enable-metrics=false`; a metrics port already taken.
 
 mod common;
+
+use std::time::Duration;
 
 use common::{IN_MEMORY, client, start, tandem};
 use dapr::dapr::proto::runtime::v1 as pb;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
+use serde_json::json;
+use tandem_testkit::mock_app::MockApp;
 use tandem_testkit::proxy::free_port;
+use tandem_testkit::subscriber::Subscriber;
 
 async fn scrape(port: u16, path: &str) -> (String, String) {
     let resp = client()
@@ -200,5 +207,437 @@ async fn disabled_metrics_and_a_taken_port_leave_the_sidecar_running() {
         sc.log().contains("--metrics-port"),
         "no error about the metrics port:\n{}",
         sc.log()
+    );
+}
+
+const PUBSUB: &str = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.in-memory\n  version: v1\n";
+
+const RESILIENCY: &str = r#"
+apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: res
+spec:
+  policies:
+    retries:
+      twice:
+        policy: constant
+        duration: 10ms
+        maxRetries: 2
+  targets:
+    apps:
+      callee:
+        retry: twice
+"#;
+
+fn metered(app_id: &str, port: u16) -> tandem_testkit::SidecarBuilder {
+    tandem()
+        .app_id(app_id)
+        .arg("--metrics-port")
+        .arg(port.to_string())
+        .arg("--metrics-listen-address")
+        .arg("127.0.0.1")
+}
+
+fn count_lines(text: &str, prefix: &str) -> usize {
+    text.lines().filter(|l| l.starts_with(prefix)).count()
+}
+
+#[tokio::test]
+async fn building_blocks_invocation_and_resiliency_are_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nr.db");
+    let secrets = dir.path().join("secrets.json");
+    std::fs::write(&secrets, r#"{"password": "s3cr3t-value"}"#).unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+
+    let callee_app = MockApp::start("callee").await;
+    let callee_port = free_port();
+    let callee = start(
+        metered("callee", callee_port)
+            .app_port(callee_app.port())
+            .name_resolution_db(&db),
+    )
+    .await;
+
+    let sub =
+        Subscriber::start(json!([{"pubsubname": "pubsub", "topic": "orders", "route": "/orders"}]))
+            .await;
+    let port = free_port();
+    let sc = start(
+        metered("caller", port)
+            .app_port(sub.port)
+            .name_resolution_db(&db)
+            .resource("store.yaml", IN_MEMORY)
+            .resource("pubsub.yaml", PUBSUB)
+            .resource("resiliency.yaml", RESILIENCY)
+            .resource(
+                "secrets.yaml",
+                &format!(
+                    "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: localsecrets\nspec:\n  type: secretstores.local.file\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: {}\n",
+                    secrets.display()
+                ),
+            )
+            .resource(
+                "files.yaml",
+                &format!(
+                    "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: files\nspec:\n  type: bindings.localstorage\n  version: v1\n  metadata:\n  - name: rootPath\n    value: {}\n",
+                    files.display()
+                ),
+            ),
+    )
+    .await;
+    let http = client();
+
+    // State over HTTP and gRPC.
+    let r = http
+        .post(sc.url("/v1.0/state/statestore"))
+        .json(&json!([{"key": "k", "value": {"secret": "payload-value"}}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .get(sc.url("/v1.0/state/statestore/k"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut g = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc_port))
+        .await
+        .expect("gRPC connect");
+    g.get_state(pb::GetStateRequest {
+        store_name: "statestore".into(),
+        key: "k".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("GetState");
+
+    // A secret, a binding, a publish delivered to the app.
+    let r = http
+        .get(sc.url("/v1.0/secrets/localsecrets/password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .post(sc.url("/v1.0/bindings/files"))
+        .json(&json!({"operation": "create", "data": "hello", "metadata": {"fileName": "a.txt"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    for _ in 0..200 {
+        let m: serde_json::Value = http
+            .get(sc.url("/v1.0/metadata"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if m["subscriptions"].as_array().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = http
+        .post(sc.url("/v1.0/publish/pubsub/orders"))
+        .json(&json!({"id": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    sub.wait_for(Duration::from_secs(10), "the order", |r| !r.is_empty())
+        .await;
+
+    // An invocation of the other sidecar that fails once and is retried.
+    let r = http
+        .post(sc.url("/v1.0/invoke/callee/method/flaky"))
+        .header("mock-fail-first", "1")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Let the delivery's outcome be recorded.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, text) = scrape(port, "/").await;
+    let app = "app_id=\"caller\"";
+    let has = |series: &str, want: &str| {
+        assert_eq!(
+            value(&text, series).as_deref(),
+            Some(want),
+            "{series} in:\n{text}"
+        );
+    };
+    let comp = |family: &str, component: &str, op: &str| {
+        format!(
+            "dapr_component_{family}_count{{{app},namespace=\"\",component=\"{component}\",operation=\"{op}\",success=\"true\"}}"
+        )
+    };
+    has(&comp("state", "statestore", "get"), "2");
+    has(&comp("state", "statestore", "set"), "1");
+    has(&comp("secret", "localsecrets", "get"), "1");
+    has(&comp("output_binding", "files", "create"), "1");
+    has(
+        &format!(
+            "dapr_component_state_latencies_count{{{app},namespace=\"\",component=\"statestore\",operation=\"get\",success=\"true\"}}"
+        ),
+        "2",
+    );
+    has(
+        &format!(
+            "dapr_component_pubsub_egress_count{{{app},namespace=\"\",component=\"pubsub\",success=\"true\",topic=\"orders\"}}"
+        ),
+        "1",
+    );
+    has(
+        &format!(
+            "dapr_component_pubsub_ingress_count{{{app},namespace=\"\",component=\"pubsub\",process_status=\"success\",status=\"success\",topic=\"orders\"}}"
+        ),
+        "1",
+    );
+    for t in [
+        "state.in-memory",
+        "pubsub.in-memory",
+        "secretstores.local.file",
+        "bindings.localstorage",
+    ] {
+        has(
+            &format!("dapr_runtime_component_init_total{{{app},component=\"{t}\"}}"),
+            "1",
+        );
+    }
+    // One call, two attempts: both sent, one failure and one success answered.
+    has(
+        &format!(
+            "dapr_runtime_service_invocation_req_sent_total{{{app},dst_app_id=\"callee\",type=\"unary\"}}"
+        ),
+        "2",
+    );
+    for status in ["500", "200"] {
+        has(
+            &format!(
+                "dapr_runtime_service_invocation_res_recv_total{{{app},src_app_id=\"callee\",status=\"{status}\",type=\"unary\"}}"
+            ),
+            "1",
+        );
+    }
+    has(
+        &format!(
+            "dapr_runtime_service_invocation_res_recv_latency_ms_count{{{app},src_app_id=\"callee\",status=\"200\"}}"
+        ),
+        "1",
+    );
+    has(
+        &format!("dapr_resiliency_loaded{{{app},name=\"res\",namespace=\"\"}}"),
+        "1",
+    );
+    let res = |family: &str| {
+        format!(
+            "{family}{{{app},name=\"res\",policy=\"retry\",namespace=\"\",flow_direction=\"outbound\",target=\"app_callee\",status=\"\"}}"
+        )
+    };
+    has(&res("dapr_resiliency_count"), "1");
+    has(&res("dapr_resiliency_activations_total"), "1");
+    // The subscription call and the delivery went to the app over HTTP; no raw path.
+    has(
+        &format!(
+            "dapr_http_client_completed_count{{{app},method=\"POST\",path=\"\",status=\"200\"}}"
+        ),
+        "1",
+    );
+    has(
+        &format!(
+            "dapr_grpc_io_server_completed_rpcs{{{app},grpc_server_method=\"/dapr.proto.runtime.v1.Dapr/GetState\",grpc_server_status=\"OK\"}}"
+        ),
+        "1",
+    );
+    has(
+        &format!(
+            "dapr_grpc_io_server_server_latency_count{{{app},grpc_server_method=\"/dapr.proto.runtime.v1.Dapr/GetState\",grpc_server_status=\"OK\"}}"
+        ),
+        "1",
+    );
+    assert!(
+        text.contains(&format!(
+            "dapr_grpc_io_server_received_bytes_per_rpc_count{{{app},grpc_server_method=\"/dapr.proto.runtime.v1.Dapr/GetState\"}} 1\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("dapr_http_server_request_bytes_count{{{app}}} ")));
+    assert!(text.contains(&format!("dapr_http_server_response_bytes_count{{{app}}} ")));
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        let v: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .parse()
+            .unwrap();
+        if name != "process_cpu_seconds_total" {
+            assert!(v > 0.0, "{name} = {v}");
+        }
+    }
+    assert!(!text.contains("s3cr3t-value") && !text.contains("payload-value"));
+
+    // The other side of the invocation.
+    let (_, text) = scrape(callee_port, "/").await;
+    let app = "app_id=\"callee\"";
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "dapr_runtime_service_invocation_req_recv_total{{{app},src_app_id=\"caller\"}}"
+            )
+        )
+        .as_deref(),
+        Some("2"),
+        "{text}"
+    );
+    for status in ["500", "200"] {
+        assert_eq!(
+            value(&text, &format!("dapr_runtime_service_invocation_res_sent_total{{{app},dst_app_id=\"caller\",status=\"{status}\"}}")).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+    }
+    drop(callee);
+}
+
+#[tokio::test]
+async fn distinct_raw_urls_do_not_add_series() {
+    let port = free_port();
+    let sc = start(metered("bounded", port).resource("store.yaml", IN_MEMORY)).await;
+    let http = client();
+    let warm = |i: usize| {
+        let http = http.clone();
+        let a = sc.url(&format!("/v1.0/state/statestore/key-{i}"));
+        let b = sc.url(&format!("/no/such/route/{i}"));
+        let c = sc.url(&format!("/v1.0/invoke/nobody-{}/method/x/{i}", i % 3));
+        async move {
+            for u in [a, b, c] {
+                let _ = http.get(u).send().await.unwrap().bytes().await;
+            }
+        }
+    };
+    for i in 0..10 {
+        warm(i).await;
+    }
+    let (_, before) = scrape(port, "/").await;
+    for chunk in (10..1000).collect::<Vec<_>>().chunks(50) {
+        futures_join(chunk.iter().map(|i| warm(*i))).await;
+    }
+    let (_, after) = scrape(port, "/").await;
+    for family in [
+        "dapr_http_server_request_count{",
+        "dapr_http_server_latency_bucket{",
+        "dapr_http_server_response_count{",
+    ] {
+        assert_eq!(
+            count_lines(&before, family),
+            count_lines(&after, family),
+            "{family} grew:\n{after}"
+        );
+    }
+    assert!(!after.contains("key-5"), "raw key in labels");
+    assert!(!after.contains("/no/such"), "raw path in labels");
+    // Calls to other apps are counted by app id: three distinct targets, at most three series.
+    assert!(
+        count_lines(&after, "dapr_runtime_service_invocation_req_sent_total{") <= 3,
+        "{after}"
+    );
+}
+
+async fn futures_join<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let handles: Vec<_> = futs.collect();
+    for f in handles {
+        f.await;
+    }
+}
+
+#[tokio::test]
+async fn configuration_path_matching_verbs_rules_and_buckets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        r#"
+apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: cfg
+spec:
+  metrics:
+    enabled: true
+    latencyDistributionBuckets: [5, 50]
+    http:
+      increasedCardinality: false
+      excludeVerbs: true
+      pathMatching: ["/v1.0/state/statestore/{key}"]
+    rules:
+    - name: dapr_component_state_count
+      labels:
+      - name: component
+        regex:
+          "store": "^state.*"
+"#,
+    )
+    .unwrap();
+    let port = free_port();
+    let sc = start(
+        metered("configured", port)
+            .resource("store.yaml", IN_MEMORY)
+            .arg("--config")
+            .arg(config.display().to_string()),
+    )
+    .await;
+    let http = client();
+    for key in ["a", "b"] {
+        http.get(sc.url(&format!("/v1.0/state/statestore/{key}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    http.get(sc.url("/v1.0/healthz")).send().await.unwrap();
+    let (_, text) = scrape(port, "/").await;
+    let app = "app_id=\"configured\"";
+    assert_eq!(
+        value(&text, &format!("dapr_http_server_request_count{{{app},method=\"\",path=\"/v1.0/state/statestore/{{key}}\",status=\"204\"}}")).as_deref(),
+        Some("2"),
+        "{text}"
+    );
+    // Without a matching template and with low cardinality, the path is empty (health checks).
+    assert!(
+        value(
+            &text,
+            &format!(
+                "dapr_http_server_request_count{{{app},method=\"\",path=\"\",status=\"204\"}}"
+            )
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert!(!text.contains("path=\"/v1.0/healthz"), "{text}");
+    assert!(!text.contains("dapr_http_server_response_count"), "{text}");
+    assert!(text.contains(&format!(
+        "dapr_http_server_latency_bucket{{{app},method=\"\",path=\"/v1.0/state/statestore/{{key}}\",status=\"204\",le=\"50\"}} 2\n"
+    )), "{text}");
+    assert!(!text.contains("le=\"1\""), "default buckets:\n{text}");
+    assert_eq!(
+        value(&text, &format!("dapr_component_state_count{{{app},namespace=\"\",component=\"store\",operation=\"get\",success=\"true\"}}")).as_deref(),
+        Some("2"),
+        "{text}"
     );
 }

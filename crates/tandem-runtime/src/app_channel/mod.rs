@@ -140,6 +140,7 @@ pub struct AppChannel {
     limit: Option<Arc<Semaphore>>,
     options: AppChannelOptions,
     healthy: watch::Sender<bool>,
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 /// A response from the app, holding its concurrency permit until dropped.
@@ -189,7 +190,18 @@ impl AppChannel {
                 .map(|n| Arc::new(Semaphore::new(n))),
             options,
             healthy: watch::Sender::new(false),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records calls to the app in `metrics` (`dapr_http_client_*`, `dapr_grpc_io_client_*`).
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The metrics calls to the app are recorded in, when enabled.
+    pub(crate) fn metrics(&self) -> Option<&crate::metrics::Metrics> {
+        self.metrics.get().map(|m| &**m).filter(|m| m.enabled())
     }
 
     /// The app's protocol.
@@ -351,11 +363,35 @@ impl AppChannel {
         if let Some(token) = &self.token {
             req.headers_mut().insert("dapr-api-token", token.clone());
         }
-        let response = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| AppError::Transport(crate::error::error_chain(&e)))?;
+        let measure = self.metrics().map(|m| {
+            let sent = hyper::body::Body::size_hint(req.body())
+                .exact()
+                .unwrap_or(0);
+            (m, req.method().clone(), sent, std::time::Instant::now())
+        });
+        let result = self.client.request(req).await;
+        if let Some((m, method, sent, start)) = measure {
+            let (status, received) = match &result {
+                Ok(r) => (
+                    Some(r.status()),
+                    r.headers()
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                ),
+                Err(_) => (None, 0),
+            };
+            m.http_client(
+                method.as_str(),
+                path_and_query,
+                status.as_ref().map_or("", http::StatusCode::as_str),
+                sent,
+                received,
+                start,
+            );
+        }
+        let response = result.map_err(|e| AppError::Transport(crate::error::error_chain(&e)))?;
         Ok(AppResponse {
             response,
             _permit: permit,

@@ -159,6 +159,7 @@ pub struct InvokeService {
     external: Client<HttpConnector, AppBody>,
     registered: AtomicBool,
     resiliency: Arc<Resiliency>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl fmt::Debug for InvokeService {
@@ -197,6 +198,7 @@ pub(crate) struct Parts<'a> {
     pub(crate) access_control: Option<&'a tandem_config::AccessControlSpec>,
     pub(crate) options: InvokeOptions,
     pub(crate) resiliency: Arc<Resiliency>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Resolves the `HTTPEndpoint` resources (their headers may reference secrets).
@@ -224,6 +226,7 @@ impl InvokeService {
             access_control: None,
             options: InvokeOptions::default(),
             resiliency: Arc::new(Resiliency::none()),
+            metrics: Arc::new(crate::metrics::Metrics::disabled()),
         })
     }
 
@@ -266,6 +269,7 @@ impl InvokeService {
             external: client(),
             registered: AtomicBool::new(false),
             resiliency: parts.resiliency,
+            metrics: parts.metrics,
         }
     }
 
@@ -453,6 +457,27 @@ impl InvokeService {
     /// Serves a call from another sidecar (the internal listener): checks that it is meant for
     /// this app, applies access control, and forwards it to the app.
     pub async fn handle_internal(&self, req: Request<AppBody>) -> Result<InvokeResponse, ApiError> {
+        if !self.metrics.enabled() {
+            return self.serve_internal(req).await;
+        }
+        let caller = req
+            .headers()
+            .get(&CALLER_APP_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        self.metrics.invocation_received(&caller);
+        let res = self.serve_internal(req).await;
+        let status = match &res {
+            Ok(r) => r.status(),
+            Err(e) => http::StatusCode::from_u16(e.code.http_status())
+                .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        self.metrics.invocation_responded(&caller, status.as_str());
+        res
+    }
+
+    async fn serve_internal(&self, req: Request<AppBody>) -> Result<InvokeResponse, ApiError> {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         let callee = headers
@@ -584,6 +609,8 @@ impl InvokeService {
         } else {
             &self.sidecars
         };
+        let start = std::time::Instant::now();
+        self.metrics.invocation_sent(id, false);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -603,7 +630,11 @@ impl InvokeService {
             *request.uri_mut() = uri;
             *request.headers_mut() = headers;
             match sidecars.request(request).await {
-                Ok(resp) => return Ok(passthrough(resp)),
+                Ok(resp) => {
+                    self.metrics
+                        .invocation_answered(id, resp.status().as_str(), start);
+                    return Ok(passthrough(resp));
+                }
                 Err(e) if e.is_connect() => {
                     if pick.choices > 1 {
                         directory.failed(id, namespace, &pick.address);

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -89,6 +89,8 @@ pub struct AppDelivery {
     pub(crate) bulk: Option<mpsc::Sender<Pending>>,
     /// The pub/sub's inbound resiliency policy, if any.
     pub(crate) inbound: Option<Arc<Policy>>,
+    /// Where deliveries are counted.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A message waiting in a bulk batch, with where to send its verdict.
@@ -207,7 +209,19 @@ impl AppDelivery {
 #[async_trait]
 impl MessageHandler for AppDelivery {
     async fn handle(&self, msg: Message) -> Delivery {
-        let body = self.event_bytes(&msg);
+        let start = Instant::now();
+        let (delivery, status) = self.handle_once(&msg).await;
+        self.metrics
+            .pubsub_ingress(&self.pubsub_name, &msg.topic, status, status, start);
+        delivery
+    }
+}
+
+impl AppDelivery {
+    /// Delivers `msg`; returns what to tell the broker and the outcome's metric label
+    /// (`success`, `retry` or `drop`).
+    async fn handle_once(&self, msg: &Message) -> (Delivery, &'static str) {
+        let body = self.event_bytes(msg);
         // Parse only when something needs the event's fields: CEL rules or an expiration.
         let needs_event = self.rules.iter().any(|r| !r.source.trim().is_empty())
             || memchr_slice(&body, b"\"expiration\"");
@@ -217,9 +231,9 @@ impl MessageHandler for AppDelivery {
                 _ => {
                     tracing::warn!(pubsub = %self.pubsub_name, topic = %msg.topic, "message is not a CloudEvent");
                     return if self.dead_letter.is_some() {
-                        self.dead_letter(&msg).await
+                        (self.dead_letter(msg).await, "drop")
                     } else {
-                        Delivery::Retry
+                        (Delivery::Retry, "retry")
                     };
                 }
             }
@@ -230,11 +244,11 @@ impl MessageHandler for AppDelivery {
             && cloudevent::expired(obj)
         {
             tracing::warn!(pubsub = %self.pubsub_name, topic = %msg.topic, "dropping expired message");
-            return self.dead_letter(&msg).await;
+            return (self.dead_letter(msg).await, "drop");
         }
         let Some(rule) = route(&self.rules, &event) else {
             tracing::debug!(pubsub = %self.pubsub_name, topic = %msg.topic, "no route matched; dropping the message");
-            return self.dead_letter(&msg).await;
+            return (self.dead_letter(msg).await, "drop");
         };
         let traceparent = event
             .get("traceparent")
@@ -300,14 +314,16 @@ impl MessageHandler for AppDelivery {
         };
         match verdict {
             // The batcher is gone (shutting down).
-            None => Delivery::Retry,
-            Some(Verdict::Success) => Delivery::Ack,
+            None => (Delivery::Retry, "retry"),
+            Some(Verdict::Success) => (Delivery::Ack, "success"),
             Some(Verdict::Drop) => {
                 tracing::warn!(pubsub = %self.pubsub_name, topic = %msg.topic, "the app dropped the message");
-                self.dead_letter(&msg).await
+                (self.dead_letter(msg).await, "drop")
             }
-            Some(Verdict::Retry) if self.dead_letter.is_some() => self.dead_letter(&msg).await,
-            Some(Verdict::Retry) => Delivery::Retry,
+            Some(Verdict::Retry) if self.dead_letter.is_some() => {
+                (self.dead_letter(msg).await, "retry")
+            }
+            Some(Verdict::Retry) => (Delivery::Retry, "retry"),
         }
     }
 }

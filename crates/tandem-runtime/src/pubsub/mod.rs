@@ -17,12 +17,14 @@ pub mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tandem_components::pubsub::{PubSubFeature, PublishRequest};
 
 use crate::components::{Components, PubSubEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
+use crate::metrics::Metrics;
 use crate::resiliency::{Direction, Resiliency, Verdict, call_component, component_verdict};
 use cloudevent::{CLOUDEVENT_CONTENT_TYPE, Envelope};
 
@@ -62,6 +64,7 @@ pub struct PubSubService {
     components: Arc<Components>,
     app_id: String,
     resiliency: Arc<Resiliency>,
+    metrics: Arc<Metrics>,
 }
 
 impl PubSubService {
@@ -69,11 +72,13 @@ impl PubSubService {
         components: Arc<Components>,
         app_id: String,
         resiliency: Arc<Resiliency>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             components,
             app_id,
             resiliency,
+            metrics,
         }
     }
 
@@ -145,9 +150,11 @@ impl PubSubService {
             .resiliency
             .component(pubsub, Direction::Outbound)
             .map(|p| &**p);
-        call_component(policy, req, |req| entry.component.publish(req))
-            .await
-            .map_err(|e| publish_error(pubsub, topic, &e.to_string()))
+        let start = Instant::now();
+        let res = call_component(policy, req, |req| entry.component.publish(req)).await;
+        self.metrics
+            .pubsub_egress(pubsub, topic, res.is_ok(), start);
+        res.map_err(|e| publish_error(pubsub, topic, &e.to_string()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -271,6 +278,8 @@ impl PubSubService {
                 metadata: meta,
             });
         }
+        let start = Instant::now();
+        let events = reqs.len();
         let results = match self.resiliency.component(pubsub, Direction::Outbound) {
             None => entry.component.bulk_publish(reqs).await,
             // Like daprd, a batch with a failed entry is published again whole.
@@ -310,6 +319,8 @@ impl PubSubService {
                 })
             })
             .collect();
+        self.metrics
+            .pubsub_egress_bulk(pubsub, topic, failed.is_empty(), events, start);
         if failed.is_empty() {
             return Ok(());
         }

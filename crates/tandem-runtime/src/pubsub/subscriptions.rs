@@ -238,6 +238,7 @@ pub struct SubscriptionManager {
     pub(crate) declarative: Vec<SubscriptionSpec>,
     pub(crate) max_in_flight: usize,
     pub(crate) resiliency: Arc<crate::resiliency::Resiliency>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl SubscriptionManager {
@@ -282,6 +283,7 @@ impl SubscriptionManager {
                 .resiliency
                 .component(&spec.pubsub, crate::resiliency::Direction::Inbound)
                 .cloned(),
+            metrics: self.metrics.clone(),
         };
         let mut max_in_flight = self.max_in_flight;
         let mut batcher = None;
