@@ -21,7 +21,7 @@ use tandem_components::bindings::{BindingEvent, EventHandler, InvokeRequest, Inv
 use tandem_components::pubsub::Subscription;
 
 use crate::app_channel::{AppChannel, empty_body, full_body, grpc};
-use crate::components::Components;
+use crate::components::{Components, LiveComponents};
 use crate::error::{ApiError, ErrorCode};
 use crate::lifecycle::Shutdown;
 use crate::metrics::{ComponentFamily, Metrics};
@@ -35,7 +35,7 @@ const MAX_ANSWER: usize = 4 << 20;
 
 /// Output bindings.
 pub struct BindingsService {
-    components: Arc<Components>,
+    components: Arc<LiveComponents>,
     resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
 }
@@ -50,7 +50,7 @@ fn invoke_error(name: &str, err: impl std::fmt::Display) -> ApiError {
 impl BindingsService {
     /// Over the loaded components, under their resiliency policies.
     pub fn new(
-        components: Arc<Components>,
+        components: Arc<LiveComponents>,
         resiliency: Arc<Resiliency>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -72,6 +72,7 @@ impl BindingsService {
     pub async fn invoke(&self, name: &str, req: InvokeRequest) -> Result<InvokeResponse, ApiError> {
         let output = self
             .components
+            .load()
             .bindings
             .get(name)
             .and_then(|b| b.output.clone())

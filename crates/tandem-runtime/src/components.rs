@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tandem_components::Metadata;
 use tandem_components::bindings::{Binding, InputBinding, OutputBinding};
 use tandem_components::pubsub::PubSub;
@@ -71,7 +72,8 @@ pub enum KeyPrefix {
     Prefix(String),
 }
 
-pub(crate) struct StateEntry {
+/// A loaded state store and its key prefix.
+pub struct StateEntry {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) prefix: KeyPrefix,
 }
@@ -104,10 +106,10 @@ enum Built {
 /// Every loaded component, by name, per building block.
 #[derive(Default)]
 pub struct Components {
-    pub(crate) state: HashMap<String, StateEntry>,
+    pub(crate) state: HashMap<String, Arc<StateEntry>>,
     pub(crate) secrets: HashMap<String, Arc<dyn SecretStore>>,
-    pub(crate) pubsub: HashMap<String, PubSubEntry>,
-    pub(crate) bindings: HashMap<String, BindingEntry>,
+    pub(crate) pubsub: HashMap<String, Arc<PubSubEntry>>,
+    pub(crate) bindings: HashMap<String, Arc<BindingEntry>>,
     pub(crate) infos: Vec<ComponentInfo>,
 }
 
@@ -154,16 +156,16 @@ impl Components {
             capabilities: state::capabilities(&*store),
         });
         self.state
-            .insert(name.to_owned(), StateEntry { store, prefix });
+            .insert(name.to_owned(), Arc::new(StateEntry { store, prefix }));
     }
 
     /// The loaded pub/sub components.
-    pub fn pubsubs(&self) -> &HashMap<String, PubSubEntry> {
+    pub fn pubsubs(&self) -> &HashMap<String, Arc<PubSubEntry>> {
         &self.pubsub
     }
 
     /// The loaded bindings.
-    pub fn bindings(&self) -> &HashMap<String, BindingEntry> {
+    pub fn bindings(&self) -> &HashMap<String, Arc<BindingEntry>> {
         &self.bindings
     }
 
@@ -208,7 +210,22 @@ pub async fn load(
     registry: &Registry,
     ctx: &LoadContext<'_>,
 ) -> Result<Loaded, ComponentError> {
-    let mut out = Components::default();
+    load_over(defs, registry, ctx, &HashMap::new()).await
+}
+
+/// Builds every component in `defs`; `secretKeyRef`s may also name the stores in `base`
+/// (those already loaded when components are added while running). The result holds the
+/// components of `defs` only.
+async fn load_over(
+    defs: &[Component],
+    registry: &Registry,
+    ctx: &LoadContext<'_>,
+    base: &HashMap<String, Arc<dyn SecretStore>>,
+) -> Result<Loaded, ComponentError> {
+    let mut out = Components {
+        secrets: base.clone(),
+        ..Components::default()
+    };
     let mut ignored = Vec::new();
     let mut fail = |c: &Component, err: ComponentError| -> Result<(), ComponentError> {
         if c.ignore_errors {
@@ -360,16 +377,16 @@ pub async fn load(
             Built::State(store) => {
                 let prefix = key_prefix(&meta, c, ctx);
                 out.state
-                    .insert(c.name.clone(), StateEntry { store, prefix });
+                    .insert(c.name.clone(), Arc::new(StateEntry { store, prefix }));
             }
             Built::PubSub(component) => {
                 let consumer_group = meta.get("consumerID").unwrap_or(ctx.app_id).to_owned();
                 out.pubsub.insert(
                     c.name.clone(),
-                    PubSubEntry {
+                    Arc::new(PubSubEntry {
                         component,
                         consumer_group,
-                    },
+                    }),
                 );
             }
             Built::Binding(b) => {
@@ -384,13 +401,18 @@ pub async fn load(
                 };
                 out.bindings.insert(
                     c.name.clone(),
-                    BindingEntry {
+                    Arc::new(BindingEntry {
                         input: b.input,
                         output: b.output,
                         route,
-                    },
+                    }),
                 );
             }
+        }
+    }
+    for name in base.keys() {
+        if !defs.iter().any(|d| &d.name == name) {
+            out.secrets.remove(name);
         }
     }
     Ok(Loaded {
@@ -635,6 +657,210 @@ fn key_prefix(meta: &Metadata, c: &Component, ctx: &LoadContext<'_>) -> KeyPrefi
             },
             _ => KeyPrefix::Prefix(p),
         },
+    }
+}
+
+/// The loaded components, replaceable while the sidecar runs: requests read the current set
+/// (one atomic load), and [`LiveComponents::reload`] swaps in a new one when definitions are
+/// added, changed or removed (resources watched in Kubernetes, or resource files).
+///
+/// A call already holding a component finishes on it; a removed component is dropped once the
+/// last such call ends. Subscriptions and input bindings already started keep the component
+/// they started with.
+pub struct LiveComponents {
+    current: ArcSwap<Components>,
+    // The definitions of the current set; the lock also serialises reloads.
+    defs: tokio::sync::Mutex<Vec<Component>>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Components loaded that were not there before.
+    pub added: Vec<String>,
+    /// Components rebuilt because their definition changed.
+    pub updated: Vec<String>,
+    /// Components dropped because their definition went away.
+    pub removed: Vec<String>,
+    /// Components that could not be built: an added one stays absent, a changed one keeps
+    /// its previous version.
+    pub failed: Vec<ComponentError>,
+}
+
+impl ReloadReport {
+    /// Whether nothing changed and nothing failed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.updated.is_empty()
+            && self.removed.is_empty()
+            && self.failed.is_empty()
+    }
+}
+
+impl LiveComponents {
+    /// Starts from `components`, loaded from `defs`.
+    pub fn new(components: Arc<Components>, defs: Vec<Component>) -> Self {
+        Self {
+            current: ArcSwap::new(components),
+            defs: tokio::sync::Mutex::new(defs),
+        }
+    }
+
+    /// The current set.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Components>> {
+        self.current.load()
+    }
+
+    /// The current set, as an owned handle (for long-running work).
+    pub fn load_full(&self) -> Arc<Components> {
+        self.current.load_full()
+    }
+
+    /// Brings the set in line with `defs`, the complete new list of definitions: builds the
+    /// added and changed ones (secret stores first, so others can resolve `secretKeyRef`s
+    /// against them), drops the removed ones, then swaps the new set in at once. A definition
+    /// that fails to build is reported and does not stop the others.
+    pub async fn reload(
+        &self,
+        defs: &[Component],
+        registry: &Registry,
+        ctx: &LoadContext<'_>,
+    ) -> ReloadReport {
+        let mut known = self.defs.lock().await;
+        let mut report = ReloadReport::default();
+        let same = |a: &Component, b: &Component| {
+            let mut a = a.clone();
+            a.source = b.source.clone();
+            &a == b
+        };
+        let mut to_build: Vec<&Component> = Vec::new();
+        for d in defs {
+            match known.iter().find(|k| k.name == d.name) {
+                Some(k) if same(k, d) => {}
+                Some(_) => {
+                    to_build.push(d);
+                }
+                None => to_build.push(d),
+            }
+        }
+        for k in known.iter() {
+            if !defs.iter().any(|d| d.name == k.name) {
+                report.removed.push(k.name.clone());
+            }
+        }
+        if to_build.is_empty() && report.removed.is_empty() {
+            return report;
+        }
+        to_build.sort_by_key(|c| Registry::block_of(&c.type_name) != Some(Block::SecretStore));
+
+        let current = self.current.load_full();
+        let mut secrets: HashMap<String, Arc<dyn SecretStore>> = current
+            .secrets
+            .iter()
+            .filter(|(n, _)| !report.removed.contains(n))
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        let mut built = Components::default();
+        let mut new_defs: Vec<Component> = known
+            .iter()
+            .filter(|k| defs.iter().any(|d| d.name == k.name))
+            .cloned()
+            .collect();
+        for c in to_build {
+            let existed = known.iter().any(|k| k.name == c.name);
+            let mut strict = c.clone();
+            strict.ignore_errors = false;
+            match load_over(std::slice::from_ref(&strict), registry, ctx, &secrets).await {
+                Ok(loaded) => {
+                    let one = loaded.components;
+                    if let Some(s) = one.secrets.get(&c.name) {
+                        secrets.insert(c.name.clone(), s.clone());
+                    }
+                    built.absorb(one, &c.name);
+                    new_defs.retain(|k| k.name != c.name);
+                    new_defs.push(c.clone());
+                    if existed {
+                        report.updated.push(c.name.clone());
+                    } else {
+                        report.added.push(c.name.clone());
+                    }
+                }
+                Err(e) => report.failed.push(e),
+            }
+        }
+        let mut gone: Vec<&str> = report.removed.iter().map(String::as_str).collect();
+        gone.extend(report.updated.iter().map(String::as_str));
+        let mut next = current.without(&gone);
+        next.absorb_all(built);
+        self.current.store(Arc::new(next));
+        *known = new_defs;
+        report
+    }
+}
+
+impl Components {
+    /// A copy of the set without the components named in `names`.
+    fn without(&self, names: &[&str]) -> Components {
+        let keep = |n: &String| !names.contains(&n.as_str());
+        Components {
+            state: self
+                .state
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+            secrets: self
+                .secrets
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+            pubsub: self
+                .pubsub
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+            bindings: self
+                .bindings
+                .iter()
+                .filter(|(n, _)| keep(n))
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+            infos: self
+                .infos
+                .iter()
+                .filter(|i| keep(&i.name))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Takes component `name` from `other` (a set built for it alone, which may also hold the
+    /// secret stores it was resolved against).
+    fn absorb(&mut self, mut other: Components, name: &str) {
+        if let Some(e) = other.state.remove(name) {
+            self.state.insert(name.to_owned(), e);
+        }
+        if let Some(e) = other.secrets.remove(name) {
+            self.secrets.insert(name.to_owned(), e);
+        }
+        if let Some(e) = other.pubsub.remove(name) {
+            self.pubsub.insert(name.to_owned(), e);
+        }
+        if let Some(e) = other.bindings.remove(name) {
+            self.bindings.insert(name.to_owned(), e);
+        }
+        self.infos
+            .extend(other.infos.into_iter().filter(|i| i.name == name));
+    }
+
+    fn absorb_all(&mut self, other: Components) {
+        self.state.extend(other.state);
+        self.secrets.extend(other.secrets);
+        self.pubsub.extend(other.pubsub);
+        self.bindings.extend(other.bindings);
+        self.infos.extend(other.infos);
     }
 }
 

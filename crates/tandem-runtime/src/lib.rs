@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 pub use error::{ApiError, ErrorCode};
 
-use components::{ComponentError, Components, LoadContext};
+use components::{ComponentError, Components, LiveComponents, LoadContext};
 use lifecycle::{Readiness, Shutdown};
 use metadata::{AppConnectionInfo, MetadataService, MetadataSnapshot, SubscriptionInfo};
 use registry::Registry;
@@ -92,8 +92,8 @@ pub struct Runtime {
     pub app_channel: Option<Arc<app_channel::AppChannel>>,
     /// Service invocation.
     pub invoke: invoke::InvokeService,
-    /// Every loaded component.
-    pub components: Arc<Components>,
+    /// Every loaded component (replaceable while running).
+    pub components: Arc<LiveComponents>,
     /// The resiliency policies, resolved per target.
     pub resiliency: Arc<resiliency::Resiliency>,
     /// The services' metrics.
@@ -135,13 +135,17 @@ impl Runtime {
                 None => metrics.component_initialized(&c.type_name),
             }
         }
-        let components = Arc::new(loaded.components);
+        let components = Arc::new(LiveComponents::new(
+            Arc::new(loaded.components),
+            resources.components.clone(),
+        ));
         let resiliency = Arc::new(resiliency::Resiliency::new(
             &resources.resiliencies,
             &options.app_id,
-            &components.resiliency_targets(),
+            &components.load().resiliency_targets(),
         )?);
-        let endpoints = invoke::load_endpoints(&resources.http_endpoints, &ctx, &components).await;
+        let endpoints =
+            invoke::load_endpoints(&resources.http_endpoints, &ctx, &components.load()).await;
         let base = MetadataSnapshot {
             id: options.app_id.clone(),
             runtime_version: RUNTIME_VERSION.to_owned(),
@@ -210,7 +214,7 @@ impl Runtime {
     ) -> Self {
         Self::assemble(
             app_id,
-            components,
+            Arc::new(LiveComponents::new(components, Vec::new())),
             scopes,
             base,
             Arc::new(resiliency::Resiliency::none()),
@@ -220,7 +224,7 @@ impl Runtime {
 
     fn assemble(
         app_id: String,
-        components: Arc<Components>,
+        components: Arc<LiveComponents>,
         scopes: HashMap<String, SecretScope>,
         base: MetadataSnapshot,
         resiliency: Arc<resiliency::Resiliency>,
@@ -277,7 +281,7 @@ impl Runtime {
         tokio::spawn(async move {
             channel.start(&rt.shutdown).await;
             let inputs = bindings::InputBindingManager {
-                components: rt.components.clone(),
+                components: rt.components.load_full(),
                 channel: channel.clone(),
                 state: rt.state.clone(),
                 bindings: rt.bindings.clone(),
@@ -285,7 +289,7 @@ impl Runtime {
             let rt2 = rt.clone();
             tokio::spawn(async move { inputs.run(&rt2.shutdown).await });
             let manager = pubsub::subscriptions::SubscriptionManager {
-                components: rt.components.clone(),
+                components: rt.components.load_full(),
                 channel,
                 declarative: rt.declarative_subscriptions.clone(),
                 max_in_flight: rt.max_in_flight,

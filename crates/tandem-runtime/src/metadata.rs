@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::components::{ComponentInfo, Components};
+use crate::components::{ComponentInfo, LiveComponents};
 
 /// A declarative or programmatic subscription, as the metadata API lists it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -75,7 +75,7 @@ pub struct MetadataSnapshot {
 /// The metadata service.
 pub struct MetadataService {
     base: MetadataSnapshot,
-    components: Arc<Components>,
+    components: Arc<LiveComponents>,
     // Written only by `PUT /v1.0/metadata/{key}`, read only by `GET /v1.0/metadata`: never on
     // a data-path request, so a plain lock is the right tool.
     extended: RwLock<BTreeMap<String, String>>,
@@ -87,7 +87,7 @@ pub struct MetadataService {
 }
 
 impl MetadataService {
-    pub(crate) fn new(base: MetadataSnapshot, components: Arc<Components>) -> Self {
+    pub(crate) fn new(base: MetadataSnapshot, components: Arc<LiveComponents>) -> Self {
         let extended = RwLock::new(base.extended.clone());
         Self {
             base,
@@ -102,7 +102,7 @@ impl MetadataService {
     /// The current snapshot.
     pub fn snapshot(&self) -> MetadataSnapshot {
         let mut snap = self.base.clone();
-        snap.components = self.components.infos().to_vec();
+        snap.components = self.components.load().infos().to_vec();
         if let Some(subs) = &*self.subscriptions.read().unwrap_or_else(|p| p.into_inner()) {
             snap.subscriptions = subs.clone();
         }

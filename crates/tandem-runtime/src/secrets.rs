@@ -7,7 +7,7 @@ use std::time::Instant;
 use tandem_components::secrets::Secret;
 use tandem_components::state::RequestMetadata;
 
-use crate::components::Components;
+use crate::components::LiveComponents;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{ComponentFamily, Metrics};
 use crate::resiliency::{Direction, Policy, Resiliency, call_component};
@@ -17,7 +17,7 @@ pub use tandem_config::SecretScope;
 
 /// The secrets service.
 pub struct SecretsService {
-    components: Arc<Components>,
+    components: Arc<LiveComponents>,
     scopes: HashMap<String, SecretScope>,
     resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
@@ -25,7 +25,7 @@ pub struct SecretsService {
 
 impl SecretsService {
     pub(crate) fn new(
-        components: Arc<Components>,
+        components: Arc<LiveComponents>,
         scopes: HashMap<String, SecretScope>,
         resiliency: Arc<Resiliency>,
         metrics: Arc<Metrics>,
@@ -52,14 +52,15 @@ impl SecretsService {
     fn store(
         &self,
         name: &str,
-    ) -> Result<&Arc<dyn tandem_components::secrets::SecretStore>, ApiError> {
-        if self.components.secrets.is_empty() {
+    ) -> Result<Arc<dyn tandem_components::secrets::SecretStore>, ApiError> {
+        let components = self.components.load();
+        if components.secrets.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::SecretStoresNotConfigured,
                 "secret store is not configured",
             ));
         }
-        self.components.secrets.get(name).ok_or_else(|| {
+        components.secrets.get(name).cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::SecretStoreNotFound,
                 format!("failed finding secret store with key {name}"),

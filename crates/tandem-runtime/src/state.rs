@@ -15,7 +15,7 @@ use tandem_components::state::{
     SetRequest, StateItem, StateOptions, TransactionOperation, TransactionRequest,
 };
 
-use crate::components::{Components, KeyPrefix, StateEntry};
+use crate::components::{KeyPrefix, LiveComponents, StateEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
 use crate::metrics::{ComponentFamily, Metrics};
 use crate::resiliency::{Direction, Policy, Resiliency, call_component};
@@ -70,7 +70,7 @@ pub struct DeleteItem {
 
 /// The state service.
 pub struct StateService {
-    components: Arc<Components>,
+    components: Arc<LiveComponents>,
     app_id: String,
     resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
@@ -78,7 +78,7 @@ pub struct StateService {
 
 impl StateService {
     pub(crate) fn new(
-        components: Arc<Components>,
+        components: Arc<LiveComponents>,
         app_id: String,
         resiliency: Arc<Resiliency>,
         metrics: Arc<Metrics>,
@@ -112,15 +112,16 @@ impl StateService {
             .map(|p| &**p)
     }
 
-    fn store(&self, name: &str) -> Result<&StateEntry, ApiError> {
-        if self.components.state.is_empty() {
+    fn store(&self, name: &str) -> Result<Arc<StateEntry>, ApiError> {
+        let components = self.components.load();
+        if components.state.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::StateStoreNotConfigured,
                 format!("state store {name} is not configured"),
             )
             .with_info("appID", self.app_id.clone()));
         }
-        self.components.state.get(name).ok_or_else(|| {
+        components.state.get(name).cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::StateStoreNotFound,
                 format!("state store {name} is not found"),

@@ -4,6 +4,8 @@
 
 mod cli;
 mod injector;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod logging;
 mod metrics;
 mod process;
@@ -39,6 +41,8 @@ fn main() -> ExitCode {
         match parsed.command {
             cli::Command::Run(a) => return run::main(*a),
             cli::Command::Injector(a) => return injector::main(*a),
+            #[cfg(feature = "kubernetes")]
+            cli::Command::Operator(a) => return kubernetes::operator_main(*a),
             cli::Command::Sidecar(a) => {
                 let sub = matches
                     .subcommand_matches("sidecar")

@@ -13,6 +13,10 @@ pub(crate) fn registry() -> Registry {
     r.pubsub(&["pubsub.in-memory"], "v1", |m| async move {
         InMemoryPubSub::build(&m).await
     });
+    #[cfg(feature = "kubernetes")]
+    r.secret_store(&["secretstores.kubernetes"], "v1", |m| async move {
+        tandem_kube::secretstore::KubernetesSecretStore::build(m).await
+    });
     #[cfg(feature = "sqlite")]
     r.state(&["state.sqlite", "state.sqlite3"], "v1", |m| async move {
         tandem_sqlite::SqliteStateStore::build(&m).await
@@ -148,6 +152,10 @@ pub(crate) async fn name_resolver(
             .await
             .map(|r| std::sync::Arc::new(r) as _)
             .map_err(|e| format!("nameresolution.sqlite: {e}")),
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => tandem_kube::nameresolution::KubernetesNameResolver::build(&metadata)
+            .map(|r| std::sync::Arc::new(r) as _)
+            .map_err(|e| format!("nameresolution.kubernetes: {e}")),
         other => {
             let _ = metadata;
             Err(format!(

@@ -77,9 +77,11 @@ async fn run(args: SidecarArgs) -> ExitCode {
 }
 
 async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
-    if args.mode == "kubernetes" {
+    let kubernetes = args.mode == "kubernetes";
+    #[cfg(not(feature = "kubernetes"))]
+    if kubernetes {
         return Err(
-            "--mode kubernetes is not supported by this build of tandem yet; use --mode standalone"
+            "--mode kubernetes is not available in this build of tandem (built without the kubernetes feature)"
                 .into(),
         );
     }
@@ -95,24 +97,42 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
     let max_body_size = args.max_body_size()?;
     let env: HashMap<String, String> = std::env::vars().collect();
     let non_empty = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
-    let namespace = non_empty("NAMESPACE");
+    let mut namespace = non_empty("NAMESPACE");
+    #[cfg(feature = "kubernetes")]
+    if kubernetes {
+        namespace = Some(tandem_kube::client::namespace(namespace.as_deref()));
+    }
 
     let ctx = tandem_config::LoadContext {
         app_id: args.app_id.clone(),
         namespace: namespace.clone(),
         pod_name: non_empty("POD_NAME"),
     };
-    let resources =
-        tandem_config::load_resources(&args.resource_paths(), &ctx).map_err(|e| e.to_string())?;
+    #[cfg(feature = "kubernetes")]
+    let mut cluster = None;
+    let (resources, configuration) = if kubernetes {
+        #[cfg(feature = "kubernetes")]
+        {
+            let (resources, configuration, c) = crate::kubernetes::load(&args, &ctx).await?;
+            cluster = Some(c);
+            (resources, configuration)
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        unreachable!("refused above")
+    } else {
+        let resources = tandem_config::load_resources(&args.resource_paths(), &ctx)
+            .map_err(|e| e.to_string())?;
+        let configuration = if args.config.is_empty() {
+            tandem_config::Configuration::default()
+        } else {
+            tandem_config::load_configuration(&args.config, &|k| env.get(k).cloned())
+                .map_err(|e| e.to_string())?
+        };
+        (resources, configuration)
+    };
     for skipped in &resources.skipped {
         debug!(reason = %skipped, "resource skipped");
     }
-    let configuration = if args.config.is_empty() {
-        tandem_config::Configuration::default()
-    } else {
-        tandem_config::load_configuration(&args.config, &|k| env.get(k).cloned())
-            .map_err(|e| e.to_string())?
-    };
 
     let runtime_metrics = if args.enable_metrics && configuration.metric.enabled {
         let m = tandem_runtime::metrics::Metrics::new(
@@ -162,12 +182,23 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             }),
             max_message_size: max_body_size,
         }),
-        invoke: invoke_options(&args.app_id, &configuration, &env).await,
+        invoke: invoke_options(&args.app_id, &configuration, &env, kubernetes).await,
         metrics: runtime_metrics.clone(),
     };
-    let runtime = Runtime::build(options, &resources, &configuration, &registry::registry())
+    let registry = registry::registry();
+    let runtime = Runtime::build(options, &resources, &configuration, &registry)
         .await
         .map_err(|e| e.to_string())?;
+    #[cfg(feature = "kubernetes")]
+    if let Some(cluster) = cluster {
+        if configuration.feature_enabled("HotReload") {
+            crate::kubernetes::follow(cluster, runtime.clone(), ctx.clone(), env.clone(), registry);
+        } else {
+            info!(
+                "the HotReload feature is disabled in the Configuration: changes in the Kubernetes API apply when the sidecar restarts"
+            );
+        }
+    }
     let components = runtime.metadata.snapshot().components;
     for c in &components {
         info!(component = %c.name, r#type = %c.type_name, version = %c.version, "component loaded");
@@ -389,12 +420,32 @@ async fn invoke_options(
     app_id: &str,
     configuration: &tandem_config::Configuration,
     env: &HashMap<String, String>,
+    kubernetes: bool,
 ) -> tandem_runtime::invoke::InvokeOptions {
     use tandem_runtime::invoke::{headers, resolution};
     let spec = configuration.name_resolution.as_ref();
-    let built = match resolution::choose_resolver(spec, app_id, env) {
-        Ok(choice) => registry::name_resolver(&choice.component, choice.metadata).await,
-        Err(e) => Err(e),
+    let component = spec
+        .map(|s| s.component.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    // In Kubernetes the default (and daprd's `kubernetes` component) is the `<app-id>-dapr`
+    // Service that `tandem operator` keeps.
+    let built = if kubernetes && (component.is_empty() || component == "kubernetes") {
+        let mut metadata = tandem_components::Metadata::new("nameresolution", app_id);
+        if let Some(serde_json::Value::Object(map)) = spec.map(|s| &s.configuration) {
+            for (k, v) in map {
+                match v {
+                    serde_json::Value::String(s) => metadata.insert(k.clone(), s.clone()),
+                    serde_json::Value::Null => {}
+                    other => metadata.insert(k.clone(), other.to_string()),
+                }
+            }
+        }
+        registry::name_resolver("kubernetes", metadata).await
+    } else {
+        match resolution::choose_resolver(spec, app_id, env) {
+            Ok(choice) => registry::name_resolver(&choice.component, choice.metadata).await,
+            Err(e) => Err(e),
+        }
     };
     let (resolver, resolver_problem) = match built {
         Ok(r) => (Some(r), None),

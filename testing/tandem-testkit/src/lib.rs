@@ -7,6 +7,7 @@
 //! [`openbao::OpenBao`] starts a Vault-API dev server; [`kafka::Tansu`] finds or starts a
 //! Kafka-compatible broker; [`server::PrivateServer`] runs a private copy of a backend that a
 //! test may stop and start again.
+//! [`kmock::KubeApi`] runs an in-memory Kubernetes API.
 //! [`mock_app`] is an in-process HTTP app for service-invocation tests.
 //!
 //! Each sidecar gets its own name-resolution database in its scratch folder unless
@@ -17,6 +18,7 @@
 
 pub mod grpc_app;
 pub mod kafka;
+pub mod kmock;
 pub mod mock_app;
 pub mod openbao;
 pub mod proxy;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tandem_components::pubsub::{PubSubFeature, PublishRequest};
 
-use crate::components::{Components, PubSubEntry};
+use crate::components::{LiveComponents, PubSubEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
 use crate::metrics::Metrics;
 use crate::resiliency::{Direction, Resiliency, Verdict, call_component, component_verdict};
@@ -61,7 +61,7 @@ pub struct FailedEntry {
 
 /// The pub/sub service (publishing side).
 pub struct PubSubService {
-    components: Arc<Components>,
+    components: Arc<LiveComponents>,
     app_id: String,
     resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
@@ -69,7 +69,7 @@ pub struct PubSubService {
 
 impl PubSubService {
     pub(crate) fn new(
-        components: Arc<Components>,
+        components: Arc<LiveComponents>,
         app_id: String,
         resiliency: Arc<Resiliency>,
         metrics: Arc<Metrics>,
@@ -82,8 +82,9 @@ impl PubSubService {
         }
     }
 
-    pub(crate) fn find(&self, name: &str, topic: &str) -> Result<&PubSubEntry, ApiError> {
-        if self.components.pubsub.is_empty() {
+    pub(crate) fn find(&self, name: &str, topic: &str) -> Result<Arc<PubSubEntry>, ApiError> {
+        let components = self.components.load();
+        if components.pubsub.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::PubSubNotConfigured,
                 format!("pubsub {name} is not configured"),
@@ -96,7 +97,7 @@ impl PubSubService {
                     .with_info("appID", self.app_id.clone()),
             );
         }
-        let entry = self.components.pubsub.get(name).ok_or_else(|| {
+        let entry = components.pubsub.get(name).cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::PubSubNotFound,
                 format!("pubsub {name} is not found"),
@@ -126,7 +127,7 @@ impl PubSubService {
         let entry = self.find(pubsub, topic)?;
         let raw = raw_payload(&metadata)?;
         let data = self.envelope(
-            entry,
+            &entry,
             pubsub,
             topic,
             body,
@@ -256,7 +257,7 @@ impl PubSubService {
             }
             let data = self
                 .envelope(
-                    entry,
+                    &entry,
                     pubsub,
                     topic,
                     e.event,

@@ -1,6 +1,8 @@
 //! Command-line front: `tandem sidecar` (daprd's flags), `tandem injector` and the small tools.
 
 pub(crate) mod injector;
+#[cfg(feature = "kubernetes")]
+pub(crate) mod operator;
 pub(crate) mod quantity;
 pub(crate) mod run;
 pub(crate) mod sidecar;
@@ -27,6 +29,10 @@ pub(crate) enum Command {
     /// Run the Kubernetes sidecar injector: a mutating admission webhook that adds a `daprd`
     /// container running Tandem to pods annotated `dapr.io/enabled: "true"`.
     Injector(Box<injector::InjectorArgs>),
+    /// Keep the `<app-id>-dapr` Service of every Deployment and StatefulSet annotated
+    /// `dapr.io/enabled: "true"` (Kubernetes).
+    #[cfg(feature = "kubernetes")]
+    Operator(Box<operator::OperatorArgs>),
 }
 
 /// Rewrites Go-style single-dash long flags (`-app-id`) to `--app-id`, as daprd accepts both.
