@@ -321,3 +321,97 @@ impl ResourceSource {
         rx
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn sub_v1(name: &str, api_version: &str, route: &str) -> DynamicObject {
+        object(json!({
+            "apiVersion": api_version, "kind": "Subscription",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"pubsubname": "ps", "topic": name, "route": route},
+        }))
+    }
+
+    fn sub_v2(name: &str, path: &str) -> DynamicObject {
+        object(json!({
+            "apiVersion": "dapr.io/v2alpha1", "kind": "Subscription",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"pubsubname": "ps", "topic": name, "routes": {"default": path}},
+        }))
+    }
+
+    #[test]
+    fn subscriptions_are_read_in_the_version_they_are_complete_in() {
+        let mut s = Snapshot::default();
+        // Converted by a webhook: the same subscription in both versions.
+        s.apply(SUBSCRIPTION_V2, sub_v2("converted", "/v2"));
+        s.apply(
+            SUBSCRIPTION_V1,
+            sub_v1("converted", "dapr.io/v1alpha1", "/v2"),
+        );
+        // Written as v1alpha1 under `conversion: None`: the v2alpha1 view has only `route`.
+        s.apply(
+            SUBSCRIPTION_V2,
+            sub_v1("unconverted", "dapr.io/v2alpha1", "/v1"),
+        );
+        s.apply(
+            SUBSCRIPTION_V1,
+            sub_v1("unconverted", "dapr.io/v1alpha1", "/v1"),
+        );
+        // Only listed as v1alpha1.
+        s.apply(SUBSCRIPTION_V1, sub_v1("old", "dapr.io/v1alpha1", "/old"));
+        let r = s.resources(&LoadContext::new("app"));
+        let mut got: Vec<(String, Option<String>)> = r
+            .subscriptions
+            .iter()
+            .map(|s| (s.name.clone(), s.default_route.clone()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("converted".to_owned(), Some("/v2".to_owned())),
+                ("old".to_owned(), Some("/old".to_owned())),
+                ("unconverted".to_owned(), Some("/v1".to_owned())),
+            ]
+        );
+    }
+
+    #[test]
+    fn scopes_apply_and_broken_objects_are_left_out() {
+        let mut s = Snapshot::default();
+        let component = |name: &str, extra: serde_json::Value| {
+            let mut c = json!({
+                "apiVersion": "dapr.io/v1alpha1", "kind": "Component",
+                "metadata": {"name": name, "namespace": "ns", "resourceVersion": "7", "managedFields": []},
+                "spec": {"type": "state.in-memory", "version": "v1"},
+            });
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            object(c)
+        };
+        s.apply(0, component("mine", json!({"scopes": ["app"]})));
+        s.apply(0, component("theirs", json!({"scopes": ["other"]})));
+        s.apply(0, component("broken", json!({"spec": {"version": "v1"}})));
+        s.apply(0, component("plain", json!({})));
+        let r = s.resources(&LoadContext::new("app"));
+        let names: Vec<&str> = r.components.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["mine", "plain"]);
+        assert_eq!(r.skipped.len(), 1, "{:?}", r.skipped);
+
+        // Bookkeeping fields do not count as a change.
+        let mut again = s.clone();
+        let mut c = component("plain", json!({}));
+        c.metadata.resource_version = Some("8".into());
+        again.apply(0, c);
+        assert_eq!(again, s);
+    }
+}

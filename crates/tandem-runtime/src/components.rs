@@ -868,6 +868,78 @@ impl Components {
 mod tests {
     use super::*;
 
+    fn defs(yaml: &str) -> Vec<Component> {
+        tandem_config::parse_resources(
+            yaml,
+            std::path::Path::new("test.yaml"),
+            &tandem_config::LoadContext::new("app"),
+        )
+        .unwrap()
+        .components
+    }
+
+    fn doc(name: &str, type_name: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: {type_name}\n  version: v1\n  metadata:\n  - name: x\n    value: \"{extra}\"\n---\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn reload_adds_rebuilds_and_drops_components() {
+        let mut registry = Registry::new();
+        registry.state(&["state.in-memory"], "v1", |m| async move {
+            tandem_components::memory::InMemoryStateStore::build(&m).await
+        });
+        let env = HashMap::new();
+        let ctx = LoadContext {
+            app_id: "app",
+            namespace: None,
+            env: &env,
+        };
+        let first = defs(&(doc("a", "state.in-memory", "1") + &doc("b", "state.in-memory", "1")));
+        let loaded = load(&first, &registry, &ctx).await.unwrap();
+        let live = LiveComponents::new(Arc::new(loaded.components), first.clone());
+        let a_before = live.load().state["a"].store.clone();
+        let b_before = live.load().state["b"].store.clone();
+
+        // The same definitions, read from another place: nothing to do.
+        let report = live.reload(&first, &registry, &ctx).await;
+        assert!(report.is_empty(), "{report:?}");
+
+        let second = defs(
+            &(doc("a", "state.in-memory", "2")
+                + &doc("c", "state.in-memory", "1")
+                + &doc("d", "state.nope", "1")),
+        );
+        let report = live.reload(&second, &registry, &ctx).await;
+        assert_eq!(report.added, ["c"]);
+        assert_eq!(report.updated, ["a"]);
+        assert_eq!(report.removed, ["b"]);
+        assert_eq!(report.failed.len(), 1);
+        assert_eq!(report.failed[0].name, "d");
+        let now = live.load();
+        let mut names: Vec<&str> = now.state.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["a", "c"]);
+        let mut infos: Vec<&str> = now.infos().iter().map(|i| i.name.as_str()).collect();
+        infos.sort_unstable();
+        assert_eq!(infos, ["a", "c"]);
+        assert!(
+            !Arc::ptr_eq(&now.state["a"].store, &a_before),
+            "a is rebuilt"
+        );
+        // A call that still holds the dropped store can finish on it.
+        drop(b_before);
+
+        // A definition that fails to build keeps the version that runs.
+        let third = defs(&(doc("a", "state.nope", "3") + &doc("c", "state.in-memory", "1")));
+        let a_running = live.load().state["a"].store.clone();
+        let report = live.reload(&third, &registry, &ctx).await;
+        assert_eq!(report.failed.len(), 1);
+        assert!(report.updated.is_empty() && report.added.is_empty());
+        assert!(Arc::ptr_eq(&live.load().state["a"].store, &a_running));
+    }
+
     #[test]
     fn env_refs_follow_daprs_rules() {
         let mut env = HashMap::new();
