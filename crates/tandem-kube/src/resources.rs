@@ -82,6 +82,8 @@ const SUBSCRIPTION_V1: usize = 2;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     objects: BTreeMap<(usize, String), serde_json::Value>,
+    // Kinds the API did not serve when listed (CRD not installed): not watched.
+    unserved: Vec<usize>,
 }
 
 impl Snapshot {
@@ -229,6 +231,7 @@ impl ResourceSource {
             match self.api(kind).list(&ListParams::default()).await {
                 Ok(list) => snapshot.replace_kind(i, list.items),
                 Err(kube::Error::Api(e)) if e.code == 404 => {
+                    snapshot.unserved.push(i);
                     info!(resource = %format!("{}.{}.dapr.io", kind.plural, kind.version), "not served by the Kubernetes API (CRD not installed?): none loaded");
                 }
                 Err(e) => {
@@ -268,13 +271,17 @@ impl ResourceSource {
             .map_err(|e| e.to_string())
     }
 
-    /// Watches every kind, starting from `initial`, and publishes each changed snapshot on the
-    /// returned channel until the receiver is dropped. Watch errors are logged and retried
-    /// with back-off.
+    /// Watches every kind the API served when `initial` was listed, and publishes each changed
+    /// snapshot on the returned channel until the receiver is dropped. Watch errors are logged
+    /// and retried with back-off. (A CRD installed later is read at the next start.)
     pub fn watch(&self, initial: Snapshot) -> watch::Receiver<Snapshot> {
+        let unserved = initial.unserved.clone();
         let (tx, rx) = watch::channel(initial);
         let tx = Arc::new(tx);
         for (i, kind) in KINDS.iter().enumerate() {
+            if unserved.contains(&i) {
+                continue;
+            }
             let api = self.api(kind);
             let tx = tx.clone();
             let kind = *kind;
