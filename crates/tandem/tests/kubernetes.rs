@@ -477,3 +477,58 @@ async fn operator_keeps_the_app_services() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn invocation_resolves_apps_through_kubernetes_name_resolution() {
+    let Some(kube) = KubeApi::start().await else {
+        return;
+    };
+    // No cluster DNS here: the Configuration's template points `<app-id>` at this machine and
+    // its `port` at b's internal port (in a cluster: `<app-id>-dapr.<ns>.svc.cluster.local:50002`).
+    let internal = tandem_testkit::proxy::free_port();
+    kube.create(json!({
+        "apiVersion": "dapr.io/v1alpha1",
+        "kind": "Configuration",
+        "metadata": {"name": "nr", "namespace": "default"},
+        "spec": {"nameResolution": {"component": "kubernetes", "configuration": {
+            "template": "127.0.0.1:{{.Port}}", "port": internal,
+        }}},
+    }))
+    .await;
+    let app_b = tandem_testkit::mock_app::MockApp::start("b").await;
+    let kubeconfig = kube.kubeconfig.display().to_string();
+    let _b = start(
+        tandem()
+            .app_id("b")
+            .app_port(app_b.port())
+            .arg("--mode")
+            .arg("kubernetes")
+            .arg("--dapr-internal-grpc-port")
+            .arg(internal.to_string())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("NAMESPACE", "default"),
+    )
+    .await;
+    let a = start(
+        tandem()
+            .app_id("a")
+            .arg("--mode")
+            .arg("kubernetes")
+            .arg("--config")
+            .arg("nr")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("NAMESPACE", "default"),
+    )
+    .await;
+    let resp = client()
+        .post(a.url("/v1.0/invoke/b/method/hello"))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "log:\n{}", a.log());
+    assert_eq!(resp.headers()["x-mock-app"], "b");
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["headers"]["dapr-caller-app-id"], "a");
+}
