@@ -98,6 +98,8 @@ pub struct Runtime {
     pub resiliency: Arc<resiliency::Resiliency>,
     /// The services' metrics.
     pub metrics: Arc<metrics::Metrics>,
+    /// Distributed tracing (off unless built from a Configuration that enables it).
+    pub tracer: trace::Tracer,
 }
 
 /// Why the runtime could not start.
@@ -192,6 +194,13 @@ impl Runtime {
         if let Some(ch) = &runtime.app_channel {
             ch.set_metrics(runtime.metrics.clone());
         }
+        let tracer = trace::Tracer::start(trace::Settings::resolve(
+            &configuration.tracing,
+            &options.env,
+            &runtime.app_id,
+        ));
+        runtime.tracer = tracer.clone();
+        runtime.pubsub.tracer = tracer.clone();
         runtime.invoke = invoke::InvokeService::new(invoke::Parts {
             app_id: &runtime.app_id,
             namespace: options.namespace.as_deref(),
@@ -201,6 +210,7 @@ impl Runtime {
             options: options.invoke,
             resiliency,
             metrics: runtime.metrics.clone(),
+            tracer,
         });
         Ok(Arc::new(runtime))
     }
@@ -264,6 +274,7 @@ impl Runtime {
             components,
             resiliency,
             metrics,
+            tracer: trace::Tracer::off(),
             app_id,
         }
     }
@@ -295,6 +306,7 @@ impl Runtime {
                 max_in_flight: rt.max_in_flight,
                 resiliency: rt.resiliency.clone(),
                 metrics: rt.metrics.clone(),
+                tracer: rt.tracer.clone(),
             };
             manager.run(rt.metadata.clone(), &rt.shutdown).await;
         });

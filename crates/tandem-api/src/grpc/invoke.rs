@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use http_body_util::{BodyExt, Limited};
 use tandem_runtime::app_channel::full_body;
 use tandem_runtime::invoke::{AppGrpcStatus, InvokeRequest};
+use tandem_runtime::trace::SpanName;
 use tandem_runtime::{ApiError, ErrorCode, Runtime};
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status};
@@ -160,6 +161,10 @@ pub(super) async fn invoke(
         .filter(|q| !q.is_empty());
     let body = full_body(Bytes::from(msg.data.map(|d| d.value).unwrap_or_default()));
     let target = req.id;
+    let span_name = rt
+        .tracer
+        .records(&headers)
+        .then(|| SpanName(format!("CallLocal/{target}/{}", msg.method)));
     let request = InvokeRequest {
         target: target.clone(),
         method: msg.method,
@@ -208,6 +213,9 @@ pub(super) async fn invoke(
         content_type,
     });
     *response.metadata_mut() = metadata;
+    if let Some(name) = span_name {
+        response.extensions_mut().insert(name);
+    }
     Ok(response)
 }
 

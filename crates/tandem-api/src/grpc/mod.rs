@@ -22,6 +22,7 @@ mod pubsub;
 mod secrets;
 mod state;
 pub mod subscribe;
+mod trace;
 mod unary;
 
 use std::future::Future;
@@ -129,13 +130,23 @@ pub fn routes(runtime: Arc<Runtime>, options: &GrpcOptions) -> Routes {
     let tonic_routes = routes
         .into_axum_router()
         .fallback(move |req: axum::extract::Request| proxy.clone().handle(req));
+    let tracer = api.runtime.tracer.clone();
     let fast = unary::FastUnary {
         api,
         filter: options.api_rules.grpc().map(Arc::new),
         token,
         inner: tonic_routes,
     };
-    Routes::from(axum::Router::new().fallback_service(fast))
+    // Tracing wraps everything; with tracing off it is not installed at all.
+    if tracer.enabled() {
+        let traced = trace::TraceGrpc {
+            tracer,
+            inner: fast,
+        };
+        Routes::from(axum::Router::new().fallback_service(traced))
+    } else {
+        Routes::from(axum::Router::new().fallback_service(fast))
+    }
 }
 
 /// Serves `routes` (HTTP/2) on `listener` until `shutdown` resolves, then drains.

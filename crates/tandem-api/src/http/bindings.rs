@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::value::RawValue;
 use tandem_components::bindings::InvokeRequest;
-use tandem_runtime::ApiError;
+use tandem_runtime::{ApiError, ErrorCode};
 
 use super::body::read;
 use super::error::HttpError;
@@ -68,6 +68,14 @@ pub(crate) async fn invoke(
 ) -> Result<Response, HttpError> {
     let body = read(&headers, body, api.max_body_size).await?;
     let mut req = decode(&body)?;
+    if let Some(b) = headers.get(tandem_runtime::trace::BAGGAGE)
+        && !b.to_str().is_ok_and(tandem_runtime::trace::valid_baggage)
+    {
+        return Err(HttpError(ApiError::new(
+            ErrorCode::MalformedRequest,
+            "invalid baggage header",
+        )));
+    }
     for h in ["traceparent", "tracestate", "baggage"] {
         if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
             req.metadata.insert(h.to_owned(), v.to_owned());

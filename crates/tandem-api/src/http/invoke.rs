@@ -15,6 +15,7 @@ use http::{HeaderMap, header};
 use http_body_util::{BodyExt, Limited};
 use percent_encoding::percent_decode_str;
 use tandem_runtime::invoke::InvokeRequest;
+use tandem_runtime::trace::SpanName;
 use tandem_runtime::{ApiError, ErrorCode};
 
 use super::ApiState;
@@ -118,10 +119,19 @@ pub(crate) async fn handle(State(api): State<ApiState>, req: Request) -> Respons
         body,
         grpc_proxy: false,
     };
-    match api.runtime.invoke.invoke(request).await {
+    let span_name = api
+        .runtime
+        .tracer
+        .records(&request.headers)
+        .then(|| SpanName(format!("CallLocal/{}/{}", request.target, request.method)));
+    let mut resp = match api.runtime.invoke.invoke(request).await {
         Ok(resp) => resp.map(Body::new),
         Err(e) => HttpError(e).into_response(),
+    };
+    if let Some(name) = span_name {
+        resp.extensions_mut().insert(name);
     }
+    resp
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod metadata;
 mod pubsub;
 mod secrets;
 mod state;
+mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub(crate) fn empty() -> Response {
 
 /// The HTTP API as an axum router. Endpoints that `spec.api` blocks are not registered.
 pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
+    let tracer = runtime.tracer.clone();
     let state = ApiState {
         runtime,
         max_body_size: options.max_body_size,
@@ -191,12 +193,18 @@ pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
         r.router.fallback(not_found)
     };
     let router = router.with_state(state);
-    match &options.api_token {
+    let router = match &options.api_token {
         Some(token) if !token.is_empty() => router.layer(middleware::from_fn_with_state(
             Arc::<str>::from(token.as_str()),
             api_token,
         )),
         _ => router,
+    };
+    // Tracing is the outermost layer; with tracing off it is not installed at all.
+    if tracer.enabled() {
+        router.layer(middleware::from_fn_with_state(tracer, trace::layer))
+    } else {
+        router
     }
 }
 

@@ -84,6 +84,7 @@ use crate::app_channel::{AppBody, AppChannel, AppError, AppResponse, full_body};
 use crate::components::{Components, LoadContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::resiliency::{AppPolicy, PolicyError, Resiliency, StatusCode, Verdict};
+use crate::trace::{SpanKind, Tracer};
 use body::Replayable;
 use directory::Directory;
 use endpoints::Endpoint;
@@ -160,6 +161,7 @@ pub struct InvokeService {
     registered: AtomicBool,
     resiliency: Arc<Resiliency>,
     metrics: Arc<crate::metrics::Metrics>,
+    tracer: Tracer,
 }
 
 impl fmt::Debug for InvokeService {
@@ -199,6 +201,7 @@ pub(crate) struct Parts<'a> {
     pub(crate) options: InvokeOptions,
     pub(crate) resiliency: Arc<Resiliency>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) tracer: Tracer,
 }
 
 /// Resolves the `HTTPEndpoint` resources (their headers may reference secrets).
@@ -227,6 +230,7 @@ impl InvokeService {
             options: InvokeOptions::default(),
             resiliency: Arc::new(Resiliency::none()),
             metrics: Arc::new(crate::metrics::Metrics::disabled()),
+            tracer: Tracer::off(),
         })
     }
 
@@ -270,6 +274,7 @@ impl InvokeService {
             registered: AtomicBool::new(false),
             resiliency: parts.resiliency,
             metrics: parts.metrics,
+            tracer: parts.tracer,
         }
     }
 
@@ -535,6 +540,21 @@ impl InvokeService {
         }
         headers.remove(&CALLER_TRUST_DOMAIN);
         headers::strip_request(&mut headers);
+        // The server span of this hop: the app sees it as its parent.
+        let mut span = self
+            .tracer
+            .start_from_headers(&mut headers, SpanKind::Server, || {
+                let method = parts.uri.path().trim_start_matches('/');
+                format!("CallLocal/{}/{method}", self.app_id).into()
+            });
+        if let Some(span) = span.as_mut().filter(|s| s.recording()) {
+            span.set_attribute("dapr.protocol", if grpc { "grpc" } else { "http" });
+            span.set_attribute("rpc.service", "ServiceInvocation");
+            span.set_attribute(
+                "dapr.invoke_method",
+                parts.uri.path().trim_start_matches('/'),
+            );
+        }
         let call = Call {
             verb: parts.method,
             path,
@@ -548,9 +568,22 @@ impl InvokeService {
             .ok_or_else(|| failed(&self.app_id, &"app channel is not initialized"))?;
         let grpc = call.grpc;
         let (request, path) = call.into_request_parts();
-        let mut resp = send_to_app(channel, request, &path, grpc)
-            .await
-            .map_err(|e| failed(&self.app_id, &e))?;
+        let sent = send_to_app(channel, request, &path, grpc).await;
+        if let Some(mut span) = span {
+            match &sent {
+                Ok(r) if r.status().as_u16() >= 400 => {
+                    span.set_error(format!("Code({})", r.status().as_u16()));
+                }
+                Ok(r) => {
+                    if let Some(st) = r.extensions().get::<AppGrpcStatus>() {
+                        span.set_error(format!("grpc status {}", st.code));
+                    }
+                }
+                Err(e) => span.set_error(e.to_string()),
+            }
+            span.end();
+        }
+        let mut resp = sent.map_err(|e| failed(&self.app_id, &e))?;
         // The gRPC app's own status crosses the internal hop as headers.
         if let Some(st) = resp.extensions_mut().remove::<AppGrpcStatus>() {
             st.to_headers(resp.headers_mut());

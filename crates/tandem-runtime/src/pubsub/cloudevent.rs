@@ -70,13 +70,6 @@ fn rfc3339(at: SystemTime, subsec: bool) -> String {
         .unwrap_or_default()
 }
 
-/// A fresh W3C `traceparent` (sampled), used when the caller sent none.
-pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
-}
-
 /// Wraps a body in Dapr's CloudEvent envelope.
 pub fn wrap(e: &Envelope<'_>) -> Bytes {
     let ce = |k: &str| {

@@ -27,6 +27,7 @@ use super::cloudevent::{self, CLOUDEVENT_CONTENT_TYPE};
 use super::routing::{Rule, route};
 use crate::app_channel::{AppChannel, full_body, grpc};
 use crate::resiliency::{self, Policy};
+use crate::trace::{SpanContext, SpanKind, Tracer};
 
 /// In-process delivery attempts before giving the message back (or dead-lettering it).
 pub const ATTEMPTS: u32 = 4;
@@ -91,6 +92,8 @@ pub struct AppDelivery {
     pub(crate) inbound: Option<Arc<Policy>>,
     /// Where deliveries are counted.
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Consumer spans.
+    pub(crate) tracer: Tracer,
 }
 
 /// A message waiting in a bulk batch, with where to send its verdict.
@@ -254,6 +257,27 @@ impl AppDelivery {
             .get("traceparent")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        // The consumer span: a child of the publisher's context carried by the event; the app
+        // sees it as its parent.
+        let mut span = if self.tracer.enabled() {
+            let parent = traceparent.as_deref().and_then(SpanContext::parse);
+            let tracestate = event.get("tracestate").and_then(Value::as_str);
+            self.tracer
+                .start_span(parent.as_ref(), tracestate, SpanKind::Consumer, || {
+                    format!("pubsub/{}", msg.topic).into()
+                })
+        } else {
+            None
+        };
+        if let Some(s) = span.as_mut().filter(|s| s.recording()) {
+            s.set_attribute("messaging.system", "pubsub");
+            s.set_attribute("messaging.destination.name", msg.topic.clone());
+            s.set_attribute("dapr.pubsub", self.pubsub_name.clone());
+        }
+        let traceparent = match &span {
+            Some(s) => Some(s.context().traceparent()),
+            None => traceparent,
+        };
 
         let attempt = || async {
             match &self.bulk {
@@ -312,6 +336,12 @@ impl AppDelivery {
                 verdict
             }
         };
+        if let Some(mut span) = span {
+            if verdict != Some(Verdict::Success) {
+                span.set_error(format!("{verdict:?}"));
+            }
+            span.end();
+        }
         match verdict {
             // The batcher is gone (shutting down).
             None => (Delivery::Retry, "retry"),

@@ -26,6 +26,7 @@ use crate::components::{LiveComponents, PubSubEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
 use crate::metrics::Metrics;
 use crate::resiliency::{Direction, Resiliency, Verdict, call_component, component_verdict};
+use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 use cloudevent::{CLOUDEVENT_CONTENT_TYPE, Envelope};
 
 /// W3C trace context of a publish request.
@@ -65,6 +66,7 @@ pub struct PubSubService {
     app_id: String,
     resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
+    pub(crate) tracer: Tracer,
 }
 
 impl PubSubService {
@@ -79,7 +81,41 @@ impl PubSubService {
             app_id,
             resiliency,
             metrics,
+            tracer: Tracer::off(),
         }
+    }
+
+    /// A producer span for one published message, child of the caller's context; the
+    /// returned context (the span's, when tracing is on) goes into the CloudEvent.
+    fn producer(
+        &self,
+        pubsub: &str,
+        topic: &str,
+        trace: &TraceContext,
+    ) -> (Option<Span>, Option<TraceContext>) {
+        if !self.tracer.enabled() {
+            return (None, None);
+        }
+        let parent = trace.traceparent.as_deref().and_then(SpanContext::parse);
+        let span = self.tracer.start_span(
+            parent.as_ref(),
+            trace.tracestate.as_deref(),
+            SpanKind::Producer,
+            || format!("/v1.0/publish/{pubsub}/{topic}").into(),
+        );
+        let Some(mut span) = span else {
+            return (None, None);
+        };
+        if span.recording() {
+            span.set_attribute("messaging.system", "pubsub");
+            span.set_attribute("messaging.destination.name", topic);
+            span.set_attribute("dapr.pubsub", pubsub);
+        }
+        let ctx = TraceContext {
+            traceparent: Some(span.context().traceparent()),
+            tracestate: trace.tracestate.clone(),
+        };
+        (Some(span), Some(ctx))
     }
 
     pub(crate) fn find(&self, name: &str, topic: &str) -> Result<Arc<PubSubEntry>, ApiError> {
@@ -126,6 +162,8 @@ impl PubSubService {
     ) -> Result<(), ApiError> {
         let entry = self.find(pubsub, topic)?;
         let raw = raw_payload(&metadata)?;
+        let (span, own) = self.producer(pubsub, topic, trace);
+        let trace = own.as_ref().unwrap_or(trace);
         let data = self.envelope(
             &entry,
             pubsub,
@@ -152,10 +190,17 @@ impl PubSubService {
             .component(pubsub, Direction::Outbound)
             .map(|p| &**p);
         let start = Instant::now();
-        let res = call_component(policy, req, |req| entry.component.publish(req)).await;
+        let result = call_component(policy, req, |req| entry.component.publish(req)).await;
         self.metrics
-            .pubsub_egress(pubsub, topic, res.is_ok(), start);
-        res.map_err(|e| publish_error(pubsub, topic, &e.to_string()))
+            .pubsub_egress(pubsub, topic, result.is_ok(), start);
+        let result = result.map_err(|e| publish_error(pubsub, topic, &e.to_string()));
+        if let Some(mut span) = span {
+            if let Err(e) = &result {
+                span.set_error(e.message.clone());
+            }
+            span.end();
+        }
+        result
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -177,7 +222,7 @@ impl PubSubService {
         let traceparent = match &trace.traceparent {
             Some(t) => t.as_str(),
             None => {
-                generated = cloudevent::new_traceparent();
+                generated = crate::trace::new_traceparent();
                 &generated
             }
         };
@@ -250,7 +295,15 @@ impl PubSubService {
         let raw = raw_payload(&metadata).map_err(|e| (e, Vec::new()))?;
         let mut ids = Vec::with_capacity(entries.len());
         let mut reqs = Vec::with_capacity(entries.len());
+        let mut spans = Vec::new();
         for e in entries {
+            let (span, own) = if raw {
+                (None, None)
+            } else {
+                self.producer(pubsub, topic, trace)
+            };
+            spans.extend(span);
+            let trace = own.as_ref().unwrap_or(trace);
             let mut meta = e.metadata.clone();
             for (k, v) in &metadata {
                 meta.entry(k.clone()).or_insert_with(|| v.clone());
@@ -310,6 +363,9 @@ impl PubSubService {
                     })
             }
         };
+        for span in spans {
+            span.end();
+        }
         let failed: Vec<FailedEntry> = ids
             .into_iter()
             .zip(results)

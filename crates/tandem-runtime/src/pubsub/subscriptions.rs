@@ -239,6 +239,7 @@ pub struct SubscriptionManager {
     pub(crate) max_in_flight: usize,
     pub(crate) resiliency: Arc<crate::resiliency::Resiliency>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) tracer: crate::trace::Tracer,
 }
 
 impl SubscriptionManager {
@@ -284,6 +285,7 @@ impl SubscriptionManager {
                 .component(&spec.pubsub, crate::resiliency::Direction::Inbound)
                 .cloned(),
             metrics: self.metrics.clone(),
+            tracer: self.tracer.clone(),
         };
         let mut max_in_flight = self.max_in_flight;
         let mut batcher = None;

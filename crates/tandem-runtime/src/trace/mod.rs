@@ -318,6 +318,11 @@ impl Span {
     }
 }
 
+/// A better name for the server span of a request, set by a handler as a response
+/// extension (e.g. `CallLocal/<app-id>/<method>` for service invocation).
+#[derive(Clone, Debug)]
+pub struct SpanName(pub String);
+
 /// Starts spans and decides sampling. Cheap to clone; [`Tracer::off`] is a no-op tracer.
 #[derive(Clone, Debug, Default)]
 pub struct Tracer {
@@ -370,6 +375,13 @@ impl Tracer {
     /// Whether tracing is on.
     pub fn enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// Whether a span whose context is in `headers` (as the API front ends put it there) is
+    /// recorded: worth naming and describing.
+    pub fn records(&self, headers: &HeaderMap) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.exporter.is_some())
+            && SpanContext::from_headers(headers).is_some_and(|c| c.sampled())
     }
 
     /// Spans dropped because the exporter was behind.

@@ -68,3 +68,11 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str, msg:
     );
     body
 }
+
+/// Asserts that `traceparent` (a JSON string) continues the trace of `parent` with another span.
+pub fn assert_child_of(traceparent: &Value, parent: &str) {
+    let tp = traceparent.as_str().unwrap_or_default();
+    assert_eq!(tp.len(), 55, "traceparent {tp:?}");
+    assert_eq!(tp[3..35], parent[3..35], "trace id of {tp}");
+    assert_ne!(tp[36..52], parent[36..52], "span id of {tp}");
+}
