@@ -12,7 +12,7 @@ use crate::cli::injector::InjectorArgs;
 use crate::logging;
 
 pub(crate) fn main(args: InjectorArgs) -> ExitCode {
-    logging::init(&args.log_level, args.log_as_json);
+    logging::init(&args.log_level, args.log_as_json, "");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -140,7 +140,7 @@ pub(crate) fn follow(
 
 /// Runs `tandem operator` until SIGTERM or Ctrl-C.
 pub(crate) fn operator_main(args: crate::cli::operator::OperatorArgs) -> std::process::ExitCode {
-    crate::logging::init(&args.log_level, args.log_as_json);
+    crate::logging::init(&args.log_level, args.log_as_json, "");
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

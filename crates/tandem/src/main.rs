@@ -2,6 +2,7 @@
 //!
 //! Invoked under the name `daprd` (a symlink), it behaves as `tandem sidecar`.
 
+mod api_log;
 mod cli;
 mod injector;
 #[cfg(feature = "kubernetes")]

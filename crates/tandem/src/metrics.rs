@@ -203,7 +203,14 @@ fn method_label(m: &Method) -> &'static str {
 /// The route template a request matched, carried from inside the router to the recording
 /// layer outside it.
 #[derive(Clone)]
-struct Template(MatchedPath);
+pub(crate) struct Template(MatchedPath);
+
+impl Template {
+    /// The template, e.g. `/v1.0/state/{store}/{key}`.
+    pub(crate) fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
 
 /// Adds request counting and latency to the HTTP API router.
 pub(crate) fn http_layer(router: Router, metrics: Arc<Metrics>) -> Router {
@@ -212,7 +219,7 @@ pub(crate) fn http_layer(router: Router, metrics: Arc<Metrics>) -> Router {
         .layer(middleware::from_fn_with_state(metrics, record_http))
 }
 
-async fn tag_template(req: Request, next: Next) -> Response {
+pub(crate) async fn tag_template(req: Request, next: Next) -> Response {
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let mut resp = next.run(req).await;
     if let Some(m) = matched {

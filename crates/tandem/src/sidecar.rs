@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::sidecar::{SidecarArgs, unimplemented_flags_set};
-use crate::{logging, metrics, registry};
+use crate::{api_log, logging, metrics, registry};
 
 /// Runs `tandem sidecar` to completion.
 pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
@@ -32,7 +32,7 @@ pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    logging::init(&args.log_level, args.log_as_json);
+    logging::init(&args.log_level, args.log_as_json, &args.app_id);
     for flag in unimplemented_flags_set(matches) {
         warn!(flag = %flag, "flag accepted for compatibility with daprd; it has no effect in this build yet");
     }
@@ -220,6 +220,13 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         api_rules: api_rules.clone(),
     };
     let mut router = tandem_api::http::router(runtime.clone(), &http_options);
+    let api_logging = api_log::ApiLogging::from_config(
+        args.enable_api_logging,
+        &configuration.logging.api_logging,
+    );
+    if let Some(l) = api_logging {
+        router = api_log::http_layer(router, l);
+    }
     if let Some(m) = &metrics {
         router = metrics::http_layer(router, m.clone());
     }
@@ -248,7 +255,14 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         api_token: http_options.api_token.clone(),
         api_rules,
     };
-    let grpc_port = start_grpc(&args, &runtime, &grpc_options, metrics, &mut servers).await?;
+    let grpc_port = start_grpc(
+        &args,
+        &runtime,
+        &grpc_options,
+        (metrics, api_logging),
+        &mut servers,
+    )
+    .await?;
     let internal_port = start_internal(&args, &runtime, &env, &mut servers).await?;
     if let Some(path) = &args.ports_file {
         write_ports_file(path, port, grpc_port, internal_port)
@@ -344,10 +358,13 @@ async fn start_grpc(
     args: &SidecarArgs,
     runtime: &Arc<Runtime>,
     options: &GrpcOptions,
-    metrics: Option<Arc<metrics::Metrics>>,
+    (metrics, api_logging): (Option<Arc<metrics::Metrics>>, Option<api_log::ApiLogging>),
     servers: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<u16, String> {
     let mut routes = tandem_api::grpc::routes(runtime.clone(), options);
+    if let Some(l) = api_logging {
+        routes = api_log::grpc_layer(routes, l);
+    }
     if let Some(m) = metrics {
         routes = metrics::grpc_layer(routes, m);
     }

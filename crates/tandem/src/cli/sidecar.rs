@@ -175,7 +175,6 @@ const NOT_YET: &[&str] = &[
     "dapr_public_listen_address",
     "profile_port",
     "enable_profiling",
-    "enable_api_logging",
     "read_buffer_size",
     "dapr_http_read_buffer_size",
     "unix_domain_socket",
