@@ -111,13 +111,42 @@ struct AppHandler {
     bindings: Arc<BindingsService>,
     /// The binding's inbound resiliency policy, if any.
     inbound: Option<Arc<Policy>>,
+    tracer: crate::trace::Tracer,
 }
 
 #[async_trait]
 impl EventHandler for AppHandler {
-    async fn handle(&self, event: BindingEvent) -> Result<Option<Bytes>, String> {
+    async fn handle(&self, mut event: BindingEvent) -> Result<Option<Bytes>, String> {
         let start = Instant::now();
+        // A `bindings/<name>` span, child of a context the event carries; the app sees it.
+        let span = if self.tracer.enabled() {
+            let parent = event
+                .metadata
+                .get(crate::trace::TRACEPARENT)
+                .and_then(|t| crate::trace::SpanContext::parse(t));
+            let tracestate = event.metadata.get(crate::trace::TRACESTATE).cloned();
+            self.tracer.start_span(
+                parent.as_ref(),
+                tracestate.as_deref(),
+                crate::trace::SpanKind::Client,
+                || format!("bindings/{}", self.name).into(),
+            )
+        } else {
+            None
+        };
+        if let Some(span) = &span {
+            event.metadata.insert(
+                crate::trace::TRACEPARENT.to_owned(),
+                span.context().traceparent(),
+            );
+        }
         let res = self.handle_once(event).await;
+        if let Some(mut span) = span {
+            if let Err(e) = &res {
+                span.set_error(e.clone());
+            }
+            span.end();
+        }
         self.bindings
             .metrics
             .input_binding(&self.name, res.is_ok(), start);
@@ -248,6 +277,7 @@ pub struct InputBindingManager {
     pub(crate) channel: Arc<AppChannel>,
     pub(crate) state: Arc<StateService>,
     pub(crate) bindings: Arc<BindingsService>,
+    pub(crate) tracer: crate::trace::Tracer,
 }
 
 impl InputBindingManager {
@@ -327,6 +357,7 @@ impl InputBindingManager {
                     .resiliency
                     .component(name, Direction::Inbound)
                     .cloned(),
+                tracer: self.tracer.clone(),
             });
             match input.read(handler).await {
                 Ok(sub) => {

@@ -296,6 +296,7 @@ impl Runtime {
                 channel: channel.clone(),
                 state: rt.state.clone(),
                 bindings: rt.bindings.clone(),
+                tracer: rt.tracer.clone(),
             };
             let rt2 = rt.clone();
             tokio::spawn(async move { inputs.run(&rt2.shutdown).await });

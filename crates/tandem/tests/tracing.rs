@@ -512,3 +512,46 @@ async fn invalid_baggage_is_refused() {
     assert_eq!(resp.headers()["baggage"], "user=alice");
     assert!(resp.headers().get("traceparent").is_some());
 }
+
+#[tokio::test]
+async fn input_binding_events_carry_a_bindings_span() {
+    let (collector, addr) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "config.yaml",
+        &format!(
+            "    samplingRate: \"1\"\n    zipkin:\n      endpointAddress: \"http://{addr}/api/v2/spans\"\n"
+        ),
+    );
+    let app = Subscriber::start(json!([])).await;
+    let _sc = start(
+        tandem()
+            .app_id("cron-app")
+            .app_port(app.port)
+            .resource(
+                "tick.yaml",
+                "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: tick\nspec:\n  type: bindings.cron\n  version: v1\n  metadata:\n  - name: schedule\n    value: \"@every 1s\"\n",
+            )
+            .arg("--config")
+            .arg(&cfg),
+    )
+    .await;
+    let got = app
+        .wait_for(WAIT, "a cron event", |got| {
+            got.iter()
+                .any(|r| r.path == "/tick" && r.headers.contains_key("traceparent"))
+        })
+        .await;
+    let event = got
+        .iter()
+        .find(|r| r.path == "/tick" && r.headers.contains_key("traceparent"))
+        .unwrap();
+    let (trace_id, span_id) = ids(&event.headers["traceparent"]);
+    let span = collector
+        .wait_for("of the binding event", |s| s.span_id == span_id)
+        .await;
+    assert_eq!(span.name, "bindings/tick");
+    assert_eq!(span.trace_id, trace_id);
+    assert_eq!(span.service, "cron-app");
+}

@@ -352,6 +352,7 @@ pub(crate) async fn topic_event(
     pubsub: &str,
     path: &str,
     metadata: &HashMap<String, String>,
+    traceparent: Option<&str>,
 ) -> Verdict {
     let Some(ev) = split_event(event, topic, pubsub) else {
         return Verdict::Retry;
@@ -363,7 +364,16 @@ pub(crate) async fn topic_event(
             return Verdict::Retry;
         }
     };
-    let req = request(ch, topic_event_request(ev, path), metadata);
+    let mut req = request(ch, topic_event_request(ev, path), metadata);
+    // The consumer span's context, as daprd sends it: W3C and binary forms.
+    if let Some(ctx) = traceparent.and_then(crate::trace::SpanContext::parse) {
+        let md = req.metadata_mut();
+        insert_ascii(md, "traceparent", ctx.traceparent().as_bytes());
+        md.insert_bin(
+            "grpc-trace-bin",
+            tonic::metadata::MetadataValue::from_bytes(&ctx.binary()),
+        );
+    }
     match callback(ch).on_topic_event(req).await {
         Ok(resp) => verdict_of(resp.into_inner().status),
         Err(status) if status.code() == Code::Unimplemented => {

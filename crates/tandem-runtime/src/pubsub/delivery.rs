@@ -154,6 +154,7 @@ impl AppDelivery {
                 &self.pubsub_name,
                 path,
                 metadata,
+                traceparent,
             )
             .await;
         }

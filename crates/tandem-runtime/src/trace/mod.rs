@@ -172,15 +172,21 @@ impl SpanContext {
         HeaderValue::from_bytes(&self.write()).expect("hex and dashes are valid header bytes")
     }
 
-    /// The `grpc-trace-bin` form (base64, as it travels in HTTP/2 headers).
-    pub fn binary_header_value(&self) -> HeaderValue {
+    /// The binary form of `grpc-trace-bin` (before base64).
+    pub fn binary(&self) -> [u8; 29] {
         let mut raw = [0u8; 29];
         raw[18] = 1;
         raw[2..18].copy_from_slice(&self.trace_id);
         raw[19..27].copy_from_slice(&self.span_id);
         raw[27] = 2;
         raw[28] = self.flags & 1;
-        HeaderValue::try_from(BIN_B64.encode(raw)).expect("base64 is a valid header value")
+        raw
+    }
+
+    /// The `grpc-trace-bin` form (base64, as it travels in HTTP/2 headers).
+    pub fn binary_header_value(&self) -> HeaderValue {
+        HeaderValue::try_from(BIN_B64.encode(self.binary()))
+            .expect("base64 is a valid header value")
     }
 
     /// Writes this context into `headers`: `traceparent`, and `grpc-trace-bin` when the
