@@ -1,7 +1,8 @@
 //! The internal listener (`--dapr-internal-grpc-port`): where other Tandem sidecars deliver
 //! service invocations for this sidecar's app.
 //!
-//! The protocol is plain HTTP/1.1 (h2c accepted too), described in
+//! The protocol is HTTP/1.1 (h2 accepted too), over mTLS when enabled
+//! ([`tandem_runtime::security`]), described in
 //! [`tandem_runtime::invoke`]; the handler hands each request to
 //! [`tandem_runtime::invoke::InvokeService::handle_internal`] and streams the app's answer
 //! back. Errors are rendered by [`crate::http::error`], like every other API error. Daprd's
@@ -9,7 +10,9 @@
 //! Tandem sidecar, nor the other way round.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -17,9 +20,17 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::serve::ListenerExt;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as AutoBuilder;
 use tandem_components::BoxError;
 use tandem_runtime::Runtime;
-use tokio::net::TcpListener;
+use tandem_runtime::security::{PeerIdentity, SpiffeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::Service;
 
 use crate::http::error::HttpError;
 
@@ -36,13 +47,160 @@ async fn handle(State(runtime): State<Arc<Runtime>>, req: Request) -> Response {
     }
 }
 
-/// Serves the internal API on `listener` until `shutdown` resolves, then drains.
+/// Serves the internal API on `listener` until `shutdown` resolves, then drains. With mTLS
+/// enabled every connection must present a certificate from the trust anchors; the verified
+/// identity travels with each of its requests.
 pub async fn serve(
     listener: TcpListener,
     runtime: Arc<Runtime>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Some(security) = runtime.invoke.security() {
+        let acceptor = TlsAcceptor::from(security.server_config());
+        return serve_mtls(listener, router(runtime), acceptor, shutdown).await;
+    }
     axum::serve(listener.tap_io(crate::http::no_delay), router(runtime))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// How long a peer may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_mtls(
+    listener: TcpListener,
+    router: Router,
+    acceptor: TlsAcceptor,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let (mut tcp, addr) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "internal listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        crate::http::no_delay(&mut tcp);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            connection(tcp, addr, acceptor, router, stopped).await;
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    drop(stopped);
+    // Every connection holds a receiver; they are all gone once drained.
+    stop.closed().await;
+    Ok(())
+}
+
+async fn connection(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Router,
+    mut stopped: watch::Receiver<bool>,
+) {
+    // A TLS connection opens with a handshake record (0x16); anything else is a plaintext
+    // caller, told in its own protocol why it is refused.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] != 0x16 => return refuse_plaintext(tcp, addr).await,
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %addr, error = %e, "internal listener: mTLS handshake failed, the caller's identity did not verify");
+            return;
+        }
+        Err(_) => return,
+    };
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| SpiffeId::from_certificate(c));
+    let Some(peer) = peer else {
+        tracing::warn!(peer = %addr, "internal listener: the caller's certificate carries no SPIFFE id");
+        return;
+    };
+    let peer = PeerIdentity(Arc::new(peer));
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(peer.clone());
+        let mut router = router.clone();
+        async move { router.call(req).await }
+    });
+    let builder = AutoBuilder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Answers a plaintext HTTP/1.1 request with `ERR_DIRECT_INVOKE` and closes.
+async fn refuse_plaintext(mut tcp: TcpStream, addr: SocketAddr) {
+    tracing::warn!(peer = %addr, "internal listener: refused a plaintext caller, mTLS is required");
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    if !matches!(
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head).await,
+        Ok(true)
+    ) || head.starts_with(b"PRI ")
+    {
+        return;
+    }
+    let callee = std::str::from_utf8(&head)
+        .ok()
+        .and_then(|h| {
+            h.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("dapr-callee-app-id")
+                    .then(|| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "errorCode": "ERR_DIRECT_INVOKE",
+        "message": format!(
+            "failed to invoke, id: {callee}, err: the target sidecar requires mTLS: the caller presented no certificate, its identity did not verify"
+        ),
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tcp.write_all(answer.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+    // Let the caller finish sending so the answer is not lost to a reset.
+    let drain = async { while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }

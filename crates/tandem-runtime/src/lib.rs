@@ -11,6 +11,7 @@
 //!   input bindings to the app.
 //! - [`invoke::InvokeService`]: service invocation (local app, other sidecars through name
 //!   resolution and the internal listener, HTTPEndpoints, URLs) and access control.
+//! - [`security`]: mTLS between sidecars (SPIFFE workload certificates, the local CA).
 //! - [`lifecycle`]: readiness (health endpoints) and the shutdown signal.
 //!
 //! [`error`] holds the one error table; [`components`] loads component definitions;
@@ -29,6 +30,7 @@ pub mod pubsub;
 pub mod registry;
 pub mod resiliency;
 pub mod secrets;
+pub mod security;
 pub mod state;
 pub mod trace;
 

@@ -9,6 +9,7 @@ mod injector;
 mod kubernetes;
 mod logging;
 mod metrics;
+mod mtls;
 mod process;
 mod registry;
 mod run;

@@ -145,6 +145,14 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
     } else {
         None
     };
+    let security = crate::mtls::security(
+        args.enable_mtls,
+        kubernetes,
+        &configuration,
+        &args.app_id,
+        namespace.as_deref(),
+        &env,
+    )?;
     let options = RuntimeOptions {
         app_id: args.app_id.clone(),
         namespace,
@@ -182,7 +190,10 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             }),
             max_message_size: max_body_size,
         }),
-        invoke: invoke_options(&args.app_id, &configuration, &env, kubernetes).await,
+        invoke: tandem_runtime::invoke::InvokeOptions {
+            security,
+            ..invoke_options(&args.app_id, &configuration, &env, kubernetes).await
+        },
         metrics: runtime_metrics.clone(),
     };
     let registry = registry::registry();
@@ -480,6 +491,7 @@ async fn invoke_options(
             .cloned()
             .or_else(headers::detect_host_address),
         host_name: headers::detect_host_name(env),
+        security: None,
     }
 }
 

@@ -1,12 +1,21 @@
 //! End-to-end: API security through the real binary.
 //!
-//! Configuration `spec.api` allow/deny lists on the HTTP and gRPC APIs.
+//! Configuration `spec.api` allow/deny lists on the HTTP and gRPC APIs; mTLS between sidecars
+//! (local CA, SPIFFE identities, access control on the certificate's identity, refusal of
+//! other CAs and of plaintext callers).
 
 mod common;
+
+use std::path::Path;
+use std::sync::Arc;
 
 use common::{IN_MEMORY, assert_error, client, start, tandem};
 use dapr::dapr::proto::runtime::v1 as pb;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
+use serde_json::Value;
+use tandem_testkit::SidecarBuilder;
+use tandem_testkit::mock_app::MockApp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 fn config(dir: &std::path::Path, api: &str) -> String {
@@ -184,4 +193,294 @@ async fn grpc_allow_and_deny_lists() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// A sidecar for `app_id` with mTLS on, its local CA under `home`, registered in `db`.
+fn mtls(app_id: &str, home: &Path, db: &Path) -> SidecarBuilder {
+    tandem()
+        .app_id(app_id)
+        .name_resolution_db(db)
+        .env("TANDEM_HOME", &home.display().to_string())
+        .arg("--enable-mtls")
+}
+
+async fn echo(resp: reqwest::Response) -> Value {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn two_sidecars_invoke_each_other_over_mtls_from_the_local_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let db = dir.path().join("nr.db");
+    let (app_a, app_b) = (MockApp::start("a").await, MockApp::start("b").await);
+    let a = start(mtls("a", &home, &db).app_port(app_a.port())).await;
+    let b = start(mtls("b", &home, &db).app_port(app_b.port())).await;
+    // One CA for both, created once, its key private to the user.
+    assert!(home.join("ca/ca.crt").is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(home.join("ca/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let c = client();
+    for _ in 0..3 {
+        let v = echo(
+            c.post(a.url("/v1.0/invoke/b/method/hello"))
+                .body("from a")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(v["app"], "b");
+        assert_eq!(v["body"], "from a");
+        assert_eq!(v["headers"]["dapr-caller-app-id"], "a");
+    }
+    let v = echo(
+        c.get(b.url("/v1.0/invoke/a/method/back"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["app"], "a");
+    assert_eq!(v["headers"]["dapr-caller-app-id"], "b");
+    // The same CA given in the environment (issuer = the root): same trust, no local CA.
+    let ca_cert = std::fs::read_to_string(home.join("ca/ca.crt")).unwrap();
+    let ca_key = std::fs::read_to_string(home.join("ca/ca.key")).unwrap();
+    let app_c = MockApp::start("c").await;
+    let other_home = dir.path().join("unused");
+    let c_sidecar = start(
+        mtls("c", &other_home, &db)
+            .app_port(app_c.port())
+            .env("DAPR_TRUST_ANCHORS", &ca_cert)
+            .env("DAPR_CERT_CHAIN", &ca_cert)
+            .env("DAPR_CERT_KEY", &ca_key),
+    )
+    .await;
+    assert!(
+        !other_home.join("ca").exists(),
+        "no local CA when PEM is given"
+    );
+    let v = echo(
+        c.get(a.url("/v1.0/invoke/c/method/pem"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["app"], "c");
+    let v = echo(
+        c.get(c_sidecar.url("/v1.0/invoke/b/method/pem"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["headers"]["dapr-caller-app-id"], "c");
+}
+
+#[tokio::test]
+async fn other_ca_and_plaintext_peers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nr.db");
+    let app_b = MockApp::start("b").await;
+    let b = start(mtls("b", &dir.path().join("home"), &db).app_port(app_b.port())).await;
+    // Another CA (another home): its certificate does not verify, either way round.
+    let stranger = start(mtls("stranger", &dir.path().join("other"), &db)).await;
+    let c = client();
+    let resp = c
+        .get(stranger.url("/v1.0/invoke/b/method/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 500, "ERR_DIRECT_INVOKE", "identity did not verify").await;
+    // A sidecar without mTLS gets a clear answer from the mTLS sidecar.
+    let plain = start(tandem().app_id("plain").name_resolution_db(&db)).await;
+    let resp = c
+        .get(plain.url("/v1.0/invoke/b/method/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 500, "ERR_DIRECT_INVOKE", "identity did not verify").await;
+    // And an mTLS sidecar does not talk to a plaintext one.
+    let resp = c
+        .get(b.url("/v1.0/invoke/plain/method/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, 500, "ERR_DIRECT_INVOKE", "identity did not verify").await;
+    assert!(
+        app_b.invocations().is_empty(),
+        "no refused call reached the app: {:?}",
+        app_b.invocations()
+    );
+}
+
+/// A client certificate for `app_id` signed by the local CA under `home`.
+fn workload_cert(home: &Path, app_id: &str) -> (Vec<u8>, Vec<u8>) {
+    let ca_cert = std::fs::read_to_string(home.join("ca/ca.crt")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(home.join("ca/ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        format!("spiffe://public/ns/default/{app_id}")
+            .try_into()
+            .unwrap(),
+    )];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.der().to_vec(), key.serialize_der())
+}
+
+/// Accepts any server certificate: this client tests the server's checks, not its own.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Sends one raw HTTP/1.1 request over mTLS, presenting a certificate for `app_id`, claiming
+/// to be app `a` in the headers. Answers the status line and the body.
+async fn forged_call(home: &Path, port: u16, app_id: &str, path: &str) -> (String, String) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (cert, key) = workload_cert(home, app_id);
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(
+            vec![cert.into()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\ndapr-callee-app-id: b\r\ndapr-caller-app-id: a\r\ndapr-caller-namespace: default\r\nconnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn access_control_uses_the_certificate_identity_not_the_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let db = dir.path().join("nr.db");
+    let config = dir.path().join("acl.yaml");
+    std::fs::write(
+        &config,
+        r#"apiVersion: dapr.io/v1alpha1
+kind: Configuration
+metadata:
+  name: acl
+spec:
+  accessControl:
+    defaultAction: deny
+    trustDomain: public
+    policies:
+    - appId: a
+      defaultAction: allow
+      trustDomain: public
+      namespace: default
+"#,
+    )
+    .unwrap();
+    let app_b = MockApp::start("b").await;
+    let b = start(
+        mtls("b", &home, &db)
+            .app_port(app_b.port())
+            .arg("--config")
+            .arg(config.display().to_string()),
+    )
+    .await;
+    // Through sidecars: a is allowed, evil is denied by its certificate's identity.
+    let a = start(mtls("a", &home, &db)).await;
+    let evil = start(mtls("evil", &home, &db)).await;
+    let c = client();
+    echo(
+        c.get(a.url("/v1.0/invoke/b/method/x"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let resp = c
+        .get(evil.url("/v1.0/invoke/b/method/x"))
+        .header("dapr-caller-app-id", "a")
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        resp,
+        403,
+        "ERR_DIRECT_INVOKE",
+        "access control policy has denied access to id: spiffe://public/ns/default/evil",
+    )
+    .await;
+    // A raw client with a valid certificate for evil, whose headers claim to be a.
+    let (status, body) = forged_call(&home, b.internal_port, "evil", "/x").await;
+    assert!(status.contains("403"), "{status} {body}");
+    assert!(body.contains("spiffe://public/ns/default/evil"), "{body}");
+    // The same request with a certificate for a passes, and the app sees a.
+    let (status, body) = forged_call(&home, b.internal_port, "a", "/x").await;
+    assert!(status.contains("200"), "{status} {body}");
+    assert!(body.contains(r#""dapr-caller-app-id":"a""#), "{body}");
 }

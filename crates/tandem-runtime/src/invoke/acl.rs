@@ -8,10 +8,10 @@
 //! also covering what lies below it; case-insensitive for HTTP) decides per verb (`httpVerb`
 //! entries, `*` for any).
 //!
-//! Daprd takes the caller's identity from its mTLS certificate; Tandem's internal channel has
-//! no mTLS yet, so the identity is the one the calling sidecar states (`dapr-caller-app-id`,
-//! `dapr-caller-namespace`, and its trust domain): it guards against mistakes, not against a
-//! hostile process on the network.
+//! With mTLS on ([`crate::security`]) the caller's identity comes from its verified
+//! certificate, as in daprd. Without mTLS it is the one the calling sidecar states
+//! (`dapr-caller-app-id`, `dapr-caller-namespace`, and its trust domain): that guards against
+//! mistakes, not against a hostile process on the network.
 //!
 //! Leniencies: a policy without `namespace` is for `default`, one without `trustDomain` for
 //! `public` (daprd rejects such a Configuration); an operation without `action` falls back to

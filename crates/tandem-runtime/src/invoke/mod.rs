@@ -15,9 +15,11 @@
 //!
 //! # The internal protocol (sidecar to sidecar)
 //!
-//! Tandem sidecars talk plain HTTP/1.1 to each other, over one pooled keep-alive client per
-//! process (no connection set-up per call). A call to app `b` from app `a` is sent to one of
-//! `b`'s sidecars as
+//! Tandem sidecars talk HTTP/1.1 to each other, over one pooled keep-alive client per
+//! process (no connection set-up per call): plain, or with mTLS enabled
+//! ([`crate::security`]) over TLS with client certificates, one pool per called app whose
+//! connections only accept that app's SPIFFE identity. A call to app `b` from app `a` is sent
+//! to one of `b`'s sidecars as
 //!
 //! ```text
 //! <VERB> /<method>?<query> HTTP/1.1
@@ -32,7 +34,8 @@
 //! ```
 //!
 //! The receiving sidecar ([`InvokeService::handle_internal`]) applies access control with the
-//! caller's identity, then forwards the request to its app unchanged but for
+//! caller's identity (under mTLS the certificate's, the identity headers being overwritten
+//! with it), then forwards the request to its app unchanged but for
 //! `tandem-caller-trust-domain`; the app's answer goes back verbatim. Errors raised by the
 //! receiving sidecar itself (access denied, app unhealthy, …) are already in the form the
 //! caller's client expects (`ERR_DIRECT_INVOKE`, `failed to invoke, id: …`) and travel back as
@@ -63,8 +66,8 @@ mod target;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
@@ -84,6 +87,7 @@ use crate::app_channel::{AppBody, AppChannel, AppError, AppResponse, full_body};
 use crate::components::{Components, LoadContext};
 use crate::error::{ApiError, ErrorCode};
 use crate::resiliency::{AppPolicy, PolicyError, Resiliency, StatusCode, Verdict};
+use crate::security::{PeerIdentity, Security};
 use crate::trace::{SpanKind, Tracer};
 use body::Replayable;
 use directory::Directory;
@@ -110,6 +114,8 @@ pub struct InvokeOptions {
     pub host_address: Option<String>,
     /// This machine's host name for `X-Forwarded-Host` / `Forwarded`.
     pub host_name: Option<String>,
+    /// mTLS between sidecars, when enabled.
+    pub security: Option<Arc<Security>>,
 }
 
 impl fmt::Debug for InvokeOptions {
@@ -119,6 +125,7 @@ impl fmt::Debug for InvokeOptions {
             .field("resolver_problem", &self.resolver_problem)
             .field("host_address", &self.host_address)
             .field("host_name", &self.host_name)
+            .field("mtls", &self.security.is_some())
             .finish()
     }
 }
@@ -158,6 +165,10 @@ pub struct InvokeService {
     sidecars: Client<HttpConnector, Replayable>,
     sidecars_h2: Client<HttpConnector, Replayable>,
     external: Client<HttpConnector, AppBody>,
+    security: Option<Arc<Security>>,
+    /// Per called app (`<namespace>/<app-id>`): pooled mTLS clients that accept only that
+    /// app's identity.
+    mtls_clients: RwLock<HashMap<String, Arc<MtlsClients>>>,
     registered: AtomicBool,
     resiliency: Arc<Resiliency>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -271,11 +282,60 @@ impl InvokeService {
                 .http2_only(true)
                 .build(connector()),
             external: client(),
+            security: options.security,
+            mtls_clients: RwLock::new(HashMap::new()),
             registered: AtomicBool::new(false),
             resiliency: parts.resiliency,
             metrics: parts.metrics,
             tracer: parts.tracer,
         }
+    }
+
+    /// mTLS between sidecars, when enabled.
+    pub fn security(&self) -> Option<&Arc<Security>> {
+        self.security.as_ref()
+    }
+
+    /// The mTLS clients for calls to `id` in `namespace`, created on first use.
+    fn mtls_clients(&self, security: &Security, namespace: &str, id: &str) -> Arc<MtlsClients> {
+        let key = format!("{namespace}/{id}");
+        if let Some(c) = self
+            .mtls_clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return c.clone();
+        }
+        let tcp = || {
+            let mut c = connector();
+            c.enforce_http(false);
+            c
+        };
+        let build = |h2: bool| {
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(security.client_config(namespace, id))
+                .https_only();
+            let https = if h2 {
+                https.enable_http2().wrap_connector(tcp())
+            } else {
+                https.enable_http1().wrap_connector(tcp())
+            };
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .http2_only(h2)
+                .build(https)
+        };
+        let clients = Arc::new(MtlsClients {
+            h1: build(false),
+            h2: build(true),
+        });
+        self.mtls_clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(clients)
+            .clone()
     }
 
     /// This sidecar's namespace (`NAMESPACE`, `default` when unset).
@@ -465,12 +525,15 @@ impl InvokeService {
         if !self.metrics.enabled() {
             return self.serve_internal(req).await;
         }
-        let caller = req
-            .headers()
-            .get(&CALLER_APP_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let caller = match req.extensions().get::<PeerIdentity>() {
+            Some(peer) => peer.0.app_id.clone(),
+            None => req
+                .headers()
+                .get(&CALLER_APP_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned(),
+        };
         self.metrics.invocation_received(&caller);
         let res = self.serve_internal(req).await;
         let status = match &res {
@@ -510,6 +573,21 @@ impl InvokeService {
             .map_or("/", |p| p.as_str())
             .to_owned();
         let grpc = headers.remove(&GRPC_PROXY).is_some();
+        // With mTLS the caller is who its certificate says, whatever the headers claim.
+        let peer = parts.extensions.get::<PeerIdentity>().map(|p| p.0.clone());
+        if self.security.is_some() && peer.is_none() {
+            return Err(ApiError::new(
+                ErrorCode::DirectInvoke,
+                format!(
+                    "failed to invoke, id: {}, err: mTLS is required and the caller's identity did not verify",
+                    self.app_id
+                ),
+            ));
+        }
+        if let Some(peer) = &peer {
+            headers.insert(CALLER_APP_ID, header_value(&peer.app_id));
+            headers.insert(CALLER_NAMESPACE, header_value(&peer.namespace));
+        }
         if !self.acl.allows_all() {
             let get = |name: &http::HeaderName| {
                 headers
@@ -517,10 +595,17 @@ impl InvokeService {
                     .and_then(|v| v.to_str().ok())
                     .filter(|v| !v.is_empty())
             };
-            let caller = Caller {
-                app_id: get(&CALLER_APP_ID).unwrap_or_default(),
-                namespace: get(&CALLER_NAMESPACE).unwrap_or("default"),
-                trust_domain: get(&CALLER_TRUST_DOMAIN).unwrap_or("public"),
+            let caller = match &peer {
+                Some(p) => Caller {
+                    app_id: &p.app_id,
+                    namespace: &p.namespace,
+                    trust_domain: &p.trust_domain,
+                },
+                None => Caller {
+                    app_id: get(&CALLER_APP_ID).unwrap_or_default(),
+                    namespace: get(&CALLER_NAMESPACE).unwrap_or("default"),
+                    trust_domain: get(&CALLER_TRUST_DOMAIN).unwrap_or("public"),
+                },
             };
             let method = Method::parse(parts.uri.path().trim_start_matches('/'))
                 .map_err(|e| failed(&self.app_id, &format_args!("invalid method: {e}")))?;
@@ -644,6 +729,11 @@ impl InvokeService {
         };
         let start = std::time::Instant::now();
         self.metrics.invocation_sent(id, false);
+        let mtls = self
+            .security
+            .as_ref()
+            .map(|s| self.mtls_clients(s, namespace, id));
+        let scheme = if mtls.is_some() { "https" } else { "http" };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -652,7 +742,7 @@ impl InvokeService {
                 .await
                 .map_err(|e| format!("name resolution failed: {e}"))?
                 .ok_or("no host found with the given ID")?;
-            let uri: Uri = format!("http://{}{path}", pick.address)
+            let uri: Uri = format!("{scheme}://{}{path}", pick.address)
                 .parse()
                 .map_err(|e| format!("invalid address {}: {e}", pick.address))?;
             // Keep what a retry needs only when there is somewhere else to go.
@@ -662,7 +752,12 @@ impl InvokeService {
             *request.method_mut() = verb.clone();
             *request.uri_mut() = uri;
             *request.headers_mut() = headers;
-            match sidecars.request(request).await {
+            let sent = match &mtls {
+                Some(c) if grpc => c.h2.request(request).await,
+                Some(c) => c.h1.request(request).await,
+                None => sidecars.request(request).await,
+            };
+            match sent {
                 Ok(resp) => {
                     self.metrics
                         .invocation_answered(id, resp.status().as_str(), start);
@@ -678,10 +773,10 @@ impl InvokeService {
                             body = unread;
                             headers = h;
                         }
-                        _ => return Err(sidecar_error(&pick.address, &e)),
+                        _ => return Err(self.sidecar_error(&pick.address, &e)),
                     }
                 }
-                Err(e) => return Err(sidecar_error(&pick.address, &e)),
+                Err(e) => return Err(self.sidecar_error(&pick.address, &e)),
             }
         }
     }
@@ -861,9 +956,36 @@ fn app_response(mut resp: AppResponse) -> InvokeResponse {
     out
 }
 
-fn sidecar_error(address: &str, e: &dyn std::error::Error) -> String {
-    format!(
-        "calling the sidecar at {address}: {}",
-        crate::error::error_chain(e)
-    )
+impl InvokeService {
+    fn sidecar_error(&self, address: &str, e: &dyn std::error::Error) -> String {
+        let chain = crate::error::error_chain(e);
+        if self.security.is_some() && tls_failure(&chain) {
+            return format!(
+                "calling the sidecar at {address}: mTLS failed, the identity did not verify: {chain}"
+            );
+        }
+        format!("calling the sidecar at {address}: {chain}")
+    }
+}
+
+/// Whether a failed call failed in the TLS handshake (an unverified certificate on either
+/// side, or a peer that does not speak TLS) rather than on the network.
+fn tls_failure(chain: &str) -> bool {
+    [
+        "certificate",
+        "alert",
+        "SPIFFE",
+        "corrupt message",
+        "InvalidContentType",
+        "tls handshake",
+        "close_notify",
+    ]
+    .iter()
+    .any(|w| chain.contains(w))
+}
+
+/// The pooled clients for one called app under mTLS.
+struct MtlsClients {
+    h1: Client<hyper_rustls::HttpsConnector<HttpConnector>, Replayable>,
+    h2: Client<hyper_rustls::HttpsConnector<HttpConnector>, Replayable>,
 }

@@ -122,6 +122,8 @@ pub(crate) struct SidecarArgs {
     pub(crate) dapr_block_shutdown_duration: Option<String>,
     #[arg(long = "allowed-origins", default_value = "")]
     pub(crate) allowed_origins: String,
+    /// mTLS between sidecars (SPIFFE identities; certificates from DAPR_TRUST_ANCHORS,
+    /// DAPR_CERT_CHAIN and DAPR_CERT_KEY, else from the local CA under ~/.tandem).
     #[arg(long = "enable-mtls", num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = go_bool)]
     pub(crate) enable_mtls: bool,
     #[arg(long = "sentry-address", default_value = "")]
@@ -180,7 +182,6 @@ const NOT_YET: &[&str] = &[
     "unix_domain_socket",
     "dapr_block_shutdown_duration",
     "allowed_origins",
-    "enable_mtls",
     "sentry_address",
     "control_plane_address",
     "control_plane_trust_domain",
