@@ -36,10 +36,12 @@ pub(crate) async fn layer(State(tracer): State<Tracer>, req: Request, next: Next
     let span = tracer.start_from_headers(&mut parts.headers, SpanKind::Client, || {
         path.to_owned().into()
     });
-    let req = Request::from_parts(parts, body);
     let Some(mut span) = span else {
-        return next.run(req).await;
+        return next.run(Request::from_parts(parts, body)).await;
     };
+    // The value written into the request, shared (not copied) by the answer.
+    let traceparent = parts.headers.get(TRACEPARENT).cloned();
+    let req = Request::from_parts(parts, body);
     let described = span
         .recording()
         .then(|| (req.method().clone(), req.uri().clone()));
@@ -64,7 +66,8 @@ pub(crate) async fn layer(State(tracer): State<Tracer>, req: Request, next: Next
     }
     let headers = resp.headers_mut();
     if !headers.contains_key(TRACEPARENT) {
-        headers.insert(TRACEPARENT, span.context().header_value());
+        let value = traceparent.unwrap_or_else(|| span.context().header_value());
+        headers.insert(TRACEPARENT, value);
     }
     if let Some(b) = baggage {
         headers.insert(BAGGAGE, b);
