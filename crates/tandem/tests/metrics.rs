@@ -641,3 +641,31 @@ spec:
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn calls_to_a_grpc_app_are_measured_as_grpc_client_calls() {
+    let app = tandem_testkit::grpc_app::GrpcApp::start(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sc = start(
+        metered("grpcapp", port)
+            .app_port(app.port)
+            .arg("--app-protocol")
+            .arg("grpc")
+            .name_resolution_db(dir.path().join("nr.db")),
+    )
+    .await;
+    let r = client()
+        .post(sc.url("/v1.0/invoke/grpcapp/method/orders"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, text) = scrape(port, "/").await;
+    let series = "dapr_grpc_io_client_completed_rpcs{app_id=\"grpcapp\",grpc_client_method=\"/dapr.proto.runtime.v1.AppCallback/OnInvoke\",grpc_client_status=\"OK\"}";
+    assert_eq!(value(&text, series).as_deref(), Some("1"), "{text}");
+    assert!(text.contains(
+        "dapr_grpc_io_client_sent_bytes_per_rpc_sum{app_id=\"grpcapp\",grpc_client_method=\"/dapr.proto.runtime.v1.AppCallback/OnInvoke\"} 5\n"
+    ), "{text}");
+}

@@ -179,6 +179,7 @@ pub async fn invoke(
     let (parts, body) = req.into_parts();
     let limit = ch.options().max_message_size;
     let data = collect_limited(body, limit).await?;
+    let sent = data.len() as u64;
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
@@ -208,7 +209,21 @@ pub async fn invoke(
     if let Some(token) = ch.token() {
         md.insert("dapr-api-token", token_value(token));
     }
+    let start = std::time::Instant::now();
     let answer = callback(ch).on_invoke(grpc_req).await;
+    if let Some(m) = ch.metrics() {
+        let (code, received) = match &answer {
+            Ok(r) => (0, r.get_ref().data.as_ref().map_or(0, |d| d.value.len())),
+            Err(s) => (s.code() as i32, 0),
+        };
+        m.grpc_client(
+            "/dapr.proto.runtime.v1.AppCallback/OnInvoke",
+            code,
+            sent,
+            received as u64,
+            start,
+        );
+    }
     Ok(match answer {
         Ok(resp) => {
             let (md, resp, _) = resp.into_parts();
@@ -374,7 +389,19 @@ pub(crate) async fn topic_event(
             tonic::metadata::MetadataValue::from_bytes(&ctx.binary()),
         );
     }
-    match callback(ch).on_topic_event(req).await {
+    let start = std::time::Instant::now();
+    let answer = callback(ch).on_topic_event(req).await;
+    if let Some(m) = ch.metrics() {
+        let code = answer.as_ref().map_or_else(|s| s.code() as i32, |_| 0);
+        m.grpc_client(
+            "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent",
+            code,
+            event.len() as u64,
+            0,
+            start,
+        );
+    }
+    match answer {
         Ok(resp) => verdict_of(resp.into_inner().status),
         Err(status) if status.code() == Code::Unimplemented => {
             tracing::warn!(
