@@ -127,4 +127,6 @@ pub fn parse_resources(
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -7,6 +7,8 @@
 mod bindings;
 mod body;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 mod health;
 mod invoke;
 mod json;
