@@ -21,11 +21,11 @@ use tandem_components::bindings::{BindingEvent, EventHandler, InvokeRequest, Inv
 use tandem_components::pubsub::Subscription;
 
 use crate::app_channel::{AppChannel, empty_body, full_body, grpc};
-use crate::components::{Components, LiveComponents};
+use crate::components::{BindingEntry, Components, LiveComponents};
 use crate::error::{ApiError, ErrorCode};
 use crate::lifecycle::Shutdown;
 use crate::metrics::{ComponentFamily, Metrics};
-use crate::resiliency::{Direction, Policy, Resiliency, call_component};
+use crate::resiliency::{Policy, call_component};
 use crate::state::StateService;
 
 /// How long the app may take to answer the `OPTIONS` probe of an input binding.
@@ -36,7 +36,6 @@ const MAX_ANSWER: usize = 4 << 20;
 /// Output bindings.
 pub struct BindingsService {
     components: Arc<LiveComponents>,
-    resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
 }
 
@@ -49,34 +48,29 @@ fn invoke_error(name: &str, err: impl std::fmt::Display) -> ApiError {
 
 impl BindingsService {
     /// Over the loaded components, under their resiliency policies.
-    pub fn new(
-        components: Arc<LiveComponents>,
-        resiliency: Arc<Resiliency>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(components: Arc<LiveComponents>, metrics: Arc<Metrics>) -> Self {
         Self {
             components,
-            resiliency,
             metrics,
         }
     }
 
-    /// The outbound resiliency policy of component `name`, if any.
-    fn policy(&self, name: &str) -> Option<&Policy> {
-        self.resiliency
-            .component(name, Direction::Outbound)
-            .map(|p| &**p)
-    }
-
     /// Performs `req.operation` on the output binding `name`.
     pub async fn invoke(&self, name: &str, req: InvokeRequest) -> Result<InvokeResponse, ApiError> {
-        let output = self
+        let entry = self
             .components
             .load()
             .bindings
             .get(name)
-            .and_then(|b| b.output.clone())
+            .filter(|b| b.output.is_some())
+            .cloned()
             .ok_or_else(|| invoke_error(name, format!("couldn't find output binding {name}")))?;
+        let Some(output) = &entry.output else {
+            return Err(invoke_error(
+                name,
+                format!("couldn't find output binding {name}"),
+            ));
+        };
         let ops = output.operations();
         if !ops.contains(&req.operation.as_str()) {
             return Err(invoke_error(
@@ -90,7 +84,10 @@ impl BindingsService {
         }
         let start = Instant::now();
         let operation = req.operation.clone();
-        let res = call_component(self.policy(name), req, |req| output.invoke(req)).await;
+        let res = call_component(entry.policies.outbound.as_deref(), req, |req| {
+            output.invoke(req)
+        })
+        .await;
         self.metrics.component(
             ComponentFamily::OutputBinding,
             name,
@@ -273,24 +270,25 @@ impl AppHandler {
 
 /// Starts the input bindings the app wants while it is healthy.
 pub struct InputBindingManager {
-    pub(crate) components: Arc<Components>,
+    pub(crate) components: Arc<LiveComponents>,
     pub(crate) channel: Arc<AppChannel>,
     pub(crate) state: Arc<StateService>,
     pub(crate) bindings: Arc<BindingsService>,
     pub(crate) tracer: crate::trace::Tracer,
 }
 
+/// An input binding the app was asked about: the component asked for, and its reader while
+/// one runs.
+struct Known {
+    entry: Arc<BindingEntry>,
+    wanted: bool,
+    reader: Option<Subscription>,
+}
+
 impl InputBindingManager {
-    /// The input bindings the app asks for: `OPTIONS` probes (HTTP) or `ListInputBindings`
-    /// (gRPC).
-    async fn wanted(&self) -> Vec<String> {
-        let mut names: Vec<&String> = self
-            .components
-            .bindings
-            .iter()
-            .filter(|(_, b)| b.input.is_some())
-            .map(|(n, _)| n)
-            .collect();
+    /// Which of `names` (input bindings of `set`) the app asks for: `OPTIONS` probes (HTTP) or
+    /// `ListInputBindings` (gRPC).
+    async fn wanted(&self, set: &Components, mut names: Vec<String>) -> Vec<String> {
         names.sort();
         if names.is_empty() {
             return Vec::new();
@@ -299,8 +297,7 @@ impl InputBindingManager {
             return match grpc::list_input_bindings(&self.channel).await {
                 Ok(listed) => names
                     .into_iter()
-                    .filter(|n| listed.iter().any(|l| l == *n))
-                    .cloned()
+                    .filter(|n| listed.iter().any(|l| l == n))
                     .collect(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot list the app's input bindings; none started");
@@ -310,18 +307,21 @@ impl InputBindingManager {
         }
         let mut out = Vec::new();
         for name in names {
-            let route = &self.components.bindings[name].route;
+            let Some(entry) = set.bindings.get(&name) else {
+                continue;
+            };
             let Ok(req) = Request::builder()
                 .method(Method::OPTIONS)
                 .body(empty_body())
             else {
                 continue;
             };
-            match tokio::time::timeout(OPTIONS_TIMEOUT, self.channel.send(req, route)).await {
+            match tokio::time::timeout(OPTIONS_TIMEOUT, self.channel.send(req, &entry.route)).await
+            {
                 Ok(Ok(resp))
                     if resp.response.status().is_success() || resp.response.status() == 405 =>
                 {
-                    out.push(name.clone());
+                    out.push(name);
                 }
                 Ok(Ok(resp)) => {
                     tracing::info!(binding = %name, status = resp.response.status().as_u16(), "the app does not want this input binding");
@@ -337,43 +337,78 @@ impl InputBindingManager {
         out
     }
 
-    async fn start_all(&self, names: &[String]) -> Vec<Subscription> {
-        let mut running = Vec::new();
-        for name in names {
-            let Some(entry) = self.components.bindings.get(name) else {
-                continue;
-            };
-            let Some(input) = entry.input.clone() else {
-                continue;
-            };
-            let handler = Arc::new(AppHandler {
-                name: name.clone(),
-                route: entry.route.clone(),
-                channel: self.channel.clone(),
-                state: self.state.clone(),
-                bindings: self.bindings.clone(),
-                inbound: self
-                    .bindings
-                    .resiliency
-                    .component(name, Direction::Inbound)
-                    .cloned(),
-                tracer: self.tracer.clone(),
-            });
-            match input.read(handler).await {
-                Ok(sub) => {
-                    tracing::info!(binding = %name, "input binding started");
-                    running.push(sub);
-                }
-                Err(e) => {
-                    tracing::error!(binding = %name, error = %e, "cannot start input binding")
-                }
+    /// Starts reading `entry` (input binding `name`) into the app.
+    async fn start(&self, name: &str, entry: &Arc<BindingEntry>) -> Option<Subscription> {
+        let input = entry.input.clone()?;
+        let handler = Arc::new(AppHandler {
+            name: name.to_owned(),
+            route: entry.route.clone(),
+            channel: self.channel.clone(),
+            state: self.state.clone(),
+            bindings: self.bindings.clone(),
+            inbound: entry.policies.inbound.clone(),
+            tracer: self.tracer.clone(),
+        });
+        match input.read(handler).await {
+            Ok(sub) => {
+                tracing::info!(binding = %name, "input binding started");
+                Some(sub)
+            }
+            Err(e) => {
+                tracing::error!(binding = %name, error = %e, "cannot start input binding");
+                None
             }
         }
-        running
     }
 
-    /// Runs until shutdown: waits for the app, asks once which bindings it wants, and keeps
-    /// them reading exactly while the app is healthy.
+    /// Brings `known` in line with the current component set: readers of removed or replaced
+    /// bindings stop; new and replaced bindings are offered to the app and started when it
+    /// wants them (and `run` is set: the app is healthy).
+    async fn sync(&self, known: &mut HashMap<String, Known>, run: bool) {
+        let set = self.components.snapshot();
+        let mut stale = Vec::new();
+        known.retain(|name, k| {
+            let current = set.bindings.get(name).filter(|e| e.input.is_some());
+            let keep = current.is_some_and(|e| Arc::ptr_eq(e, &k.entry));
+            if !keep && let Some(r) = k.reader.take() {
+                stale.push((name.clone(), r));
+            }
+            keep
+        });
+        for (name, reader) in stale {
+            tracing::info!(binding = %name, "input binding stopped: its component changed");
+            reader.close().await;
+        }
+        let fresh: Vec<String> = set
+            .bindings
+            .iter()
+            .filter(|(n, e)| e.input.is_some() && !known.contains_key(*n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let wanted = self.wanted(&set, fresh.clone()).await;
+        for name in fresh {
+            let Some(entry) = set.bindings.get(&name) else {
+                continue;
+            };
+            let wanted = wanted.contains(&name);
+            let reader = if wanted && run {
+                self.start(&name, entry).await
+            } else {
+                None
+            };
+            known.insert(
+                name,
+                Known {
+                    entry: entry.clone(),
+                    wanted,
+                    reader,
+                },
+            );
+        }
+    }
+
+    /// Runs until shutdown: waits for the app, asks which bindings it wants, keeps them
+    /// reading exactly while the app is healthy, and follows component reloads.
     pub async fn run(self, shutdown: &Shutdown) {
         let stop = shutdown.wait();
         tokio::pin!(stop);
@@ -382,29 +417,41 @@ impl InputBindingManager {
             _ = &mut stop => return,
             _ = health.wait_for(|h| *h) => {}
         }
-        let names = self.wanted().await;
-        if names.is_empty() {
-            return;
-        }
-        let mut running = self.start_all(&names).await;
+        let mut reloads = self.components.watch();
+        reloads.borrow_and_update();
+        let mut known = HashMap::new();
+        self.sync(&mut known, true).await;
+        let mut healthy = true;
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                changed = reloads.changed() => {
+                    if changed.is_err() { break; }
+                    reloads.borrow_and_update();
+                    self.sync(&mut known, healthy).await;
+                }
                 changed = health.changed() => {
                     if changed.is_err() { break; }
-                    let healthy = *health.borrow_and_update();
-                    if healthy && running.is_empty() {
+                    let now = *health.borrow_and_update();
+                    if now && !healthy {
                         tracing::info!("app is healthy again: resuming input bindings");
-                        running = self.start_all(&names).await;
-                    } else if !healthy && !running.is_empty() {
+                        for (name, k) in known.iter_mut().filter(|(_, k)| k.wanted) {
+                            k.reader = self.start(name, &k.entry).await;
+                        }
+                    } else if !now && healthy {
                         tracing::warn!("app is unhealthy: pausing input bindings");
-                        for s in running.drain(..) { s.close().await; }
+                        for k in known.values_mut() {
+                            if let Some(r) = k.reader.take() { r.close().await; }
+                        }
                     }
+                    healthy = now;
                 }
             }
         }
-        for s in running {
-            s.close().await;
+        for k in known.into_values() {
+            if let Some(r) = k.reader {
+                r.close().await;
+            }
         }
     }
 }

@@ -15,9 +15,11 @@ use tandem_components::pubsub::PubSub;
 use tandem_components::secrets::SecretStore;
 use tandem_components::state::{self, RequestMetadata, StateStore};
 use tandem_config::{Component, MetadataValue};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::registry::{Block, Registry};
+use crate::resiliency::{ComponentKind, ComponentPolicies, Policy, Resiliency};
 
 /// Dapr's default component `initTimeout`.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,10 +74,15 @@ pub enum KeyPrefix {
     Prefix(String),
 }
 
-/// A loaded state store and its key prefix.
-pub struct StateEntry {
+pub(crate) struct StateEntry {
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) prefix: KeyPrefix,
+    pub(crate) policies: ComponentPolicies,
+}
+
+pub(crate) struct SecretEntry {
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) policies: ComponentPolicies,
 }
 
 /// A loaded pub/sub component and the runtime-level settings read from its metadata.
@@ -84,6 +91,8 @@ pub struct PubSubEntry {
     pub component: Arc<dyn PubSub>,
     /// `consumerID`, defaulting to the app-id: the consumer group of this app's subscriptions.
     pub consumer_group: String,
+    /// Its resiliency policies.
+    pub policies: ComponentPolicies,
 }
 
 /// A loaded binding: the directions it serves (after `direction`) and its input route.
@@ -94,6 +103,20 @@ pub struct BindingEntry {
     pub output: Option<Arc<dyn OutputBinding>>,
     /// Where input events are delivered: metadata `route`, or `/<name>`.
     pub route: String,
+    /// Its resiliency policies.
+    pub policies: ComponentPolicies,
+}
+
+impl StateEntry {
+    pub(crate) fn outbound(&self) -> Option<&Policy> {
+        self.policies.outbound.as_deref()
+    }
+}
+
+impl SecretEntry {
+    pub(crate) fn outbound(&self) -> Option<&Policy> {
+        self.policies.outbound.as_deref()
+    }
 }
 
 /// A component produced by a factory.
@@ -103,14 +126,193 @@ enum Built {
     Binding(Binding),
 }
 
-/// Every loaded component, by name, per building block.
-#[derive(Default)]
+/// Every loaded component, by name, per building block: one immutable set. The runtime holds
+/// the current set in [`LiveComponents`], which swaps in a new set when definitions change.
+#[derive(Clone, Default)]
 pub struct Components {
     pub(crate) state: HashMap<String, Arc<StateEntry>>,
-    pub(crate) secrets: HashMap<String, Arc<dyn SecretStore>>,
+    pub(crate) secrets: HashMap<String, Arc<SecretEntry>>,
     pub(crate) pubsub: HashMap<String, Arc<PubSubEntry>>,
     pub(crate) bindings: HashMap<String, Arc<BindingEntry>>,
     pub(crate) infos: Vec<ComponentInfo>,
+    /// The definitions the loaded components were built from (for reloads).
+    pub(crate) defs: HashMap<String, Component>,
+}
+
+/// The components in use, replaced as a whole when definitions change (hot reload). Readers
+/// take the current set without locking; a request keeps the component it started with.
+pub struct LiveComponents {
+    current: ArcSwap<Components>,
+    generation: watch::Sender<u64>,
+    reload: tokio::sync::Mutex<()>,
+}
+
+impl LiveComponents {
+    /// Starts with `set`.
+    pub fn new(set: Arc<Components>) -> Self {
+        Self {
+            current: ArcSwap::new(set),
+            generation: watch::Sender::new(0),
+            reload: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current set, for a short look (no reference count taken on the fast path).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Components>> {
+        self.current.load()
+    }
+
+    /// The current set, to keep.
+    pub fn snapshot(&self) -> Arc<Components> {
+        self.current.load_full()
+    }
+
+    /// Changes whenever a new set is swapped in.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn swap(&self, set: Components) {
+        self.current.store(Arc::new(set));
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Components loaded for the first time.
+    pub added: Vec<String>,
+    /// Components rebuilt from a changed definition.
+    pub updated: Vec<String>,
+    /// Components removed.
+    pub removed: Vec<String>,
+    /// Components whose new definition failed to load (the previous one, if any, stays).
+    pub failed: Vec<ComponentError>,
+}
+
+impl ReloadReport {
+    /// Whether nothing changed and nothing failed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.updated.is_empty()
+            && self.removed.is_empty()
+            && self.failed.is_empty()
+    }
+}
+
+/// Whether two definitions describe the same component (where they were read aside).
+fn same_definition(a: &Component, b: &Component) -> bool {
+    a.name == b.name
+        && a.namespace == b.namespace
+        && a.type_name == b.type_name
+        && a.version == b.version
+        && a.ignore_errors == b.ignore_errors
+        && a.init_timeout == b.init_timeout
+        && a.metadata == b.metadata
+        && a.secret_store == b.secret_store
+        && a.scopes == b.scopes
+}
+
+/// Applies a new complete list of definitions to `live`: unchanged components are kept as
+/// they are (connections and circuit breakers included), changed ones are rebuilt, new ones
+/// built, missing ones dropped (closed once the last request using them ends). A definition
+/// that fails to load is reported and leaves its previous version in place.
+pub async fn reload(
+    live: &LiveComponents,
+    defs: &[Component],
+    registry: &Registry,
+    ctx: &LoadContext<'_>,
+) -> ReloadReport {
+    let _guard = live.reload.lock().await;
+    let current = live.snapshot();
+    let mut report = ReloadReport::default();
+    let mut to_build: Vec<Component> = Vec::new();
+    for d in defs {
+        match current.defs.get(&d.name) {
+            Some(old) if same_definition(old, d) => {}
+            Some(_) => {
+                report.updated.push(d.name.clone());
+                to_build.push(d.clone());
+            }
+            None => {
+                report.added.push(d.name.clone());
+                to_build.push(d.clone());
+            }
+        }
+    }
+    for name in current.defs.keys() {
+        if !defs.iter().any(|d| &d.name == name) {
+            report.removed.push(name.clone());
+        }
+    }
+    if report.is_empty() {
+        return report;
+    }
+    // A changed secret store changes what other components' secretKeyRefs resolve to:
+    // rebuild those too.
+    let changed_stores: Vec<String> = to_build
+        .iter()
+        .filter(|c| Registry::block_of(&c.type_name) == Some(Block::SecretStore))
+        .map(|c| c.name.clone())
+        .chain(report.removed.iter().cloned())
+        .collect();
+    for d in defs {
+        if has_secret_refs(d)
+            && d.secret_store
+                .as_deref()
+                .is_some_and(|s| changed_stores.iter().any(|c| c == s))
+            && !to_build.iter().any(|b| b.name == d.name)
+        {
+            report.updated.push(d.name.clone());
+            to_build.push(d.clone());
+        }
+    }
+    let mut base = current.without(
+        report
+            .removed
+            .iter()
+            .chain(report.updated.iter())
+            .map(String::as_str),
+    );
+    // Failures must not stop the sidecar: load each definition as if `ignoreErrors` were set
+    // and keep the previous version of any that fails.
+    let lenient: Vec<Component> = to_build
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            c.ignore_errors = true;
+            c
+        })
+        .collect();
+    let mut loaded =
+        match load_into(Components::default(), &lenient, registry, ctx, Some(&base)).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Not reachable with ignoreErrors set everywhere; keep everything as it was.
+                report.failed.push(e);
+                return report;
+            }
+        };
+    for err in loaded.ignored.drain(..) {
+        let name = err.name.clone();
+        report.added.retain(|n| *n != name);
+        report.updated.retain(|n| *n != name);
+        if let Some(old) = current.defs.get(&name) {
+            base.keep_from(&current, old);
+        }
+        report.failed.push(err);
+    }
+    for (name, mut def) in loaded.components.defs.drain() {
+        def.ignore_errors = to_build
+            .iter()
+            .find(|c| c.name == name)
+            .is_some_and(|c| c.ignore_errors);
+        base.defs.insert(name, def);
+    }
+    base.merge(loaded.components);
+    live.swap(base);
+    report
 }
 
 impl Components {
@@ -119,26 +321,59 @@ impl Components {
         &self.infos
     }
 
-    /// Every component's name and kind, for resolving its resiliency policies.
-    pub fn resiliency_targets(&self) -> Vec<(&str, crate::resiliency::ComponentKind)> {
-        use crate::resiliency::ComponentKind;
-        let state = self
-            .state
-            .keys()
-            .map(|n| (n.as_str(), ComponentKind::Statestore));
-        let secrets = self
-            .secrets
-            .keys()
-            .map(|n| (n.as_str(), ComponentKind::Secretstore));
-        let pubsub = self
-            .pubsub
-            .keys()
-            .map(|n| (n.as_str(), ComponentKind::Pubsub));
-        let bindings = self
-            .bindings
-            .keys()
-            .map(|n| (n.as_str(), ComponentKind::Binding));
-        state.chain(secrets).chain(pubsub).chain(bindings).collect()
+    /// This set without the components `names`.
+    fn without<'a>(&self, names: impl Iterator<Item = &'a str>) -> Self {
+        let mut out = self.clone();
+        for name in names {
+            out.state.remove(name);
+            out.secrets.remove(name);
+            out.pubsub.remove(name);
+            out.bindings.remove(name);
+            out.defs.remove(name);
+            out.infos.retain(|i| i.name != name);
+        }
+        out
+    }
+
+    /// Puts `def`'s component of `from` back into this set.
+    fn keep_from(&mut self, from: &Self, def: &Component) {
+        let name = &def.name;
+        if let Some(e) = from.state.get(name) {
+            self.state.insert(name.clone(), e.clone());
+        }
+        if let Some(e) = from.secrets.get(name) {
+            self.secrets.insert(name.clone(), e.clone());
+        }
+        if let Some(e) = from.pubsub.get(name) {
+            self.pubsub.insert(name.clone(), e.clone());
+        }
+        if let Some(e) = from.bindings.get(name) {
+            self.bindings.insert(name.clone(), e.clone());
+        }
+        if let Some(i) = from.infos.iter().find(|i| &i.name == name) {
+            self.infos.push(i.clone());
+        }
+        self.defs.insert(name.clone(), def.clone());
+    }
+
+    /// Adds every component of `other` (its definitions are taken separately).
+    fn merge(&mut self, other: Self) {
+        self.state.extend(other.state);
+        self.secrets.extend(other.secrets);
+        self.pubsub.extend(other.pubsub);
+        self.bindings.extend(other.bindings);
+        self.infos.extend(other.infos);
+    }
+
+    /// The secret store `name`, here or in `fallback` (the set a reload builds upon).
+    fn secret_store<'a>(
+        &'a self,
+        name: &str,
+        fallback: Option<&'a Components>,
+    ) -> Option<&'a Arc<SecretEntry>> {
+        self.secrets
+            .get(name)
+            .or_else(|| fallback.and_then(|f| f.secrets.get(name)))
     }
 
     /// Adds a state store built outside the loader (tests, embedded use).
@@ -155,8 +390,14 @@ impl Components {
             version: "v1".into(),
             capabilities: state::capabilities(&*store),
         });
-        self.state
-            .insert(name.to_owned(), Arc::new(StateEntry { store, prefix }));
+        self.state.insert(
+            name.to_owned(),
+            Arc::new(StateEntry {
+                store,
+                prefix,
+                policies: ComponentPolicies::default(),
+            }),
+        );
     }
 
     /// The loaded pub/sub components.
@@ -182,8 +423,29 @@ impl Components {
             version: "v1".into(),
             capabilities: store.features().to_vec(),
         });
-        self.secrets.insert(name.to_owned(), store);
+        self.secrets.insert(
+            name.to_owned(),
+            Arc::new(SecretEntry {
+                store,
+                policies: ComponentPolicies::default(),
+            }),
+        );
     }
+}
+
+/// Every definition's name and kind, for resolving resiliency policies before loading.
+pub fn resiliency_targets(defs: &[Component]) -> Vec<(&str, ComponentKind)> {
+    defs.iter()
+        .filter_map(|c| {
+            let kind = match Registry::block_of(&c.type_name)? {
+                Block::State => ComponentKind::Statestore,
+                Block::SecretStore => ComponentKind::Secretstore,
+                Block::PubSub => ComponentKind::Pubsub,
+                Block::Binding => ComponentKind::Binding,
+            };
+            Some((c.name.as_str(), kind))
+        })
+        .collect()
 }
 
 /// What the loader needs besides the definitions.
@@ -194,6 +456,8 @@ pub struct LoadContext<'a> {
     pub namespace: Option<&'a str>,
     /// The sidecar's environment (for `envRef`).
     pub env: &'a HashMap<String, String>,
+    /// The resiliency policies, attached to each component as it is loaded.
+    pub resiliency: &'a Resiliency,
 }
 
 /// Outcome of loading: the components, and non-fatal failures (`ignoreErrors`).
@@ -210,22 +474,18 @@ pub async fn load(
     registry: &Registry,
     ctx: &LoadContext<'_>,
 ) -> Result<Loaded, ComponentError> {
-    load_over(defs, registry, ctx, &HashMap::new()).await
+    load_into(Components::default(), defs, registry, ctx, None).await
 }
 
-/// Builds every component in `defs`; `secretKeyRef`s may also name the stores in `base`
-/// (those already loaded when components are added while running). The result holds the
-/// components of `defs` only.
-async fn load_over(
+/// Builds every component in `defs` into `out`; secret stores of `existing` (the set a
+/// reload builds upon) serve `secretKeyRef`s too.
+async fn load_into(
+    mut out: Components,
     defs: &[Component],
     registry: &Registry,
     ctx: &LoadContext<'_>,
-    base: &HashMap<String, Arc<dyn SecretStore>>,
+    existing: Option<&Components>,
 ) -> Result<Loaded, ComponentError> {
-    let mut out = Components {
-        secrets: base.clone(),
-        ..Components::default()
-    };
     let mut ignored = Vec::new();
     let mut fail = |c: &Component, err: ComponentError| -> Result<(), ComponentError> {
         if c.ignore_errors {
@@ -250,7 +510,7 @@ async fn load_over(
             let refs_ready = !has_secret_refs(c)
                 || c.secret_store
                     .as_deref()
-                    .is_some_and(|s| out.secrets.contains_key(s));
+                    .is_some_and(|s| out.secret_store(s, existing).is_some());
             let refs_possible = c
                 .secret_store
                 .as_deref()
@@ -260,8 +520,8 @@ async fn load_over(
                 continue;
             }
             progress = true;
-            match build_secret_store(c, registry, ctx, &out).await {
-                Ok(store) => out.insert_secret_store_from(c, store),
+            match build_secret_store(c, registry, ctx, &out, existing).await {
+                Ok(store) => out.insert_secret_store_from(c, store, ctx),
                 Err(e) => fail(c, e)?,
             }
         }
@@ -284,7 +544,7 @@ async fn load_over(
     // Everything else, concurrently.
     let mut tasks = JoinSet::new();
     for (idx, c) in other_defs.iter().enumerate() {
-        let prepared = prepare(c, registry, ctx, &out).await;
+        let prepared = prepare(c, registry, ctx, &out, existing).await;
         match prepared {
             Ok(fut) => {
                 let timeout = c.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
@@ -373,19 +633,33 @@ async fn load_over(
                 }
             });
         }
+        out.defs.insert(c.name.clone(), c.clone());
         match component {
             Built::State(store) => {
                 let prefix = key_prefix(&meta, c, ctx);
-                out.state
-                    .insert(c.name.clone(), Arc::new(StateEntry { store, prefix }));
+                let policies = ctx
+                    .resiliency
+                    .component_policies(&c.name, ComponentKind::Statestore);
+                out.state.insert(
+                    c.name.clone(),
+                    Arc::new(StateEntry {
+                        store,
+                        prefix,
+                        policies,
+                    }),
+                );
             }
             Built::PubSub(component) => {
                 let consumer_group = meta.get("consumerID").unwrap_or(ctx.app_id).to_owned();
+                let policies = ctx
+                    .resiliency
+                    .component_policies(&c.name, ComponentKind::Pubsub);
                 out.pubsub.insert(
                     c.name.clone(),
                     Arc::new(PubSubEntry {
                         component,
                         consumer_group,
+                        policies,
                     }),
                 );
             }
@@ -399,20 +673,19 @@ async fn load_over(
                 } else {
                     format!("/{route}")
                 };
+                let policies = ctx
+                    .resiliency
+                    .component_policies(&c.name, ComponentKind::Binding);
                 out.bindings.insert(
                     c.name.clone(),
                     Arc::new(BindingEntry {
                         input: b.input,
                         output: b.output,
                         route,
+                        policies,
                     }),
                 );
             }
-        }
-    }
-    for name in base.keys() {
-        if !defs.iter().any(|d| &d.name == name) {
-            out.secrets.remove(name);
         }
     }
     Ok(Loaded {
@@ -422,14 +695,24 @@ async fn load_over(
 }
 
 impl Components {
-    fn insert_secret_store_from(&mut self, c: &Component, store: Arc<dyn SecretStore>) {
+    fn insert_secret_store_from(
+        &mut self,
+        c: &Component,
+        store: Arc<dyn SecretStore>,
+        ctx: &LoadContext<'_>,
+    ) {
         self.infos.push(ComponentInfo {
             name: c.name.clone(),
             type_name: c.type_name.clone(),
             version: version_of(c),
             capabilities: store.features().to_vec(),
         });
-        self.secrets.insert(c.name.clone(), store);
+        let policies = ctx
+            .resiliency
+            .component_policies(&c.name, ComponentKind::Secretstore);
+        self.secrets
+            .insert(c.name.clone(), Arc::new(SecretEntry { store, policies }));
+        self.defs.insert(c.name.clone(), c.clone());
     }
 }
 
@@ -452,12 +735,13 @@ async fn build_secret_store(
     registry: &Registry,
     ctx: &LoadContext<'_>,
     loaded: &Components,
+    existing: Option<&Components>,
 ) -> Result<Arc<dyn SecretStore>, ComponentError> {
     let factory = registry
         .secret_factory(&c.type_name, &c.version)
         .ok_or_else(|| unknown_type(c))?
         .clone();
-    let meta = resolve_metadata(c, ctx, loaded).await?;
+    let meta = resolve_metadata(c, ctx, loaded, existing).await?;
     let timeout = c.init_timeout.unwrap_or(DEFAULT_INIT_TIMEOUT);
     match tokio::time::timeout(timeout, factory(meta)).await {
         Ok(Ok(store)) => Ok(store),
@@ -474,6 +758,7 @@ async fn prepare(
     registry: &Registry,
     ctx: &LoadContext<'_>,
     loaded: &Components,
+    existing: Option<&Components>,
 ) -> Result<crate::registry::BuildFuture<Built>, ComponentError> {
     match Registry::block_of(&c.type_name) {
         Some(Block::State) => {
@@ -481,7 +766,7 @@ async fn prepare(
                 .state_factory(&c.type_name, &c.version)
                 .ok_or_else(|| unknown_type(c))?
                 .clone();
-            let meta = resolve_metadata(c, ctx, loaded).await?;
+            let meta = resolve_metadata(c, ctx, loaded, existing).await?;
             let fut = factory(meta);
             Ok(Box::pin(async move { fut.await.map(Built::State) }))
         }
@@ -490,7 +775,7 @@ async fn prepare(
                 .pubsub_factory(&c.type_name, &c.version)
                 .ok_or_else(|| unknown_type(c))?
                 .clone();
-            let meta = resolve_metadata(c, ctx, loaded).await?;
+            let meta = resolve_metadata(c, ctx, loaded, existing).await?;
             let fut = factory(meta);
             Ok(Box::pin(async move { fut.await.map(Built::PubSub) }))
         }
@@ -499,7 +784,7 @@ async fn prepare(
                 .binding_factory(&c.type_name, &c.version)
                 .ok_or_else(|| unknown_type(c))?
                 .clone();
-            let meta = resolve_metadata(c, ctx, loaded).await?;
+            let meta = resolve_metadata(c, ctx, loaded, existing).await?;
             let fut = factory(meta);
             Ok(Box::pin(async move { fut.await.map(Built::Binding) }))
         }
@@ -576,6 +861,7 @@ pub(crate) async fn resolve_metadata(
     c: &Component,
     ctx: &LoadContext<'_>,
     loaded: &Components,
+    existing: Option<&Components>,
 ) -> Result<Metadata, ComponentError> {
     let mut meta = base_metadata(c, ctx);
     for item in &c.metadata {
@@ -594,7 +880,7 @@ pub(crate) async fn resolve_metadata(
                         ),
                     )
                 })?;
-                let store = loaded.secrets.get(store_name).ok_or_else(|| {
+                let store = loaded.secret_store(store_name, existing).ok_or_else(|| {
                     ComponentError::new(
                         c,
                         format!(
@@ -607,7 +893,7 @@ pub(crate) async fn resolve_metadata(
                 if let Some(ns) = ctx.namespace {
                     req_meta.insert("namespace".into(), ns.to_owned());
                 }
-                let secret = store.get(name, &req_meta).await.map_err(|e| {
+                let secret = store.store.get(name, &req_meta).await.map_err(|e| {
                     ComponentError::new(
                         c,
                         format!(
@@ -657,210 +943,6 @@ fn key_prefix(meta: &Metadata, c: &Component, ctx: &LoadContext<'_>) -> KeyPrefi
             },
             _ => KeyPrefix::Prefix(p),
         },
-    }
-}
-
-/// The loaded components, replaceable while the sidecar runs: requests read the current set
-/// (one atomic load), and [`LiveComponents::reload`] swaps in a new one when definitions are
-/// added, changed or removed (resources watched in Kubernetes, or resource files).
-///
-/// A call already holding a component finishes on it; a removed component is dropped once the
-/// last such call ends. Subscriptions and input bindings already started keep the component
-/// they started with.
-pub struct LiveComponents {
-    current: ArcSwap<Components>,
-    // The definitions of the current set; the lock also serialises reloads.
-    defs: tokio::sync::Mutex<Vec<Component>>,
-}
-
-/// What a reload changed.
-#[derive(Debug, Default)]
-pub struct ReloadReport {
-    /// Components loaded that were not there before.
-    pub added: Vec<String>,
-    /// Components rebuilt because their definition changed.
-    pub updated: Vec<String>,
-    /// Components dropped because their definition went away.
-    pub removed: Vec<String>,
-    /// Components that could not be built: an added one stays absent, a changed one keeps
-    /// its previous version.
-    pub failed: Vec<ComponentError>,
-}
-
-impl ReloadReport {
-    /// Whether nothing changed and nothing failed.
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty()
-            && self.updated.is_empty()
-            && self.removed.is_empty()
-            && self.failed.is_empty()
-    }
-}
-
-impl LiveComponents {
-    /// Starts from `components`, loaded from `defs`.
-    pub fn new(components: Arc<Components>, defs: Vec<Component>) -> Self {
-        Self {
-            current: ArcSwap::new(components),
-            defs: tokio::sync::Mutex::new(defs),
-        }
-    }
-
-    /// The current set.
-    pub fn load(&self) -> arc_swap::Guard<Arc<Components>> {
-        self.current.load()
-    }
-
-    /// The current set, as an owned handle (for long-running work).
-    pub fn load_full(&self) -> Arc<Components> {
-        self.current.load_full()
-    }
-
-    /// Brings the set in line with `defs`, the complete new list of definitions: builds the
-    /// added and changed ones (secret stores first, so others can resolve `secretKeyRef`s
-    /// against them), drops the removed ones, then swaps the new set in at once. A definition
-    /// that fails to build is reported and does not stop the others.
-    pub async fn reload(
-        &self,
-        defs: &[Component],
-        registry: &Registry,
-        ctx: &LoadContext<'_>,
-    ) -> ReloadReport {
-        let mut known = self.defs.lock().await;
-        let mut report = ReloadReport::default();
-        let same = |a: &Component, b: &Component| {
-            let mut a = a.clone();
-            a.source = b.source.clone();
-            &a == b
-        };
-        let mut to_build: Vec<&Component> = Vec::new();
-        for d in defs {
-            match known.iter().find(|k| k.name == d.name) {
-                Some(k) if same(k, d) => {}
-                Some(_) => {
-                    to_build.push(d);
-                }
-                None => to_build.push(d),
-            }
-        }
-        for k in known.iter() {
-            if !defs.iter().any(|d| d.name == k.name) {
-                report.removed.push(k.name.clone());
-            }
-        }
-        if to_build.is_empty() && report.removed.is_empty() {
-            return report;
-        }
-        to_build.sort_by_key(|c| Registry::block_of(&c.type_name) != Some(Block::SecretStore));
-
-        let current = self.current.load_full();
-        let mut secrets: HashMap<String, Arc<dyn SecretStore>> = current
-            .secrets
-            .iter()
-            .filter(|(n, _)| !report.removed.contains(n))
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
-        let mut built = Components::default();
-        let mut new_defs: Vec<Component> = known
-            .iter()
-            .filter(|k| defs.iter().any(|d| d.name == k.name))
-            .cloned()
-            .collect();
-        for c in to_build {
-            let existed = known.iter().any(|k| k.name == c.name);
-            let mut strict = c.clone();
-            strict.ignore_errors = false;
-            match load_over(std::slice::from_ref(&strict), registry, ctx, &secrets).await {
-                Ok(loaded) => {
-                    let one = loaded.components;
-                    if let Some(s) = one.secrets.get(&c.name) {
-                        secrets.insert(c.name.clone(), s.clone());
-                    }
-                    built.absorb(one, &c.name);
-                    new_defs.retain(|k| k.name != c.name);
-                    new_defs.push(c.clone());
-                    if existed {
-                        report.updated.push(c.name.clone());
-                    } else {
-                        report.added.push(c.name.clone());
-                    }
-                }
-                Err(e) => report.failed.push(e),
-            }
-        }
-        let mut gone: Vec<&str> = report.removed.iter().map(String::as_str).collect();
-        gone.extend(report.updated.iter().map(String::as_str));
-        let mut next = current.without(&gone);
-        next.absorb_all(built);
-        self.current.store(Arc::new(next));
-        *known = new_defs;
-        report
-    }
-}
-
-impl Components {
-    /// A copy of the set without the components named in `names`.
-    fn without(&self, names: &[&str]) -> Components {
-        let keep = |n: &String| !names.contains(&n.as_str());
-        Components {
-            state: self
-                .state
-                .iter()
-                .filter(|(n, _)| keep(n))
-                .map(|(n, e)| (n.clone(), e.clone()))
-                .collect(),
-            secrets: self
-                .secrets
-                .iter()
-                .filter(|(n, _)| keep(n))
-                .map(|(n, e)| (n.clone(), e.clone()))
-                .collect(),
-            pubsub: self
-                .pubsub
-                .iter()
-                .filter(|(n, _)| keep(n))
-                .map(|(n, e)| (n.clone(), e.clone()))
-                .collect(),
-            bindings: self
-                .bindings
-                .iter()
-                .filter(|(n, _)| keep(n))
-                .map(|(n, e)| (n.clone(), e.clone()))
-                .collect(),
-            infos: self
-                .infos
-                .iter()
-                .filter(|i| keep(&i.name))
-                .cloned()
-                .collect(),
-        }
-    }
-
-    /// Takes component `name` from `other` (a set built for it alone, which may also hold the
-    /// secret stores it was resolved against).
-    fn absorb(&mut self, mut other: Components, name: &str) {
-        if let Some(e) = other.state.remove(name) {
-            self.state.insert(name.to_owned(), e);
-        }
-        if let Some(e) = other.secrets.remove(name) {
-            self.secrets.insert(name.to_owned(), e);
-        }
-        if let Some(e) = other.pubsub.remove(name) {
-            self.pubsub.insert(name.to_owned(), e);
-        }
-        if let Some(e) = other.bindings.remove(name) {
-            self.bindings.insert(name.to_owned(), e);
-        }
-        self.infos
-            .extend(other.infos.into_iter().filter(|i| i.name == name));
-    }
-
-    fn absorb_all(&mut self, other: Components) {
-        self.state.extend(other.state);
-        self.secrets.extend(other.secrets);
-        self.pubsub.extend(other.pubsub);
-        self.bindings.extend(other.bindings);
-        self.infos.extend(other.infos);
     }
 }
 

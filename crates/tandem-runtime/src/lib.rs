@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 pub use error::{ApiError, ErrorCode};
 
-use components::{ComponentError, Components, LiveComponents, LoadContext};
+use components::{ComponentError, Components, LiveComponents, LoadContext, ReloadReport};
 use lifecycle::{Readiness, Shutdown};
 use metadata::{AppConnectionInfo, MetadataService, MetadataSnapshot, SubscriptionInfo};
 use registry::Registry;
@@ -94,8 +94,10 @@ pub struct Runtime {
     pub app_channel: Option<Arc<app_channel::AppChannel>>,
     /// Service invocation.
     pub invoke: invoke::InvokeService,
-    /// Every loaded component (replaceable while running).
+    /// Every loaded component (swapped whole when definitions change).
     pub components: Arc<LiveComponents>,
+    /// How components were loaded, to load changed definitions the same way.
+    reload_context: Option<ReloadContext>,
     /// The resiliency policies, resolved per target.
     pub resiliency: Arc<resiliency::Resiliency>,
     /// The services' metrics.
@@ -123,10 +125,16 @@ impl Runtime {
         configuration: &tandem_config::Configuration,
         registry: &Registry,
     ) -> Result<Arc<Self>, StartupError> {
+        let resiliency = Arc::new(resiliency::Resiliency::new(
+            &resources.resiliencies,
+            &options.app_id,
+            &components::resiliency_targets(&resources.components),
+        )?);
         let ctx = LoadContext {
             app_id: &options.app_id,
             namespace: options.namespace.as_deref(),
             env: &options.env,
+            resiliency: &resiliency,
         };
         let loaded = components::load(&resources.components, registry, &ctx).await?;
         let metrics = options
@@ -139,26 +147,12 @@ impl Runtime {
                 None => metrics.component_initialized(&c.type_name),
             }
         }
-        let components = Arc::new(LiveComponents::new(
-            Arc::new(loaded.components),
-            resources.components.clone(),
-        ));
-        let resiliency = Arc::new(resiliency::Resiliency::new(
-            &resources.resiliencies,
-            &options.app_id,
-            &components.load().resiliency_targets(),
-        )?);
-        let endpoints =
-            invoke::load_endpoints(&resources.http_endpoints, &ctx, &components.load()).await;
+        let components = Arc::new(loaded.components);
+        let endpoints = invoke::load_endpoints(&resources.http_endpoints, &ctx, &components).await;
         let base = MetadataSnapshot {
             id: options.app_id.clone(),
             runtime_version: RUNTIME_VERSION.to_owned(),
-            enabled_features: configuration
-                .features
-                .iter()
-                .filter(|f| f.enabled)
-                .map(|f| f.name.clone())
-                .collect(),
+            enabled_features: enabled_features(configuration),
             components: Vec::new(),
             extended: BTreeMap::from([(
                 "daprRuntimeVersion".to_owned(),
@@ -184,6 +178,11 @@ impl Runtime {
             resiliency.clone(),
             metrics,
         );
+        runtime.reload_context = Some(ReloadContext {
+            namespace: options.namespace.clone(),
+            env: options.env.clone(),
+            registry: registry.clone(),
+        });
         runtime.declarative_subscriptions = resources
             .subscriptions
             .iter()
@@ -226,7 +225,7 @@ impl Runtime {
     ) -> Self {
         Self::assemble(
             app_id,
-            Arc::new(LiveComponents::new(components, Vec::new())),
+            components,
             scopes,
             base,
             Arc::new(resiliency::Resiliency::none()),
@@ -236,37 +235,26 @@ impl Runtime {
 
     fn assemble(
         app_id: String,
-        components: Arc<LiveComponents>,
+        components: Arc<Components>,
         scopes: HashMap<String, SecretScope>,
         base: MetadataSnapshot,
         resiliency: Arc<resiliency::Resiliency>,
         metrics: Arc<metrics::Metrics>,
     ) -> Self {
+        let components = Arc::new(LiveComponents::new(components));
         Self {
             state: Arc::new(StateService::new(
                 components.clone(),
                 app_id.clone(),
-                resiliency.clone(),
                 metrics.clone(),
             )),
             bindings: Arc::new(bindings::BindingsService::new(
                 components.clone(),
-                resiliency.clone(),
                 metrics.clone(),
             )),
-            secrets: SecretsService::new(
-                components.clone(),
-                scopes,
-                resiliency.clone(),
-                metrics.clone(),
-            ),
+            secrets: SecretsService::new(components.clone(), scopes, metrics.clone()),
             metadata: Arc::new(MetadataService::new(base, components.clone())),
-            pubsub: pubsub::PubSubService::new(
-                components.clone(),
-                app_id.clone(),
-                resiliency.clone(),
-                metrics.clone(),
-            ),
+            pubsub: pubsub::PubSubService::new(components.clone(), app_id.clone(), metrics.clone()),
             declarative_subscriptions: Vec::new(),
             max_in_flight: pubsub::subscriptions::DEFAULT_MAX_IN_FLIGHT,
             readiness: Readiness::default(),
@@ -274,6 +262,7 @@ impl Runtime {
             app_channel: None,
             invoke: invoke::InvokeService::minimal(&app_id),
             components,
+            reload_context: None,
             resiliency,
             metrics,
             tracer: trace::Tracer::off(),
@@ -282,37 +271,61 @@ impl Runtime {
     }
 }
 
+/// What loading a changed definition needs, kept from start-up.
+struct ReloadContext {
+    namespace: Option<String>,
+    env: HashMap<String, String>,
+    registry: Registry,
+}
+
 impl Runtime {
-    /// Starts talking to the app (when `--app-port` is set): waits for its port, runs health
-    /// checks, and keeps its subscriptions and input bindings running while it is healthy. Returns at once; the
-    /// work runs in background tasks that end with the shutdown signal.
-    pub fn start_app_channel(self: &Arc<Self>) {
-        let Some(channel) = self.app_channel.clone() else {
-            return;
+    /// Applies a new complete list of component definitions (hot reload): unchanged
+    /// components stay as they are, changed ones are rebuilt, new ones loaded, missing ones
+    /// removed; subscriptions and input bindings on changed pub/subs and bindings restart on
+    /// the new component. A definition that fails to load is reported, never fatal.
+    pub async fn reload_components(&self, defs: &[tandem_config::Component]) -> ReloadReport {
+        let Some(rc) = &self.reload_context else {
+            return ReloadReport::default();
         };
+        let ctx = LoadContext {
+            app_id: &self.app_id,
+            namespace: rc.namespace.as_deref(),
+            env: &rc.env,
+            resiliency: &self.resiliency,
+        };
+        components::reload(&self.components, defs, &rc.registry, &ctx).await
+    }
+
+    /// Starts talking to the app (when `--app-port` is set): waits for its port, runs health
+    /// checks, and keeps its subscriptions and input bindings running while it is healthy.
+    /// Returns at once; the work runs in a background task that ends after the shutdown
+    /// signal, once every in-flight delivery has been answered and acknowledged (await the
+    /// returned handle to drain).
+    pub fn start_app_channel(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let channel = self.app_channel.clone()?;
         let rt = self.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             channel.start(&rt.shutdown).await;
             let inputs = bindings::InputBindingManager {
-                components: rt.components.load_full(),
+                components: rt.components.clone(),
                 channel: channel.clone(),
                 state: rt.state.clone(),
                 bindings: rt.bindings.clone(),
                 tracer: rt.tracer.clone(),
             };
-            let rt2 = rt.clone();
-            tokio::spawn(async move { inputs.run(&rt2.shutdown).await });
             let manager = pubsub::subscriptions::SubscriptionManager {
-                components: rt.components.load_full(),
+                components: rt.components.clone(),
                 channel,
                 declarative: rt.declarative_subscriptions.clone(),
                 max_in_flight: rt.max_in_flight,
-                resiliency: rt.resiliency.clone(),
                 metrics: rt.metrics.clone(),
                 tracer: rt.tracer.clone(),
             };
-            manager.run(rt.metadata.clone(), &rt.shutdown).await;
-        });
+            tokio::join!(
+                inputs.run(&rt.shutdown),
+                manager.run(rt.metadata.clone(), &rt.shutdown)
+            );
+        }))
     }
 }
 
@@ -333,6 +346,23 @@ fn subscription_info(s: &tandem_config::Subscription) -> SubscriptionInfo {
         dead_letter_topic: s.dead_letter_topic.clone().unwrap_or_default(),
         kind: "DECLARATIVE",
     }
+}
+
+/// The features on: those the Configuration enables, then the ones on by default that it
+/// does not turn off (daprd lists both).
+fn enabled_features(configuration: &tandem_config::Configuration) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in configuration.features.iter().filter(|f| f.enabled) {
+        if !out.contains(&f.name) && configuration.feature_enabled(&f.name) {
+            out.push(f.name.clone());
+        }
+    }
+    for name in tandem_config::DEFAULT_FEATURES {
+        if configuration.feature_enabled(name) && !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    }
+    out
 }
 
 fn secret_scopes(configuration: &tandem_config::Configuration) -> HashMap<String, SecretScope> {

@@ -46,15 +46,22 @@ pub enum StopKind {
 }
 
 /// A shutdown signal that many tasks can await and anyone can trigger.
+///
+/// A graceful stop has two phases: [`Shutdown::wait`] resolves first (stop taking new
+/// messages, drain deliveries), [`Shutdown::servers_stopped`] once the API servers should
+/// stop too ([`Shutdown::stop_servers`]), so that an app finishing a delivery can still call
+/// its sidecar. A forced stop ends both at once.
 #[derive(Debug)]
 pub struct Shutdown {
     tx: watch::Sender<StopKind>,
+    servers: watch::Sender<bool>,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
         Self {
             tx: watch::Sender::new(StopKind::Running),
+            servers: watch::Sender::new(false),
         }
     }
 }
@@ -79,6 +86,24 @@ impl Shutdown {
             tokio::time::sleep(delay).await;
             tx.send_replace(StopKind::Forced);
         });
+    }
+
+    /// Second phase of a graceful stop: the API servers stop accepting and drain.
+    pub fn stop_servers(&self) {
+        self.servers.send_replace(true);
+    }
+
+    /// Resolves once the API servers should stop (after [`Shutdown::stop_servers`], or at
+    /// once on a forced stop).
+    pub fn servers_stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut servers = self.servers.subscribe();
+        let mut kind = self.tx.subscribe();
+        async move {
+            tokio::select! {
+                _ = servers.wait_for(|s| *s) => {}
+                _ = kind.wait_for(|k| *k == StopKind::Forced) => {}
+            }
+        }
     }
 
     /// The current state.

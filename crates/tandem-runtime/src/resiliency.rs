@@ -561,7 +561,7 @@ impl AppPolicy {
 }
 
 /// A component's policies.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ComponentPolicies {
     /// Calls from the runtime to the component.
     pub outbound: Option<Arc<Policy>>,
@@ -579,6 +579,19 @@ pub struct Resiliency {
     components: HashMap<String, ComponentPolicies>,
     /// The names of the Resiliency resources that apply.
     loaded: Vec<String>,
+    /// What resolves the policies of components that appear later (hot reload).
+    component_rules: Option<ComponentRules>,
+}
+
+/// The merged named policies and the `targets.components` entries, kept to resolve a
+/// component's policies by name and kind at any time.
+#[derive(Debug)]
+struct ComponentRules {
+    merged: Arc<Merged>,
+    /// Each target with the Resiliency resource that named it.
+    targets: HashMap<String, (tandem_config::ComponentTarget, String)>,
+    /// The first applying resource, credited with default policies in metrics.
+    first: String,
 }
 
 #[derive(Debug)]
@@ -590,7 +603,7 @@ struct DefaultApp {
     shared: Option<Arc<AppPolicy>>,
     /// With one, each app gets its own breakers (up to [`MAX_DEFAULT_APPS`] apps).
     instances: RwLock<HashMap<String, Arc<AppPolicy>>>,
-    merged: Merged,
+    merged: Arc<Merged>,
 }
 
 /// How many app ids keep their own default-policy breakers.
@@ -740,49 +753,19 @@ impl Resiliency {
             }
         }
         let default_app = merged.defaults(&["App"]);
+        let rules = ComponentRules {
+            merged: Arc::new(merged),
+            targets: component_targets,
+            first: first.to_owned(),
+        };
         for &(name, kind) in components {
-            let target = format!("{}_{name}", kind.as_str());
-            let label = |p: Policy, resource: &str, direction: Direction| {
-                let dir = match direction {
-                    Direction::Outbound => "outbound",
-                    Direction::Inbound => "inbound",
-                };
-                Arc::new(p.labelled(resource, target.clone(), dir))
-            };
-            let policies = match component_targets.get(name) {
-                Some((t, resource)) => ComponentPolicies {
-                    outbound: merged
-                        .policy(&format!("component[{name}] output"), &t.outbound)
-                        .map(|p| label(p, resource, Direction::Outbound)),
-                    inbound: merged
-                        .policy(&format!("component[{name}] input"), &t.inbound)
-                        .map(|p| label(p, resource, Direction::Inbound)),
-                },
-                None => {
-                    let label_default = |p: Policy, d: Direction| label(p, first, d);
-                    let resolve = |d: Direction, label: &str| {
-                        let dir = d.as_str();
-                        let levels = [
-                            format!("{}Component{dir}", kind.as_str()),
-                            format!("Component{dir}"),
-                            "Component".to_owned(),
-                        ];
-                        let levels: Vec<&str> = levels.iter().map(String::as_str).collect();
-                        merged
-                            .defaults(&levels)
-                            .and_then(|n| merged.policy(&format!("component[{name}] {label}"), &n))
-                            .map(|p| label_default(p, d))
-                    };
-                    ComponentPolicies {
-                        outbound: resolve(Direction::Outbound, "output"),
-                        inbound: resolve(Direction::Inbound, "input"),
-                    }
-                }
-            };
+            let policies = rules.resolve(name, kind);
             if policies.outbound.is_some() || policies.inbound.is_some() {
                 out.components.insert(name.to_owned(), policies);
             }
         }
+        let merged = rules.merged.clone();
+        out.component_rules = Some(rules);
         if let Some(names) = default_app {
             let shared = names
                 .circuit_breaker
@@ -876,6 +859,19 @@ impl Resiliency {
         }
     }
 
+    /// The policies of component `name` of `kind`: the ones resolved at start-up when it was
+    /// known then (sharing their circuit breakers), else resolved now (a component added
+    /// while running).
+    pub fn component_policies(&self, name: &str, kind: ComponentKind) -> ComponentPolicies {
+        if let Some(p) = self.components.get(name) {
+            return p.clone();
+        }
+        self.component_rules
+            .as_ref()
+            .map(|r| r.resolve(name, kind))
+            .unwrap_or_default()
+    }
+
     /// The policy for calls to / deliveries from component `name`.
     pub fn component(&self, name: &str, direction: Direction) -> Option<&Arc<Policy>> {
         if self.components.is_empty() {
@@ -885,6 +881,49 @@ impl Resiliency {
         match direction {
             Direction::Outbound => p.outbound.as_ref(),
             Direction::Inbound => p.inbound.as_ref(),
+        }
+    }
+}
+
+impl ComponentRules {
+    fn resolve(&self, name: &str, kind: ComponentKind) -> ComponentPolicies {
+        let merged = &self.merged;
+        let target = format!("{}_{name}", kind.as_str());
+        let label = |p: Policy, resource: &str, direction: Direction| {
+            let dir = match direction {
+                Direction::Outbound => "outbound",
+                Direction::Inbound => "inbound",
+            };
+            Arc::new(p.labelled(resource, target.clone(), dir))
+        };
+        match self.targets.get(name) {
+            Some((t, resource)) => ComponentPolicies {
+                outbound: merged
+                    .policy(&format!("component[{name}] output"), &t.outbound)
+                    .map(|p| label(p, resource, Direction::Outbound)),
+                inbound: merged
+                    .policy(&format!("component[{name}] input"), &t.inbound)
+                    .map(|p| label(p, resource, Direction::Inbound)),
+            },
+            None => {
+                let resolve = |d: Direction, what: &str| {
+                    let dir = d.as_str();
+                    let levels = [
+                        format!("{}Component{dir}", kind.as_str()),
+                        format!("Component{dir}"),
+                        "Component".to_owned(),
+                    ];
+                    let levels: Vec<&str> = levels.iter().map(String::as_str).collect();
+                    merged
+                        .defaults(&levels)
+                        .and_then(|n| merged.policy(&format!("component[{name}] {what}"), &n))
+                        .map(|p| label(p, &self.first, d))
+                };
+                ComponentPolicies {
+                    outbound: resolve(Direction::Outbound, "output"),
+                    inbound: resolve(Direction::Inbound, "input"),
+                }
+            }
         }
     }
 }

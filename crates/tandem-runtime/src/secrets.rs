@@ -7,10 +7,10 @@ use std::time::Instant;
 use tandem_components::secrets::Secret;
 use tandem_components::state::RequestMetadata;
 
-use crate::components::LiveComponents;
+use crate::components::{LiveComponents, SecretEntry};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{ComponentFamily, Metrics};
-use crate::resiliency::{Direction, Policy, Resiliency, call_component};
+use crate::resiliency::call_component;
 
 /// Access rules for one secret store (`spec.secrets.scopes[]` of the Configuration).
 pub use tandem_config::SecretScope;
@@ -19,7 +19,6 @@ pub use tandem_config::SecretScope;
 pub struct SecretsService {
     components: Arc<LiveComponents>,
     scopes: HashMap<String, SecretScope>,
-    resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
 }
 
@@ -27,32 +26,20 @@ impl SecretsService {
     pub(crate) fn new(
         components: Arc<LiveComponents>,
         scopes: HashMap<String, SecretScope>,
-        resiliency: Arc<Resiliency>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             components,
             scopes,
-            resiliency,
             metrics,
         }
-    }
-
-    /// The outbound resiliency policy of component `name`, if any.
-    fn policy(&self, name: &str) -> Option<&Policy> {
-        self.resiliency
-            .component(name, Direction::Outbound)
-            .map(|p| &**p)
     }
 
     fn allowed(&self, store: &str, secret: &str) -> bool {
         self.scopes.get(store).is_none_or(|s| s.allows(secret))
     }
 
-    fn store(
-        &self,
-        name: &str,
-    ) -> Result<Arc<dyn tandem_components::secrets::SecretStore>, ApiError> {
+    fn store(&self, name: &str) -> Result<Arc<SecretEntry>, ApiError> {
         let components = self.components.load();
         if components.secrets.is_empty() {
             return Err(ApiError::new(
@@ -83,7 +70,7 @@ impl SecretsService {
             ));
         }
         let start = Instant::now();
-        let res = call_component(self.policy(store_name), (), |()| store.get(key, metadata)).await;
+        let res = call_component(store.outbound(), (), |()| store.store.get(key, metadata)).await;
         self.metrics.component(
             ComponentFamily::Secret,
             store_name,
@@ -107,7 +94,7 @@ impl SecretsService {
     ) -> Result<BTreeMap<String, Secret>, ApiError> {
         let store = self.store(store_name)?;
         let start = Instant::now();
-        let res = call_component(self.policy(store_name), (), |()| store.bulk_get(metadata)).await;
+        let res = call_component(store.outbound(), (), |()| store.store.bulk_get(metadata)).await;
         self.metrics.component(
             ComponentFamily::Secret,
             store_name,

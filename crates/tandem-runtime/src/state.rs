@@ -18,7 +18,7 @@ use tandem_components::state::{
 use crate::components::{KeyPrefix, LiveComponents, StateEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
 use crate::metrics::{ComponentFamily, Metrics};
-use crate::resiliency::{Direction, Policy, Resiliency, call_component};
+use crate::resiliency::call_component;
 
 const KEY_SEPARATOR: &str = "||";
 
@@ -72,7 +72,6 @@ pub struct DeleteItem {
 pub struct StateService {
     components: Arc<LiveComponents>,
     app_id: String,
-    resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
 }
 
@@ -80,13 +79,11 @@ impl StateService {
     pub(crate) fn new(
         components: Arc<LiveComponents>,
         app_id: String,
-        resiliency: Arc<Resiliency>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             components,
             app_id,
-            resiliency,
             metrics,
         }
     }
@@ -105,13 +102,7 @@ impl StateService {
         res
     }
 
-    /// The outbound resiliency policy of store `name`, if any.
-    fn policy(&self, name: &str) -> Option<&Policy> {
-        self.resiliency
-            .component(name, Direction::Outbound)
-            .map(|p| &**p)
-    }
-
+    /// Store `name` of the current component set, with its policies.
     fn store(&self, name: &str) -> Result<Arc<StateEntry>, ApiError> {
         let components = self.components.load();
         if components.state.is_empty() {
@@ -148,7 +139,7 @@ impl StateService {
         self.measured(
             store_name,
             "get",
-            call_component(self.policy(store_name), req, |req| entry.store.get(req)),
+            call_component(entry.outbound(), req, |req| entry.store.get(req)),
         )
         .await
         .map_err(|e| {
@@ -169,7 +160,7 @@ impl StateService {
         for item in items {
             reqs.push(self.set_request(store_name, &entry.prefix, item)?);
         }
-        let policy = self.policy(store_name);
+        let policy = entry.outbound();
         let start = Instant::now();
         let res = if reqs.len() == 1 {
             let req = reqs.pop().unwrap_or_default();
@@ -237,7 +228,7 @@ impl StateService {
         self.measured(
             store_name,
             "delete",
-            call_component(self.policy(store_name), req, |req| entry.store.delete(req)),
+            call_component(entry.outbound(), req, |req| entry.store.delete(req)),
         )
         .await
         .map_err(|e| {
@@ -272,9 +263,7 @@ impl StateService {
         self.measured(
             store_name,
             "bulk_delete",
-            call_component(self.policy(store_name), reqs, |reqs| {
-                entry.store.bulk_delete(reqs)
-            }),
+            call_component(entry.outbound(), reqs, |reqs| entry.store.bulk_delete(reqs)),
         )
         .await
         .map_err(|e| {
@@ -309,7 +298,7 @@ impl StateService {
             .measured(
                 store_name,
                 "bulk_get",
-                call_component(self.policy(store_name), (), |()| {
+                call_component(entry.outbound(), (), |()| {
                     entry.store.bulk_get(&full, metadata)
                 }),
             )
@@ -400,7 +389,7 @@ impl StateService {
         self.measured(
             store_name,
             "transaction",
-            call_component(self.policy(store_name), req, |req| tx.multi(req)),
+            call_component(entry.outbound(), req, |req| tx.multi(req)),
         )
         .await
         .map_err(|e| {
@@ -444,9 +433,7 @@ impl StateService {
             .measured(
                 store_name,
                 "query",
-                call_component(self.policy(store_name), (), |()| {
-                    querier.query(&query, metadata)
-                }),
+                call_component(entry.outbound(), (), |()| querier.query(&query, metadata)),
             )
             .await
             .map_err(|e| failed(e.to_string()))?;

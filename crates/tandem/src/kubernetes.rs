@@ -1,13 +1,11 @@
 //! `--mode kubernetes`: resources from the Kubernetes API instead of folders, applied while
 //! running as they change; and `tandem operator`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tandem_config::{Configuration, LoadContext, MetadataValue, Resources};
 use tandem_kube::resources::{ResourceSource, Snapshot};
 use tandem_runtime::Runtime;
-use tandem_runtime::registry::Registry;
 use tracing::{error, info, warn};
 
 use crate::cli::sidecar::SidecarArgs;
@@ -85,13 +83,7 @@ fn resources_of(snapshot: &Snapshot, ctx: &LoadContext, builtin_secret_store: bo
 
 /// Follows the cluster until shutdown: each change to the namespace's Components is applied
 /// to the running sidecar (added, rebuilt or dropped). Other kinds are read at start-up only.
-pub(crate) fn follow(
-    cluster: Cluster,
-    runtime: Arc<Runtime>,
-    ctx: LoadContext,
-    env: HashMap<String, String>,
-    registry: Registry,
-) {
+pub(crate) fn follow(cluster: Cluster, runtime: Arc<Runtime>, ctx: LoadContext) {
     let mut rx = cluster.source.watch(cluster.snapshot);
     let shutdown = runtime.shutdown.wait();
     tokio::spawn(async move {
@@ -104,15 +96,7 @@ pub(crate) fn follow(
             }
             let snapshot = rx.borrow_and_update().clone();
             let resources = resources_of(&snapshot, &ctx, cluster.builtin_secret_store);
-            let load_ctx = tandem_runtime::components::LoadContext {
-                app_id: &ctx.app_id,
-                namespace: ctx.namespace.as_deref(),
-                env: &env,
-            };
-            let report = runtime
-                .components
-                .reload(&resources.components, &registry, &load_ctx)
-                .await;
+            let report = runtime.reload_components(&resources.components).await;
             for name in &report.added {
                 info!(component = %name, "component added");
             }

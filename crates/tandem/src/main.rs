@@ -12,6 +12,7 @@ mod metrics;
 mod mtls;
 mod process;
 mod registry;
+mod reload;
 mod run;
 mod sidecar;
 

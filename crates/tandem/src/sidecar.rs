@@ -203,7 +203,7 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
     #[cfg(feature = "kubernetes")]
     if let Some(cluster) = cluster {
         if configuration.feature_enabled("HotReload") {
-            crate::kubernetes::follow(cluster, runtime.clone(), ctx.clone(), env.clone(), registry);
+            crate::kubernetes::follow(cluster, runtime.clone(), ctx.clone());
         } else {
             info!(
                 "the HotReload feature is disabled in the Configuration: changes in the Kubernetes API apply when the sidecar restarts"
@@ -249,7 +249,7 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         port = bound.port();
         info!(address = %bound, "HTTP API listening");
-        let shutdown = runtime.shutdown.wait();
+        let shutdown = runtime.shutdown.servers_stopped();
         let router = router.clone();
         servers.push(tokio::spawn(async move {
             if let Err(e) = tandem_api::http::serve(listener, router, async move {
@@ -281,7 +281,18 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
     }
     runtime.readiness.set_outbound_ready();
     runtime.readiness.set_ready();
-    runtime.start_app_channel();
+    let app_work = runtime.start_app_channel();
+    if !kubernetes && configuration.feature_enabled("HotReload") {
+        let reconcile = args
+            .hot_reload_reconcile_interval
+            .as_deref()
+            .map(tandem_components::metadata::parse_duration)
+            .transpose()
+            .map_err(|e| format!("invalid --hot-reload-reconcile-interval: {e}"))?
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(60));
+        crate::reload::spawn(runtime.clone(), args.resource_paths(), ctx, reconcile);
+    }
     info!(app_id = %runtime.app_id, http_port = port, grpc_port, "tandem sidecar is ready");
 
     let kind = wait_for_stop(&runtime).await;
@@ -290,15 +301,28 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::FAILURE);
     }
     info!("shutting down gracefully");
+    let grace = Duration::from_secs(args.dapr_graceful_shutdown_seconds);
+    let deadline = tokio::time::Instant::now() + grace;
     // Leave name resolution first, so other sidecars stop picking this one while it drains.
     let _ = tokio::time::timeout(Duration::from_secs(2), runtime.invoke.unregister()).await;
-    let grace = Duration::from_secs(args.dapr_graceful_shutdown_seconds);
+    // Then stop taking messages and let in-flight deliveries finish and be acknowledged; the
+    // API stays up meanwhile, so a handler can still call its sidecar.
+    if let Some(work) = app_work
+        && tokio::time::timeout_at(deadline, work).await.is_err()
+    {
+        warn!(
+            seconds = args.dapr_graceful_shutdown_seconds,
+            "graceful shutdown timed out while deliveries were in flight; unacknowledged messages stay with the broker"
+        );
+    }
+    // Last, the servers: no new connections, in-flight requests answered.
+    runtime.shutdown.stop_servers();
     let drain = async {
         for s in servers {
             let _ = s.await;
         }
     };
-    if tokio::time::timeout(grace, drain).await.is_err() {
+    if tokio::time::timeout_at(deadline, drain).await.is_err() {
         warn!(
             seconds = args.dapr_graceful_shutdown_seconds,
             "graceful shutdown timed out"
@@ -387,7 +411,7 @@ async fn start_grpc(
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
         port = bound.port();
         info!(address = %bound, "gRPC API listening");
-        let shutdown = runtime.shutdown.wait();
+        let shutdown = runtime.shutdown.servers_stopped();
         let routes = routes.clone();
         servers.push(tokio::spawn(async move {
             if let Err(e) = tandem_api::grpc::serve(listener, routes, async move {
@@ -428,7 +452,7 @@ async fn start_metrics(
     if let Ok(bound) = listener.local_addr() {
         info!(address = %bound, "metrics server listening");
     }
-    let shutdown = runtime.shutdown.wait();
+    let shutdown = runtime.shutdown.servers_stopped();
     let rt = runtime.clone();
     servers.push(tokio::spawn(async move {
         if let Err(e) = metrics::serve(listener, metrics, rt, async move {
@@ -519,7 +543,7 @@ async fn start_internal(
     })?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     info!(address = %bound, "internal API (sidecar to sidecar) listening");
-    let shutdown = runtime.shutdown.wait();
+    let shutdown = runtime.shutdown.servers_stopped();
     let rt = runtime.clone();
     servers.push(tokio::spawn(async move {
         if let Err(e) = tandem_api::internal::serve(listener, rt, async move {

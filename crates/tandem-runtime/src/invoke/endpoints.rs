@@ -63,7 +63,7 @@ async fn build(def: &HttpEndpoint, ctx: &LoadContext<'_>, loaded: &Components) -
         scopes: def.scopes.clone(),
         source: def.source.clone(),
     };
-    let resolved = match components::resolve_metadata(&as_component, ctx, loaded).await {
+    let resolved = match components::resolve_metadata(&as_component, ctx, loaded, None).await {
         Ok(m) => m,
         Err(e) => {
             endpoint.problem = Some(e.reason);

@@ -25,7 +25,7 @@ use tandem_components::pubsub::{PubSubFeature, PublishRequest};
 use crate::components::{LiveComponents, PubSubEntry};
 use crate::error::{ApiError, Detail, ErrorCode};
 use crate::metrics::Metrics;
-use crate::resiliency::{Direction, Resiliency, Verdict, call_component, component_verdict};
+use crate::resiliency::{Verdict, call_component, component_verdict};
 use crate::trace::{Span, SpanContext, SpanKind, Tracer};
 use cloudevent::{CLOUDEVENT_CONTENT_TYPE, Envelope};
 
@@ -64,7 +64,6 @@ pub struct FailedEntry {
 pub struct PubSubService {
     components: Arc<LiveComponents>,
     app_id: String,
-    resiliency: Arc<Resiliency>,
     metrics: Arc<Metrics>,
     pub(crate) tracer: Tracer,
 }
@@ -73,13 +72,11 @@ impl PubSubService {
     pub(crate) fn new(
         components: Arc<LiveComponents>,
         app_id: String,
-        resiliency: Arc<Resiliency>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             components,
             app_id,
-            resiliency,
             metrics,
             tracer: Tracer::off(),
         }
@@ -185,10 +182,7 @@ impl PubSubService {
             content_type,
             metadata,
         };
-        let policy = self
-            .resiliency
-            .component(pubsub, Direction::Outbound)
-            .map(|p| &**p);
+        let policy = entry.policies.outbound.as_deref();
         let start = Instant::now();
         let result = call_component(policy, req, |req| entry.component.publish(req)).await;
         self.metrics
@@ -334,7 +328,7 @@ impl PubSubService {
         }
         let start = Instant::now();
         let events = reqs.len();
-        let results = match self.resiliency.component(pubsub, Direction::Outbound) {
+        let results = match &entry.policies.outbound {
             None => entry.component.bulk_publish(reqs).await,
             // Like daprd, a batch with a failed entry is published again whole.
             Some(policy) => {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::delivery::{AppDelivery, BulkSettings, run_batcher};
 use super::routing::Rule;
 use crate::app_channel::{AppChannel, empty_body};
-use crate::components::Components;
+use crate::components::{LiveComponents, PubSubEntry};
 use crate::lifecycle::Shutdown;
 use crate::metadata::{MetadataService, SubscriptionInfo};
 
@@ -231,37 +231,56 @@ pub async fn fetch_programmatic(channel: &AppChannel) -> Vec<SubscriptionSpec> {
     Vec::new()
 }
 
-/// Starts and stops the app's subscriptions with its health.
+/// Starts and stops the app's subscriptions with its health, and follows component reloads.
 pub struct SubscriptionManager {
-    pub(crate) components: Arc<Components>,
+    pub(crate) components: Arc<LiveComponents>,
     pub(crate) channel: Arc<AppChannel>,
     pub(crate) declarative: Vec<SubscriptionSpec>,
     pub(crate) max_in_flight: usize,
-    pub(crate) resiliency: Arc<crate::resiliency::Resiliency>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) tracer: crate::trace::Tracer,
 }
 
+/// A running subscription and the component it reads from.
+type Running = Option<(Arc<PubSubEntry>, Subscription)>;
+
 impl SubscriptionManager {
-    async fn start_all(&self, specs: &[SubscriptionSpec]) -> Vec<Subscription> {
-        let mut running = Vec::new();
-        for spec in specs {
-            match self.start(spec).await {
-                Ok(sub) => running.push(sub),
-                Err(e) => {
-                    tracing::error!(pubsub = %spec.pubsub, topic = %spec.topic, error = %e, "cannot subscribe")
+    /// Makes `running` (one slot per spec) match the current components: subscriptions on a
+    /// removed or replaced pub/sub stop; when `run` is set, specs without a subscription start
+    /// on their pub/sub if it exists now.
+    async fn sync(&self, specs: &[SubscriptionSpec], running: &mut [Running], run: bool) {
+        let set = self.components.snapshot();
+        for (spec, slot) in specs.iter().zip(running.iter_mut()) {
+            let current = set.pubsub.get(&spec.pubsub);
+            let stale = match (&*slot, current) {
+                (Some((e, _)), Some(c)) => !Arc::ptr_eq(e, c) || !run,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if stale && let Some((_, sub)) = slot.take() {
+                sub.close().await;
+            }
+            if slot.is_none()
+                && run
+                && let Some(entry) = current
+            {
+                match self.start(spec, entry).await {
+                    Ok(sub) => *slot = Some((entry.clone(), sub)),
+                    Err(e) => {
+                        tracing::error!(pubsub = %spec.pubsub, topic = %spec.topic, error = %e, "cannot subscribe")
+                    }
                 }
+            } else if slot.is_none() && run && current.is_none() {
+                tracing::error!(pubsub = %spec.pubsub, topic = %spec.topic, "cannot subscribe: pubsub {} is not found", spec.pubsub);
             }
         }
-        running
     }
 
-    async fn start(&self, spec: &SubscriptionSpec) -> Result<Subscription, String> {
-        let entry = self
-            .components
-            .pubsub
-            .get(&spec.pubsub)
-            .ok_or_else(|| format!("pubsub {} is not found", spec.pubsub))?;
+    async fn start(
+        &self,
+        spec: &SubscriptionSpec,
+        entry: &PubSubEntry,
+    ) -> Result<Subscription, String> {
         let rules = spec
             .rules
             .iter()
@@ -280,10 +299,7 @@ impl SubscriptionManager {
             raw_payload,
             channel: self.channel.clone(),
             bulk: None,
-            inbound: self
-                .resiliency
-                .component(&spec.pubsub, crate::resiliency::Direction::Inbound)
-                .cloned(),
+            inbound: entry.policies.inbound.clone(),
             metrics: self.metrics.clone(),
             tracer: self.tracer.clone(),
         };
@@ -339,27 +355,38 @@ impl SubscriptionManager {
         let mut specs = self.declarative.clone();
         let programmatic = fetch_programmatic(&self.channel).await;
         specs.extend(programmatic);
-        let mut running = self.start_all(&specs).await;
+        let mut running: Vec<Running> = specs.iter().map(|_| None).collect();
+        let mut reloads = self.components.watch();
+        reloads.borrow_and_update();
+        self.sync(&specs, &mut running, true).await;
         // Listed once started: a subscription the metadata API shows is receiving.
         metadata.set_subscriptions(specs.iter().map(SubscriptionSpec::info).collect());
+        let mut healthy = true;
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                changed = reloads.changed() => {
+                    if changed.is_err() { break; }
+                    reloads.borrow_and_update();
+                    self.sync(&specs, &mut running, healthy).await;
+                }
                 changed = health.changed() => {
                     if changed.is_err() { break; }
-                    let healthy = *health.borrow_and_update();
-                    if healthy && running.is_empty() {
-                        tracing::info!("app is healthy again: resuming subscriptions");
-                        running = self.start_all(&specs).await;
-                    } else if !healthy && !running.is_empty() {
-                        tracing::warn!("app is unhealthy: pausing subscriptions");
-                        for s in running.drain(..) { s.close().await; }
+                    let now = *health.borrow_and_update();
+                    if now != healthy {
+                        if now {
+                            tracing::info!("app is healthy again: resuming subscriptions");
+                        } else {
+                            tracing::warn!("app is unhealthy: pausing subscriptions");
+                        }
+                        healthy = now;
+                        self.sync(&specs, &mut running, healthy).await;
                     }
                 }
             }
         }
-        for s in running {
-            s.close().await;
+        for (_, sub) in running.into_iter().flatten() {
+            sub.close().await;
         }
     }
 }

@@ -193,7 +193,6 @@ const NOT_YET: &[&str] = &[
     "scheduler_host_address",
     "scheduler_job_streams",
     "actors_disseminate_timeout",
-    "hot_reload_reconcile_interval",
     "app_binding_options_timeout",
     "reminders_service",
     "actors_service",
