@@ -172,6 +172,16 @@ impl LiveComponents {
         self.generation.subscribe()
     }
 
+    /// Applies a new complete list of definitions: see [`reload`].
+    pub async fn reload(
+        &self,
+        defs: &[Component],
+        registry: &Registry,
+        ctx: &LoadContext<'_>,
+    ) -> ReloadReport {
+        reload(self, defs, registry, ctx).await
+    }
+
     fn swap(&self, set: Components) {
         self.current.store(Arc::new(set));
         self.generation.send_modify(|g| *g += 1);
@@ -973,14 +983,16 @@ mod tests {
             tandem_components::memory::InMemoryStateStore::build(&m).await
         });
         let env = HashMap::new();
+        let resiliency = Resiliency::none();
         let ctx = LoadContext {
             app_id: "app",
             namespace: None,
             env: &env,
+            resiliency: &resiliency,
         };
         let first = defs(&(doc("a", "state.in-memory", "1") + &doc("b", "state.in-memory", "1")));
         let loaded = load(&first, &registry, &ctx).await.unwrap();
-        let live = LiveComponents::new(Arc::new(loaded.components), first.clone());
+        let live = LiveComponents::new(Arc::new(loaded.components));
         let a_before = live.load().state["a"].store.clone();
         let b_before = live.load().state["b"].store.clone();
 

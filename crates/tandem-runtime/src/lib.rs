@@ -293,7 +293,7 @@ impl Runtime {
             env: &rc.env,
             resiliency: &self.resiliency,
         };
-        components::reload(&self.components, defs, &rc.registry, &ctx).await
+        self.components.reload(defs, &rc.registry, &ctx).await
     }
 
     /// Starts talking to the app (when `--app-port` is set): waits for its port, runs health
