@@ -83,7 +83,9 @@ pub struct Runtime {
     /// Pub/sub (publishing).
     pub pubsub: pubsub::PubSubService,
     /// Declarative subscriptions, started with the app channel.
-    pub declarative_subscriptions: Vec<pubsub::subscriptions::SubscriptionSpec>,
+    /// (Replaced whole by [`Runtime::reload_subscriptions`]; the running set follows.)
+    pub declarative_subscriptions:
+        tokio::sync::watch::Sender<Vec<pubsub::subscriptions::SubscriptionSpec>>,
     /// Messages handed to the app at once per subscription.
     pub max_in_flight: usize,
     /// Health.
@@ -183,11 +185,13 @@ impl Runtime {
             env: options.env.clone(),
             registry: registry.clone(),
         });
-        runtime.declarative_subscriptions = resources
-            .subscriptions
-            .iter()
-            .map(pubsub::subscriptions::SubscriptionSpec::from_resource)
-            .collect();
+        runtime.declarative_subscriptions.send_replace(
+            resources
+                .subscriptions
+                .iter()
+                .map(pubsub::subscriptions::SubscriptionSpec::from_resource)
+                .collect(),
+        );
         if let Some(n) = options.app_channel.as_ref().and_then(|c| c.max_concurrency) {
             runtime.max_in_flight = n;
         }
@@ -255,7 +259,7 @@ impl Runtime {
             secrets: SecretsService::new(components.clone(), scopes, metrics.clone()),
             metadata: Arc::new(MetadataService::new(base, components.clone())),
             pubsub: pubsub::PubSubService::new(components.clone(), app_id.clone(), metrics.clone()),
-            declarative_subscriptions: Vec::new(),
+            declarative_subscriptions: tokio::sync::watch::Sender::new(Vec::new()),
             max_in_flight: pubsub::subscriptions::DEFAULT_MAX_IN_FLIGHT,
             readiness: Readiness::default(),
             shutdown: Shutdown::default(),
@@ -296,6 +300,24 @@ impl Runtime {
         self.components.reload(defs, &rc.registry, &ctx).await
     }
 
+    /// Applies a new complete list of declarative Subscription resources (hot reload):
+    /// subscriptions that did not change keep running, removed ones stop, new and changed ones
+    /// start. Returns whether anything changed.
+    pub fn reload_subscriptions(&self, subscriptions: &[tandem_config::Subscription]) -> bool {
+        let specs: Vec<pubsub::subscriptions::SubscriptionSpec> = subscriptions
+            .iter()
+            .map(pubsub::subscriptions::SubscriptionSpec::from_resource)
+            .collect();
+        self.declarative_subscriptions.send_if_modified(|current| {
+            if *current == specs {
+                false
+            } else {
+                *current = specs;
+                true
+            }
+        })
+    }
+
     /// Starts talking to the app (when `--app-port` is set): waits for its port, runs health
     /// checks, and keeps its subscriptions and input bindings running while it is healthy.
     /// Returns at once; the work runs in a background task that ends after the shutdown
@@ -316,7 +338,7 @@ impl Runtime {
             let manager = pubsub::subscriptions::SubscriptionManager {
                 components: rt.components.clone(),
                 channel,
-                declarative: rt.declarative_subscriptions.clone(),
+                declarative: rt.declarative_subscriptions.subscribe(),
                 max_in_flight: rt.max_in_flight,
                 metrics: rt.metrics.clone(),
                 tracer: rt.tracer.clone(),

@@ -82,7 +82,8 @@ fn resources_of(snapshot: &Snapshot, ctx: &LoadContext, builtin_secret_store: bo
 }
 
 /// Follows the cluster until shutdown: each change to the namespace's Components is applied
-/// to the running sidecar (added, rebuilt or dropped). Other kinds are read at start-up only.
+/// to the running sidecar (added, rebuilt or dropped), and so is each change to its
+/// Subscriptions; Resiliencies, HTTPEndpoints and the Configuration are read at start-up only.
 pub(crate) fn follow(cluster: Cluster, runtime: Arc<Runtime>, ctx: LoadContext) {
     let mut rx = cluster.source.watch(cluster.snapshot);
     let shutdown = runtime.shutdown.wait();
@@ -109,12 +110,14 @@ pub(crate) fn follow(cluster: Cluster, runtime: Arc<Runtime>, ctx: LoadContext) 
             for e in &report.failed {
                 error!(error = %e, "component change not applied");
             }
-            if resources.subscriptions != last.subscriptions
-                || resources.resiliencies != last.resiliencies
+            if runtime.reload_subscriptions(&resources.subscriptions) {
+                info!("subscriptions changed");
+            }
+            if resources.resiliencies != last.resiliencies
                 || resources.http_endpoints != last.http_endpoints
             {
                 warn!(
-                    "Subscriptions, Resiliencies or HTTPEndpoints changed in the Kubernetes API: they apply when the sidecar restarts"
+                    "Resiliencies or HTTPEndpoints changed in the Kubernetes API: they apply when the sidecar restarts"
                 );
             }
             last = resources;

@@ -1,4 +1,4 @@
-//! Hot reload of component files (daprd's `HotReload` feature, on by default): the
+//! Hot reload of component and subscription files (daprd's `HotReload` feature, on by default): the
 //! `--resources-path` folders are checked every second for added, changed and removed
 //! `.yaml`/`.yml` files (a `stat` per file, nothing read unless something changed), and the
 //! component definitions are applied again every `--hot-reload-reconcile-interval` (60 s by
@@ -97,6 +97,9 @@ pub(crate) fn spawn(
                 Err(_) => continue,
             };
             let report = runtime.reload_components(&resources.components).await;
+            if runtime.reload_subscriptions(&resources.subscriptions) {
+                info!("subscriptions changed (hot reload)");
+            }
             for name in &report.added {
                 info!(component = %name, "component loaded (hot reload)");
             }

@@ -1,7 +1,8 @@
-//! End-to-end: hot reload of component files through the real binary. Component files added,
+//! End-to-end: hot reload of resource files through the real binary. Component files added,
 //! changed and removed under `--resources-path` take effect without a restart; a file that
 //! no longer parses leaves the running components alone; subscriptions follow their pub/sub
-//! component; `HotReload` turned off in the Configuration keeps the start-up set.
+//! component; Subscription files added, changed and removed start, move and stop
+//! subscriptions; `HotReload` turned off in the Configuration keeps the start-up set.
 
 mod common;
 
@@ -274,4 +275,102 @@ async fn hot_reload_can_be_turned_off() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(save(&sc, "second", "k", json!(1)).await.status(), 400);
     assert_eq!(component_names(&sc).await, ["statestore"]);
+}
+
+fn subscription(route: &str) -> String {
+    format!(
+        "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata:\n  name: orders-sub\nspec:\n  pubsubname: pubsub\n  topic: orders\n  routes:\n    default: {route}\n"
+    )
+}
+
+async fn listed_routes(sc: &Sidecar) -> Vec<String> {
+    let m: Value = client()
+        .get(sc.url("/v1.0/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    m["subscriptions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["path"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn subscription_files_are_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = Subscriber::start(json!([])).await;
+    let pubsub = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: pubsub\nspec:\n  type: pubsub.sqlite\n  version: v1\n  metadata:\n  - name: connectionString\n    value: \"{}\"\n",
+        dir.path().join("ps.db").display()
+    );
+    let sc = start(
+        tandem()
+            .app_id("reload-subs")
+            .resource("pubsub.yaml", &pubsub)
+            .app_port(sub.port),
+    )
+    .await;
+    let res = resources(&sc);
+    let publish = |n: u64| {
+        let url = sc.url("/v1.0/publish/pubsub/orders");
+        async move {
+            client()
+                .post(url)
+                .json(&json!({"n": n}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+
+    // Added: the subscription starts.
+    write(&res, "sub.yaml", &subscription("/first"));
+    eventually(&sc, "the added subscription to be listed", || async {
+        listed_routes(&sc).await == ["/first"]
+    })
+    .await;
+    eventually(&sc, "the added subscription to start", || async {
+        sc.log().matches("subscribed").count() >= 1
+    })
+    .await;
+    assert_eq!(publish(1).await, 204);
+    sub.wait_for(WAIT, "a delivery to /first", |r| {
+        r.iter()
+            .any(|m| m.path == "/first" && m.body["data"]["n"] == 1)
+    })
+    .await;
+
+    // Changed: deliveries go to the new route.
+    write(&res, "sub.yaml", &subscription("/second"));
+    eventually(&sc, "the changed subscription to be listed", || async {
+        listed_routes(&sc).await == ["/second"]
+    })
+    .await;
+    assert_eq!(publish(2).await, 204);
+    sub.wait_for(WAIT, "a delivery to /second", |r| {
+        r.iter()
+            .any(|m| m.path == "/second" && m.body["data"]["n"] == 2)
+    })
+    .await;
+    assert!(
+        !sub.received_on("/first")
+            .iter()
+            .any(|m| m.body["data"]["n"] == 2),
+        "the old route still received"
+    );
+
+    // Removed: nothing is listed any more.
+    std::fs::remove_file(res.join("sub.yaml")).unwrap();
+    eventually(&sc, "the removed subscription to go", || async {
+        listed_routes(&sc).await.is_empty()
+    })
+    .await;
 }

@@ -22,7 +22,7 @@ use crate::metadata::{MetadataService, SubscriptionInfo};
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
 /// One subscription, whatever its source.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SubscriptionSpec {
     /// Pub/sub component name.
     pub pubsub: String,
@@ -235,7 +235,7 @@ pub async fn fetch_programmatic(channel: &AppChannel) -> Vec<SubscriptionSpec> {
 pub struct SubscriptionManager {
     pub(crate) components: Arc<LiveComponents>,
     pub(crate) channel: Arc<AppChannel>,
-    pub(crate) declarative: Vec<SubscriptionSpec>,
+    pub(crate) declarative: tokio::sync::watch::Receiver<Vec<SubscriptionSpec>>,
     pub(crate) max_in_flight: usize,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) tracer: crate::trace::Tracer,
@@ -344,7 +344,7 @@ impl SubscriptionManager {
 
     /// Runs until shutdown: waits for the app, reads its subscriptions once, and keeps them
     /// running exactly while the app is healthy.
-    pub async fn run(self, metadata: Arc<MetadataService>, shutdown: &Shutdown) {
+    pub async fn run(mut self, metadata: Arc<MetadataService>, shutdown: &Shutdown) {
         let stop = shutdown.wait();
         tokio::pin!(stop);
         let mut health = self.channel.health();
@@ -352,9 +352,9 @@ impl SubscriptionManager {
             _ = &mut stop => return,
             _ = health.wait_for(|h| *h) => {}
         }
-        let mut specs = self.declarative.clone();
+        let mut specs = self.declarative.borrow_and_update().clone();
         let programmatic = fetch_programmatic(&self.channel).await;
-        specs.extend(programmatic);
+        specs.extend(programmatic.iter().cloned());
         let mut running: Vec<Running> = specs.iter().map(|_| None).collect();
         let mut reloads = self.components.watch();
         reloads.borrow_and_update();
@@ -369,6 +369,27 @@ impl SubscriptionManager {
                     if changed.is_err() { break; }
                     reloads.borrow_and_update();
                     self.sync(&specs, &mut running, healthy).await;
+                }
+                changed = self.declarative.changed() => {
+                    if changed.is_err() { break; }
+                    let mut next = self.declarative.borrow_and_update().clone();
+                    next.extend(programmatic.iter().cloned());
+                    // Unchanged subscriptions keep running; the others stop.
+                    let mut previous: Vec<(SubscriptionSpec, Running)> =
+                        specs.drain(..).zip(running.drain(..)).collect();
+                    for spec in &next {
+                        let kept = previous.iter().position(|(s, _)| s == spec);
+                        running.push(kept.and_then(|i| previous.swap_remove(i).1));
+                    }
+                    for (spec, slot) in previous {
+                        if let Some((_, sub)) = slot {
+                            tracing::info!(pubsub = %spec.pubsub, topic = %spec.topic, "unsubscribed: its Subscription changed or was removed");
+                            sub.close().await;
+                        }
+                    }
+                    specs = next;
+                    self.sync(&specs, &mut running, healthy).await;
+                    metadata.set_subscriptions(specs.iter().map(SubscriptionSpec::info).collect());
                 }
                 changed = health.changed() => {
                     if changed.is_err() { break; }
