@@ -293,7 +293,7 @@ async fn daprd_flags_single_dash_and_unknown_valid_flags() {
             .resource("s.yaml", IN_MEMORY)
             .arg("-log-level")
             .arg("debug")
-            .arg("--enable-mtls")
+            .arg("--enable-profiling")
             .arg("--placement-host-address=localhost:50005")
             .arg("-app-max-concurrency")
             .arg("-1"),
@@ -310,7 +310,7 @@ async fn daprd_flags_single_dash_and_unknown_valid_flags() {
     );
     let log = sc.log();
     assert!(
-        log.contains("--enable-mtls") && log.contains("--placement-host-address"),
+        log.contains("--enable-profiling") && log.contains("--placement-host-address"),
         "{log}"
     );
 
