@@ -97,22 +97,7 @@ pub(crate) fn follow(cluster: Cluster, runtime: Arc<Runtime>, ctx: LoadContext) 
             }
             let snapshot = rx.borrow_and_update().clone();
             let resources = resources_of(&snapshot, &ctx, cluster.builtin_secret_store);
-            let report = runtime.reload_components(&resources.components).await;
-            for name in &report.added {
-                info!(component = %name, "component added");
-            }
-            for name in &report.updated {
-                info!(component = %name, "component updated");
-            }
-            for name in &report.removed {
-                info!(component = %name, "component removed");
-            }
-            for e in &report.failed {
-                error!(error = %e, "component change not applied");
-            }
-            if runtime.reload_subscriptions(&resources.subscriptions) {
-                info!("subscriptions changed");
-            }
+            crate::reload::apply(&runtime, &resources).await;
             if resources.resiliencies != last.resiliencies
                 || resources.http_endpoints != last.http_endpoints
             {

@@ -44,6 +44,28 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     out
 }
 
+/// Applies a new set of resources to the running sidecar (components and subscriptions; the
+/// other kinds apply at the next start) and logs what changed. Shared by the file watcher and
+/// the Kubernetes watch.
+pub(crate) async fn apply(runtime: &Runtime, resources: &tandem_config::Resources) {
+    let report = runtime.reload_components(&resources.components).await;
+    if runtime.reload_subscriptions(&resources.subscriptions) {
+        info!("subscriptions changed (hot reload)");
+    }
+    for name in &report.added {
+        info!(component = %name, "component added (hot reload)");
+    }
+    for name in &report.updated {
+        info!(component = %name, "component updated (hot reload)");
+    }
+    for name in &report.removed {
+        info!(component = %name, "component removed (hot reload)");
+    }
+    for e in &report.failed {
+        warn!(error = %e, "component not reloaded; its previous version (if any) stays");
+    }
+}
+
 /// Watches `paths` until the runtime shuts down.
 pub(crate) fn spawn(
     runtime: Arc<Runtime>,
@@ -96,22 +118,7 @@ pub(crate) fn spawn(
                 }
                 Err(_) => continue,
             };
-            let report = runtime.reload_components(&resources.components).await;
-            if runtime.reload_subscriptions(&resources.subscriptions) {
-                info!("subscriptions changed (hot reload)");
-            }
-            for name in &report.added {
-                info!(component = %name, "component loaded (hot reload)");
-            }
-            for name in &report.updated {
-                info!(component = %name, "component updated (hot reload)");
-            }
-            for name in &report.removed {
-                info!(component = %name, "component removed (hot reload)");
-            }
-            for e in &report.failed {
-                warn!(error = %e, "component not reloaded; its previous version (if any) stays");
-            }
+            apply(&runtime, &resources).await;
         }
     });
 }

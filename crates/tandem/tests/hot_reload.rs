@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{client, sqlite_store, start, tandem};
+use common::{client, component_names, get_state as get, sqlite_store, start, tandem};
 use serde_json::{Value, json};
 use tandem_testkit::Sidecar;
 use tandem_testkit::subscriber::Subscriber;
@@ -36,15 +36,6 @@ async fn save(sc: &Sidecar, store: &str, key: &str, value: Value) -> reqwest::Re
         .unwrap()
 }
 
-async fn get(sc: &Sidecar, store: &str, key: &str) -> (u16, String) {
-    let resp = client()
-        .get(sc.url(&format!("/v1.0/state/{store}/{key}")))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
 /// Polls `check` until it holds, or fails with the sidecar's log.
 async fn eventually<F, Fut>(sc: &Sidecar, what: &str, mut check: F)
 where
@@ -60,25 +51,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn component_names(sc: &Sidecar) -> Vec<String> {
-    let m: Value = client()
-        .get(sc.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut names: Vec<String> = m["components"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str().map(str::to_owned))
-        .collect();
-    names.sort();
-    names
 }
 
 fn in_memory(name: &str) -> String {

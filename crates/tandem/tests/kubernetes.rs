@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{client, start, tandem};
+use common::{client, component_names, get_state as get, start, tandem};
 use serde_json::{Value, json};
 use tandem_testkit::kmock::KubeApi;
 
@@ -55,34 +55,6 @@ async fn save(sc: &tandem_testkit::Sidecar, store: &str, key: &str, value: &str)
         .unwrap()
         .status()
         .as_u16()
-}
-
-async fn get(sc: &tandem_testkit::Sidecar, store: &str, key: &str) -> (u16, String) {
-    let resp = client()
-        .get(sc.url(&format!("/v1.0/state/{store}/{key}")))
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
-}
-
-async fn component_names(sc: &tandem_testkit::Sidecar) -> Vec<String> {
-    let m: Value = client()
-        .get(sc.url("/v1.0/metadata"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut names: Vec<String> = m["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Polls `check` until it holds, failing with `what` and the sidecar log after [`WAIT`].

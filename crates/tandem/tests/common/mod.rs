@@ -50,6 +50,36 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// `GET /v1.0/state/{store}/{key}`: status and body text.
+pub async fn get_state(sc: &Sidecar, store: &str, key: &str) -> (u16, String) {
+    let resp = client()
+        .get(sc.url(&format!("/v1.0/state/{store}/{key}")))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The names of the components `GET /v1.0/metadata` lists, sorted.
+pub async fn component_names(sc: &Sidecar) -> Vec<String> {
+    let m: Value = client()
+        .get(sc.url("/v1.0/metadata"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut names: Vec<String> = m["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Asserts an error answer: status, `errorCode`, and that the message contains `msg`.
 pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str, msg: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "status");
