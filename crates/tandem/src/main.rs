@@ -13,6 +13,7 @@ mod mtls;
 mod process;
 mod registry;
 mod reload;
+mod resident;
 mod run;
 mod sidecar;
 

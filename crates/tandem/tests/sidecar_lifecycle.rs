@@ -370,3 +370,47 @@ async fn invoked_as_daprd() {
     assert_eq!(m["id"], "via-daprd");
     child.kill().await.unwrap();
 }
+
+/// A moment after readiness the sidecar gives back the pages of code only start-up ran: its
+/// file-backed resident memory falls, and it keeps answering (the code it runs is mapped back).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn start_up_pages_are_given_back_and_the_sidecar_keeps_serving() {
+    let rss_file_kib = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssFile:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let sc = start(
+        tandem()
+            .app_id("resident")
+            .resource("state.yaml", IN_MEMORY),
+    )
+    .await;
+    let at_ready = rss_file_kib(sc.pid);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut now = at_ready;
+    while now > at_ready * 2 / 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        now = rss_file_kib(sc.pid);
+    }
+    assert!(
+        now <= at_ready * 2 / 3,
+        "RssFile {at_ready} kB at ready, still {now} kB 15 s later"
+    );
+    let c = client();
+    let resp = c
+        .post(sc.url("/v1.0/state/statestore"))
+        .json(&json!([{"key": "k", "value": "still here"}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        common::get_state(&sc, "statestore", "k").await,
+        (200, "\"still here\"".to_owned())
+    );
+}
