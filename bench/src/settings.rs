@@ -62,6 +62,9 @@ pub struct Settings {
     pub handler_delay: Duration,
     /// Requests counted under callgrind per measure.
     pub callgrind_requests: u64,
+    /// Where the callgrind dumps are kept (for `callgrind_annotate`); a temporary folder,
+    /// deleted after the run, when unset.
+    pub callgrind_dir: Option<PathBuf>,
     /// Time between ready and the idle RSS reading.
     pub idle_settle: Duration,
     /// Idle CPU window (once with the app port closed, once with the app up).
@@ -87,7 +90,7 @@ pub const ALL: &[&str] = &[
 const USAGE: &str = "usage: tandem-bench [SCENARIO…] [--quick] [--tandem PATH] [--rate N] \
 [--seconds S] [--closed-seconds S] [--workers N] [--warmup N] [--redis HOST:PORT] \
 [--postgres CONNSTR] [--stores memory,redis,postgresql] [--ops get,set] \
-[--protocols http1,h2c,grpc] [--payload BYTES] [--messages N] [--callgrind-requests N] \
+[--protocols http1,h2c,grpc] [--payload BYTES] [--messages N] [--callgrind-requests N] [--callgrind-dir DIR] \
 [--idle-settle S] [--idle-seconds S] [--load-seconds S] [--startup-runs N] [--pin]
 scenarios: all (default), state, invoke, publish, subscribe, cpu, footprint";
 
@@ -125,6 +128,7 @@ impl Settings {
             messages: if quick { 300 } else { 10_000 },
             handler_delay: Duration::from_millis(5),
             callgrind_requests: if quick { 300 } else { 5000 },
+            callgrind_dir: None,
             idle_settle: Duration::from_secs(if quick { 2 } else { 10 }),
             idle_cpu: Duration::from_secs(if quick { 5 } else { 60 }),
             load: Duration::from_secs(if quick { 6 } else { 300 }),
@@ -149,6 +153,7 @@ impl Settings {
                 "--payload" => s.payload = num(&val()?, flag)?,
                 "--messages" => s.messages = num(&val()?, flag)?,
                 "--callgrind-requests" => s.callgrind_requests = num(&val()?, flag)?,
+                "--callgrind-dir" => s.callgrind_dir = Some(PathBuf::from(val()?)),
                 "--idle-settle" => s.idle_settle = secs(&val()?, flag)?,
                 "--idle-seconds" => s.idle_cpu = secs(&val()?, flag)?,
                 "--load-seconds" => s.load = secs(&val()?, flag)?,

@@ -135,8 +135,15 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
         return Ok(());
     }
     let n = s.callgrind_requests.max(1);
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let out = dir.path().join("state.cg");
+    let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = match &s.callgrind_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            d.as_path()
+        }
+        None => temp.path(),
+    };
+    let out = dir.join("state.cg");
     eprintln!("instructions per request (callgrind, {n} requests each)");
 
     let mut spec = state::sidecar(s, &[Store::Memory, Store::Redis]);
@@ -166,8 +173,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
     }
     sidecar.stop().await?;
 
-    let caller_out = dir.path().join("caller.cg");
-    let callee_out = dir.path().join("callee.cg");
+    let caller_out = dir.join("caller.cg");
+    let callee_out = dir.join("callee.cg");
     let pair = start_pair(
         s,
         Vec::new(),

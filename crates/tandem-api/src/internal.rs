@@ -18,7 +18,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -59,9 +58,7 @@ pub async fn serve(
         let acceptor = TlsAcceptor::from(security.server_config());
         return serve_mtls(listener, router(runtime), acceptor, shutdown).await;
     }
-    axum::serve(listener.tap_io(crate::http::no_delay), router(runtime))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http::serve(listener, router(runtime), shutdown).await
 }
 
 /// How long a peer may take to complete the TLS handshake.
@@ -76,7 +73,7 @@ async fn serve_mtls(
     let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let (mut tcp, addr) = tokio::select! {
+        let (tcp, addr) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -88,7 +85,7 @@ async fn serve_mtls(
                 }
             },
         };
-        crate::http::no_delay(&mut tcp);
+        crate::http::no_delay(&tcp);
         let acceptor = acceptor.clone();
         let router = router.clone();
         let stopped = stopped.clone();

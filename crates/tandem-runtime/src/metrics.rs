@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -193,12 +193,14 @@ pub struct Series<S> {
     pub value: S,
 }
 
-type SeriesMap<S> = HashMap<u64, Vec<Arc<Series<S>>>>;
+/// Series by the hash of their label values. foldhash, not SipHash: the values are a small
+/// bounded set decided by the sidecar, and the lookup runs on every request.
+type SeriesMap<S> = HashMap<u64, Vec<Arc<Series<S>>>, foldhash::fast::FixedState>;
 
 /// A metric family: label values → series, at most [`MAX_SERIES`] of them.
 pub struct Family<S> {
     labels: &'static [&'static str],
-    hasher: RandomState,
+    hasher: foldhash::fast::RandomState,
     map: ArcSwap<SeriesMap<S>>,
     /// Serialises insertions; holds the number of series.
     insert: Mutex<usize>,
@@ -209,8 +211,8 @@ impl<S> Family<S> {
     pub fn new(labels: &'static [&'static str]) -> Self {
         Self {
             labels,
-            hasher: RandomState::new(),
-            map: ArcSwap::from_pointee(HashMap::new()),
+            hasher: foldhash::fast::RandomState::default(),
+            map: ArcSwap::from_pointee(HashMap::default()),
             insert: Mutex::new(0),
         }
     }
@@ -314,12 +316,22 @@ impl PathMatcher {
 
     /// The first template that `path` (without its query) matches.
     pub fn find(&self, path: &str) -> Option<&str> {
+        self.find_index(path).map(|i| self.template(i))
+    }
+
+    /// The `i`-th template (an index from [`PathMatcher::find_index`]).
+    pub fn template(&self, i: usize) -> &str {
+        self.templates.get(i).map_or("", |(t, _)| t.as_str())
+    }
+
+    /// The index of the first template that `path` (without its query) matches.
+    pub fn find_index(&self, path: &str) -> Option<usize> {
         let path = path.split('?').next().unwrap_or_default();
-        'templates: for (template, segs) in &self.templates {
+        'templates: for (i, (_, segs)) in self.templates.iter().enumerate() {
             let mut parts = path.trim_matches('/').split('/').filter(|s| !s.is_empty());
             for seg in segs {
                 match seg {
-                    Segment::Rest => return Some(template),
+                    Segment::Rest => return Some(i),
                     Segment::Any => {
                         if parts.next().is_none() {
                             continue 'templates;
@@ -333,7 +345,7 @@ impl PathMatcher {
                 }
             }
             if parts.next().is_none() {
-                return Some(template);
+                return Some(i);
             }
         }
         None

@@ -10,6 +10,7 @@ mod kubernetes;
 mod logging;
 mod metrics;
 mod mtls;
+mod observe;
 mod process;
 mod registry;
 mod reload;

@@ -1,21 +1,15 @@
 //! Prometheus metrics (`--metrics-port`, `--enable-metrics`), under daprd's metric names.
 //!
-//! Series are kept in atomics: a request takes a shared read lock to find its series (created
-//! once, on the first request with that label set) and then only adds to atomic counters.
-//! HTTP requests are labelled with the route template they matched (`/v1.0/state/{store}`),
-//! never with the raw path, so the number of series stays bounded; requests that match no
-//! template (invocation through the `dapr-app-id` header) have an empty `path`.
+//! Series are kept in atomics: a request finds its series without a lock (created once, on the
+//! first request with that label set) and then only adds to atomic counters. What labels an
+//! HTTP request is decided in [`crate::observe`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
+use axum::http::{HeaderValue, Method, header};
+use axum::response::IntoResponse;
 use tandem_runtime::Runtime;
 use tandem_runtime::metrics::{Family, Histogram, Metrics as RuntimeMetrics, grpc_code_name};
 
@@ -52,6 +46,11 @@ impl Metrics {
             components_loaded: AtomicU64::new(0),
             start_time: crate::process::start_time(),
         }
+    }
+
+    /// The runtime's metrics (and the Configuration's `spec.metric`).
+    pub(crate) fn runtime(&self) -> &RuntimeMetrics {
+        &self.runtime
     }
 
     /// Sets `dapr_runtime_component_loaded`.
@@ -198,148 +197,6 @@ fn method_label(m: &Method) -> &'static str {
         Method::TRACE => "TRACE",
         _ => "OTHER",
     }
-}
-
-/// The route template a request matched, carried from inside the router to the recording
-/// layer outside it.
-#[derive(Clone)]
-pub(crate) struct Template(MatchedPath);
-
-impl Template {
-    /// The template, e.g. `/v1.0/state/{store}/{key}`.
-    pub(crate) fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-/// Adds request counting and latency to the HTTP API router.
-pub(crate) fn http_layer(router: Router, metrics: Arc<Metrics>) -> Router {
-    router
-        .route_layer(middleware::from_fn(tag_template))
-        .layer(middleware::from_fn_with_state(metrics, record_http))
-}
-
-pub(crate) async fn tag_template(req: Request, next: Next) -> Response {
-    let matched = req.extensions().get::<MatchedPath>().cloned();
-    let mut resp = next.run(req).await;
-    if let Some(m) = matched {
-        resp.extensions_mut().insert(Template(m));
-    }
-    resp
-}
-
-async fn record_http(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let request_bytes = content_length(req.headers());
-    let paths = metrics.runtime.paths();
-    let matched = if paths.is_empty() {
-        None
-    } else {
-        paths.find(req.uri().path())
-    };
-    let resp = next.run(req).await;
-    let nanos = tandem_runtime::metrics::nanos_since(start);
-    let path = match matched {
-        Some(template) => template,
-        None if !metrics.runtime.increased_cardinality() => "",
-        None => resp
-            .extensions()
-            .get::<Template>()
-            .map(|t| t.0.as_str())
-            .unwrap_or(""),
-    };
-    let response_bytes = axum::body::HttpBody::size_hint(resp.body()).lower();
-    metrics.record_http(
-        &method,
-        path,
-        resp.status().as_u16(),
-        nanos,
-        (request_bytes, response_bytes),
-    );
-    resp
-}
-
-fn content_length(headers: &HeaderMap) -> u64 {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Adds completed-RPC counting, latency and message sizes to the gRPC API routes.
-pub(crate) fn grpc_layer(
-    routes: tonic::service::Routes,
-    metrics: Arc<Metrics>,
-) -> tonic::service::Routes {
-    let router = routes
-        .into_axum_router()
-        .layer(middleware::from_fn_with_state(metrics, record_grpc));
-    tonic::service::Routes::from(router)
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Bytes seen in each direction of one RPC.
-#[derive(Default)]
-struct RpcBytes {
-    received: AtomicU64,
-    sent: AtomicU64,
-}
-
-/// Records an RPC when its status is known: at once for a trailers-only answer, else when the
-/// body's trailers go out.
-async fn record_grpc(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method: Arc<str> = req.uri().path().into();
-    let bytes = Arc::new(RpcBytes::default());
-    let (parts, body) = req.into_parts();
-    let counter = bytes.clone();
-    let body = body.map_frame(move |frame| {
-        if let Some(d) = frame.data_ref() {
-            counter
-                .received
-                .fetch_add(d.len() as u64, Ordering::Relaxed);
-        }
-        frame
-    });
-    let req = Request::from_parts(parts, axum::body::Body::new(body));
-    let resp = next.run(req).await;
-    let done = move |metrics: &Metrics, method: &str, bytes: &RpcBytes, code: u32| {
-        metrics.record_grpc(
-            method,
-            code,
-            tandem_runtime::metrics::nanos_since(start),
-            bytes.received.load(Ordering::Relaxed),
-            bytes.sent.load(Ordering::Relaxed),
-        );
-    };
-    if let Some(code) = grpc_status(resp.headers()) {
-        done(&metrics, &method, &bytes, code);
-        return resp;
-    }
-    if !resp.status().is_success() {
-        // Not a gRPC answer at all (an HTTP-level error): count it as UNKNOWN.
-        done(&metrics, &method, &bytes, 2);
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    let body = body.map_frame(move |frame| {
-        if let Some(d) = frame.data_ref() {
-            bytes.sent.fetch_add(d.len() as u64, Ordering::Relaxed);
-        }
-        if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
-            done(&metrics, &method, &bytes, code);
-        }
-        frame
-    });
-    Response::from_parts(parts, axum::body::Body::new(body))
 }
 
 /// Serves the metrics on `listener` at any path until `shutdown` resolves.

@@ -230,17 +230,15 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         api_token: non_empty("DAPR_API_TOKEN"),
         api_rules: api_rules.clone(),
     };
-    let mut router = tandem_api::http::router(runtime.clone(), &http_options);
     let api_logging = api_log::ApiLogging::from_config(
         args.enable_api_logging,
         &configuration.logging.api_logging,
     );
-    if let Some(l) = api_logging {
-        router = api_log::http_layer(router, l);
-    }
-    if let Some(m) = &metrics {
-        router = metrics::http_layer(router, m.clone());
-    }
+    let router = tandem_api::http::api(
+        runtime.clone(),
+        &http_options,
+        crate::observe::HttpObserver::new(metrics.clone(), api_logging),
+    );
     let mut port = args.dapr_http_port;
     for addr in args.listen_addresses() {
         let listener = TcpListener::bind((addr.as_str(), port))
@@ -411,13 +409,11 @@ async fn start_grpc(
     (metrics, api_logging): (Option<Arc<metrics::Metrics>>, Option<api_log::ApiLogging>),
     servers: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<u16, String> {
-    let mut routes = tandem_api::grpc::routes(runtime.clone(), options);
-    if let Some(l) = api_logging {
-        routes = api_log::grpc_layer(routes, l);
-    }
-    if let Some(m) = metrics {
-        routes = metrics::grpc_layer(routes, m);
-    }
+    let routes = tandem_api::grpc::api(
+        runtime.clone(),
+        options,
+        crate::observe::GrpcObserver::new(metrics, api_logging),
+    );
     let mut port = args.dapr_grpc_port;
     for addr in args.listen_addresses() {
         let listener = TcpListener::bind((addr.as_str(), port))

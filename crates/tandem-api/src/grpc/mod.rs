@@ -20,6 +20,7 @@ pub mod metadata;
 mod proxy;
 mod pubsub;
 mod secrets;
+pub mod service;
 mod state;
 pub mod subscribe;
 mod trace;
@@ -36,11 +37,11 @@ use tokio::net::TcpListener;
 use tonic::codegen::BoxStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, Routes};
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use error::{http_status_error, unimplemented};
+use service::{GrpcObserver, GrpcService};
+use tandem_runtime::trace::Tracer;
 
 /// Settings of the gRPC API server.
 #[derive(Clone, Debug)]
@@ -109,11 +110,21 @@ impl Interceptor for ApiToken {
     }
 }
 
-/// The gRPC API as routes, built once and shared by every listener.
+/// The gRPC API with nothing observed, built once and shared by every listener.
+pub fn routes(runtime: Arc<Runtime>, options: &GrpcOptions) -> GrpcService<()> {
+    api(runtime, options, None)
+}
+
+/// The gRPC API, with `observer` in front, built once and shared by every listener.
 ///
-/// Requests meet, in order: the `spec.api` filter (only when gRPC rules are configured), the lean path for the hot unary RPCs ([`unary`]), tonic's
-/// generated `Dapr` service for every other Dapr RPC, and gRPC proxying for any other service.
-pub fn routes(runtime: Arc<Runtime>, options: &GrpcOptions) -> Routes {
+/// Calls meet, in order: the observer, tracing, the `spec.api` filter (only when gRPC rules are
+/// configured), the lean path for the hot unary RPCs ([`unary`]), tonic's generated `Dapr`
+/// service for every other Dapr RPC, and gRPC proxying for any other service.
+pub fn api<O: GrpcObserver>(
+    runtime: Arc<Runtime>,
+    options: &GrpcOptions,
+    observer: Option<O>,
+) -> GrpcService<O> {
     let limit = options.max_body_size;
     let api = Arc::new(DaprApi::new(runtime.clone(), limit));
     let server = DaprServer::from_arc(api.clone())
@@ -121,45 +132,40 @@ pub fn routes(runtime: Arc<Runtime>, options: &GrpcOptions) -> Routes {
         .max_encoding_message_size(limit);
     let api_token = options.api_token.clone().filter(|t| !t.is_empty());
     let token = api_token.as_deref().map(ApiToken::new);
-    let routes = match &token {
+    let tonic_routes = match &token {
         Some(token) => Routes::new(InterceptedService::new(server, token.clone())),
         None => Routes::new(server),
     };
     // Every other service: gRPC proxying to the app named in the metadata.
     let proxy = proxy::Proxy { runtime, api_token };
-    let tonic_routes = routes
+    let routes = tonic_routes
         .into_axum_router()
         .fallback(move |req: axum::extract::Request| proxy.clone().handle(req));
     let tracer = api.runtime.tracer.clone();
-    let fast = unary::FastUnary {
-        api,
-        filter: options.api_rules.grpc().map(Arc::new),
-        token,
-        inner: tonic_routes,
-    };
-    // Tracing wraps everything; with tracing off it is not installed at all.
-    if tracer.enabled() {
-        let traced = trace::TraceGrpc {
-            tracer,
-            inner: fast,
-        };
-        Routes::from(axum::Router::new().fallback_service(traced))
+    let tracer = if tracer.enabled() {
+        tracer
     } else {
-        Routes::from(axum::Router::new().fallback_service(fast))
+        Tracer::default()
+    };
+    GrpcService {
+        routes,
+        shared: Arc::new(service::Shared {
+            api,
+            tracer,
+            filter: options.api_rules.grpc(),
+            token,
+            observer,
+        }),
     }
 }
 
-/// Serves `routes` (HTTP/2) on `listener` until `shutdown` resolves, then drains.
-pub async fn serve(
+/// Serves the gRPC API (HTTP/2) on `listener` until `shutdown` resolves, then drains.
+pub async fn serve<O: GrpcObserver>(
     listener: TcpListener,
-    routes: Routes,
+    service: GrpcService<O>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+) -> std::io::Result<()> {
+    crate::http::serve(listener, service, shutdown).await
 }
 
 /// Implements the trait: the served RPCs as written, every other one answering

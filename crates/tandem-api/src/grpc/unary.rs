@@ -32,15 +32,13 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
-use super::error::http_status_error;
 use super::{ApiToken, DaprApi};
-use crate::allowlist::GrpcFilter;
 
 const SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.Dapr/";
 
 /// The RPCs this path serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Rpc {
+pub(super) enum Rpc {
     GetState,
     GetBulkState,
     SaveState,
@@ -71,60 +69,9 @@ impl Rpc {
     }
 }
 
-/// The lean unary path in front of `inner` (tonic's routes and the proxy).
-#[derive(Clone)]
-pub(super) struct FastUnary<S> {
-    pub(super) api: Arc<DaprApi>,
-    /// `spec.api`'s gRPC rules; checked before anything else, on both paths.
-    pub(super) filter: Option<Arc<GrpcFilter>>,
-    pub(super) token: Option<ApiToken>,
-    pub(super) inner: S,
-}
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-impl<S> tower::Service<Request> for FastUnary<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> BoxFuture {
-        if let Some(filter) = &self.filter
-            && filter.blocks(req.uri().path())
-        {
-            let status = http_status_error(
-                501,
-                "requested endpoint is not available",
-                MetadataMap::new(),
-            );
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
-        match served(&req) {
-            Some(rpc) => {
-                let api = self.api.clone();
-                let token = self.token.clone();
-                Box::pin(async move { Ok(handle(api, token, rpc, req).await) })
-            }
-            None => {
-                // `poll_ready` was called on this clone's inner service.
-                let fut = self.inner.call(req);
-                Box::pin(fut)
-            }
-        }
-    }
-}
-
 /// The RPC when this path serves `req`: a POST of an uncompressed gRPC message to one of
 /// the listed methods.
-fn served(req: &Request) -> Option<Rpc> {
+pub(super) fn served(req: &Request) -> Option<Rpc> {
     if req.method() != Method::POST {
         return None;
     }
@@ -142,7 +89,13 @@ fn served(req: &Request) -> Option<Rpc> {
     Rpc::from_path(req.uri().path())
 }
 
-async fn handle(api: Arc<DaprApi>, token: Option<ApiToken>, rpc: Rpc, req: Request) -> Response {
+/// Answers one call; also returns the size of the request body read.
+pub(super) async fn handle(
+    api: Arc<DaprApi>,
+    token: Option<ApiToken>,
+    rpc: Rpc,
+    req: Request,
+) -> (Response, u64) {
     let (parts, body) = req.into_parts();
     let mut metadata = MetadataMap::from_headers(parts.headers);
     if let Some(mut token) = token {
@@ -152,14 +105,15 @@ async fn handle(api: Arc<DaprApi>, token: Option<ApiToken>, rpc: Rpc, req: Reque
             (),
         )) {
             Ok(checked) => metadata = checked.into_parts().0,
-            Err(status) => return status.into_http(),
+            Err(status) => return (status.into_http(), 0),
         }
     }
     let limit = api.max_body_size;
     let message = match read_message(body, limit).await {
         Ok(message) => message,
-        Err(status) => return status.into_http(),
+        Err(status) => return (status.into_http(), 0),
     };
+    let received = message.len() as u64 + 5;
     let call = Call {
         api: &api,
         metadata,
@@ -179,7 +133,7 @@ async fn handle(api: Arc<DaprApi>, token: Option<ApiToken>, rpc: Rpc, req: Reque
         Rpc::InvokeBinding => call.run(|a, r| a.invoke_binding(r)).await,
         Rpc::GetSecret => call.run(|a, r| a.get_secret(r)).await,
     };
-    answer.unwrap_or_else(Status::into_http)
+    (answer.unwrap_or_else(Status::into_http), received)
 }
 
 /// Reads the request body: exactly one uncompressed, length-prefixed message of at most
@@ -332,11 +286,12 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::grpc::service::GrpcService;
     use crate::grpc::tests::test_runtime;
     use crate::grpc::{GrpcOptions, routes};
 
     /// The gRPC routes over a runtime with one in-memory store.
-    fn service(token: Option<&str>, max_body_size: usize) -> tonic::service::Routes {
+    fn service(token: Option<&str>, max_body_size: usize) -> GrpcService<()> {
         let options = GrpcOptions {
             max_body_size,
             api_token: token.map(str::to_owned),
@@ -367,7 +322,7 @@ mod tests {
 
     /// Sends one call; answers the grpc-status (from the headers of a trailers-only answer,
     /// else from the trailers), the grpc-message and the message bytes.
-    async fn call(routes: &tonic::service::Routes, req: Request) -> (i32, String, Bytes) {
+    async fn call(routes: &GrpcService<()>, req: Request) -> (i32, String, Bytes) {
         let resp = routes.clone().oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         let (parts, body) = resp.into_parts();

@@ -15,23 +15,22 @@ mod json;
 pub mod metadata;
 mod pubsub;
 mod secrets;
+mod server;
+pub mod service;
 mod state;
 mod trace;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
-use axum::serve::ListenerExt;
-use http::{Method, StatusCode, Uri, header};
+use http::{StatusCode, header};
 use tandem_runtime::Runtime;
-use tokio::net::TcpListener;
 
 use crate::allowlist::{ApiRules, Group, HttpRules};
+pub use server::serve;
+use service::{ApiService, Observer, Templates};
 
 /// Settings of the HTTP API server.
 #[derive(Clone, Debug)]
@@ -65,9 +64,30 @@ pub(crate) fn empty() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// The HTTP API as an axum router. Endpoints that `spec.api` blocks are not registered.
-pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
+/// The HTTP API with nothing observed (tracing and the API token as configured).
+pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> ApiService<()> {
+    api(runtime, options, None)
+}
+
+/// The HTTP API: the routes, with tracing, the API token and `observer` in front.
+/// Endpoints that `spec.api` blocks are not registered.
+pub fn api<O: Observer>(
+    runtime: Arc<Runtime>,
+    options: &HttpOptions,
+    observer: Option<O>,
+) -> ApiService<O> {
     let tracer = runtime.tracer.clone();
+    let (router, templates) = routes(runtime, options);
+    let token = options
+        .api_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(Arc::<str>::from);
+    ApiService::new(router, templates, tracer, token, observer)
+}
+
+/// The routes of the API and their templates.
+fn routes(runtime: Arc<Runtime>, options: &HttpOptions) -> (Router, Templates) {
     let state = ApiState {
         runtime,
         max_body_size: options.max_body_size,
@@ -75,6 +95,7 @@ pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
     let rules = options.api_rules.http();
     let mut r = Routes {
         router: Router::new(),
+        templates: Templates::default(),
         rules: &rules,
     };
     const STATE: Group = group("state", "v1");
@@ -185,29 +206,19 @@ pub fn router(runtime: Arc<Runtime>, options: &HttpOptions) -> Router {
         post(health::shutdown),
     );
     let invoke_allowed = rules.allows(group("invoke", "v1"), "v1.0/invoke/*");
+    let mut templates = r.templates;
     let router = if invoke_allowed {
+        const INVOKE: &str = "/v1.0/invoke/{*rest}";
+        templates.add(INVOKE);
         r.router
-            .route("/v1.0/invoke/{*rest}", any(invoke::handle))
+            .route(INVOKE, any(invoke::handle))
             .fallback(invoke::handle)
             .method_not_allowed_fallback(invoke::handle)
     } else {
         // Without the invocation fallback, unknown routes get Go's plain not-found answer.
         r.router.fallback(not_found)
     };
-    let router = router.with_state(state);
-    let router = match &options.api_token {
-        Some(token) if !token.is_empty() => router.layer(middleware::from_fn_with_state(
-            Arc::<str>::from(token.as_str()),
-            api_token,
-        )),
-        _ => router,
-    };
-    // Tracing is the outermost layer; with tracing off it is not installed at all.
-    if tracer.enabled() {
-        router.layer(middleware::from_fn_with_state(tracer, trace::layer))
-    } else {
-        router
-    }
+    (router.with_state(state), templates)
 }
 
 const fn group(name: &'static str, version: &'static str) -> Group {
@@ -217,6 +228,7 @@ const fn group(name: &'static str, version: &'static str) -> Group {
 /// The router under construction and the rules deciding which endpoints it gets.
 struct Routes<'a> {
     router: Router<ApiState>,
+    templates: Templates,
     rules: &'a HttpRules,
 }
 
@@ -227,11 +239,12 @@ impl Routes<'_> {
         &mut self,
         group: Group,
         dapr_path: &str,
-        path: &str,
+        path: &'static str,
         handler: axum::routing::MethodRouter<ApiState>,
     ) {
         if self.rules.allows(group, dapr_path) {
             self.router = std::mem::take(&mut self.router).route(path, handler);
+            self.templates.add(path);
         }
     }
 }
@@ -248,52 +261,9 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-/// Enforces `DAPR_API_TOKEN`: every request but the two health GETs carries
-/// `dapr-api-token`, which is removed before the request goes further.
-async fn api_token(State(token): State<Arc<str>>, mut req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get("dapr-api-token")
-        .is_some_and(|v| v.as_bytes() == token.as_bytes());
-    if !ok && !exempt(req.method(), req.uri()) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            ],
-            "invalid api token\n",
-        )
-            .into_response();
-    }
-    req.headers_mut().remove("dapr-api-token");
-    next.run(req).await
-}
-
-fn exempt(method: &Method, uri: &Uri) -> bool {
-    method == Method::GET
-        && matches!(
-            uri.path().trim_matches('/'),
-            "v1.0/healthz" | "v1.0/healthz/outbound"
-        )
-}
-
 /// Turns Nagle's algorithm off on an accepted connection (a failure only costs latency).
-pub(crate) fn no_delay(stream: &mut tokio::net::TcpStream) {
+pub(crate) fn no_delay(stream: &tokio::net::TcpStream) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(%err, "could not set TCP_NODELAY");
     }
-}
-
-/// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves, then drains.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    // Answers are written in one go; Nagle would hold an HTTP/2 frame until the client's
-    // delayed ACK (tens of milliseconds), so every accepted socket sends at once.
-    axum::serve(listener.tap_io(no_delay), router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

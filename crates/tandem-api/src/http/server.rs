@@ -1,0 +1,90 @@
+//! The plain-TCP HTTP server under the HTTP API, the internal API and the metrics endpoint:
+//! HTTP/1.1 and h2c on one port (hyper's automatic protocol detection), `TCP_NODELAY` on
+//! every accepted socket, and a graceful drain.
+//!
+//! The service is called directly for each request: no router-level layers or boxed
+//! middleware sit between hyper and it, so what a request costs is what the service does.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::Response;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::Service;
+
+/// Serves `service` on `listener` until `shutdown` resolves; then stops accepting, lets every
+/// open connection finish the requests it has in flight (HTTP/1.1 connections close after
+/// their current answer, HTTP/2 ones get a GOAWAY) and returns once they are all closed.
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    S: Service<http::Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (stop, stopped) = watch::channel(false);
+    let builder = Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "HTTP server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Answers are written in one go; Nagle would hold an HTTP/2 frame until the
+        // client's delayed ACK (tens of milliseconds), so every socket sends at once.
+        super::no_delay(&tcp);
+        let service = TowerToHyperService::new(service.clone());
+        let builder = builder.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopped.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(stopped);
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    drop(stopped);
+    // Every connection holds a receiver; they are all gone once drained.
+    stop.closed().await;
+    Ok(())
+}
+
+/// Errors that concern one incoming connection only (the peer gave up before `accept`).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}

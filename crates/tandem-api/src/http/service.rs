@@ -1,0 +1,261 @@
+//! The HTTP API as one service: what every request goes through before and after the router.
+//!
+//! Metrics, API logs, tracing and the API token are per-request work around every route. As
+//! router layers each would box the routes again and allocate per request (a clone of the
+//! inner service, a boxed future, response extensions to carry the matched route out); here
+//! they are plain code in one [`Service`] in front of the router, with one small future.
+//! What the sidecar records (metrics, logs) comes in through [`Observer`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use axum::routing::future::RouteFuture;
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use tandem_runtime::trace::Tracer;
+use tower::Service;
+
+use super::trace;
+
+/// What the sidecar records about each request (metrics, API logs).
+pub trait Observer: Send + Sync + 'static {
+    /// What is kept of a request until its answer.
+    type Call: Send + Unpin + 'static;
+
+    /// Whether [`Observer::begin`] needs the route template the request matches (one lookup
+    /// per request).
+    fn wants_template(&self) -> bool;
+
+    /// Called before anything else sees the request. `template` is the route it matches
+    /// (`/v1.0/state/{store}/{key}`), when asked for and when there is one.
+    fn begin(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        template: Option<&'static str>,
+    ) -> Self::Call;
+
+    /// Called with the answer (before its body is written).
+    fn end(&self, call: Self::Call, resp: &Response);
+}
+
+/// Observes nothing.
+impl Observer for () {
+    type Call = ();
+
+    fn wants_template(&self) -> bool {
+        false
+    }
+
+    fn begin(&self, _: &Method, _: &Uri, _: &HeaderMap, _: Option<&'static str>) {}
+
+    fn end(&self, (): (), _: &Response) {}
+}
+
+/// The route templates of the API, to label requests without the router's help.
+#[derive(Default)]
+pub struct Templates(matchit::Router<&'static str>);
+
+impl Templates {
+    pub(super) fn add(&mut self, template: &'static str) {
+        // The router has accepted the same template, so it is a valid, unique pattern.
+        let _ = self.0.insert(template, template);
+    }
+
+    /// The template `path` matches.
+    pub fn find(&self, path: &str) -> Option<&'static str> {
+        self.0.at(path).ok().map(|m| *m.value)
+    }
+}
+
+struct Shared<O> {
+    tracer: Tracer,
+    token: Option<Arc<str>>,
+    templates: Templates,
+    observer: Option<O>,
+}
+
+/// The HTTP API's router with tracing, the API token and an [`Observer`] in front.
+pub struct ApiService<O> {
+    router: Router,
+    shared: Arc<Shared<O>>,
+}
+
+impl<O> Clone for ApiService<O> {
+    fn clone(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<O: Observer> ApiService<O> {
+    pub(super) fn new(
+        router: Router,
+        templates: Templates,
+        tracer: Tracer,
+        token: Option<Arc<str>>,
+        observer: Option<O>,
+    ) -> Self {
+        let tracer = if tracer.enabled() {
+            tracer
+        } else {
+            Tracer::default()
+        };
+        Self {
+            router,
+            shared: Arc::new(Shared {
+                tracer,
+                token,
+                templates,
+                observer,
+            }),
+        }
+    }
+
+    /// The route templates of the API.
+    pub fn templates(&self) -> &Templates {
+        &self.shared.templates
+    }
+}
+
+impl<O, B> Service<http::Request<B>> for ApiService<O>
+where
+    O: Observer,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = ApiFuture<O>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> ApiFuture<O> {
+        let shared = &self.shared;
+        let (mut parts, body) = req.into_parts();
+        let observed = shared.observer.as_ref().map(|o| {
+            let template = if o.wants_template() {
+                shared.templates.find(parts.uri.path())
+            } else {
+                None
+            };
+            o.begin(&parts.method, &parts.uri, &parts.headers, template)
+        });
+        let traced = match trace::begin(
+            &shared.tracer,
+            &parts.method,
+            &parts.uri,
+            &mut parts.headers,
+        ) {
+            Ok(t) => t,
+            Err(refused) => return ApiFuture::answered(refused.answer(), observed, shared),
+        };
+        if let Some(token) = &shared.token {
+            let ok = parts
+                .headers
+                .get("dapr-api-token")
+                .is_some_and(|v| v.as_bytes() == token.as_bytes());
+            if !ok && !exempt(&parts.method, &parts.uri) {
+                let mut answer = invalid_token();
+                if let Some(t) = traced {
+                    t.end(&mut answer);
+                }
+                return ApiFuture::answered(answer, observed, shared);
+            }
+            parts.headers.remove("dapr-api-token");
+        }
+        let req = http::Request::from_parts(parts, Body::new(body));
+        ApiFuture {
+            routed: Some(self.router.call(req)),
+            answer: None,
+            traced,
+            observed,
+            shared: observed_by(shared),
+        }
+    }
+}
+
+/// The shared part, kept by a future only when an observer needs it at the end.
+fn observed_by<O>(shared: &Arc<Shared<O>>) -> Option<Arc<Shared<O>>> {
+    shared.observer.is_some().then(|| shared.clone())
+}
+
+/// The answer of one request through [`ApiService`].
+pub struct ApiFuture<O: Observer> {
+    routed: Option<RouteFuture<Infallible>>,
+    answer: Option<Response>,
+    traced: Option<trace::Call>,
+    observed: Option<O::Call>,
+    shared: Option<Arc<Shared<O>>>,
+}
+
+impl<O: Observer> ApiFuture<O> {
+    fn answered(answer: Response, observed: Option<O::Call>, shared: &Arc<Shared<O>>) -> Self {
+        Self {
+            routed: None,
+            answer: Some(answer),
+            traced: None,
+            observed,
+            shared: observed_by(shared),
+        }
+    }
+}
+
+impl<O: Observer> Future for ApiFuture<O> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is `Unpin`: the router's future is a boxed one.
+        let this = self.get_mut();
+        let mut resp = match (&mut this.routed, this.answer.take()) {
+            (_, Some(answer)) => answer,
+            (Some(routed), None) => match Pin::new(routed).poll(cx) {
+                Poll::Ready(Ok(resp)) => resp,
+                Poll::Pending => return Poll::Pending,
+            },
+            (None, None) => panic!("ApiFuture polled after completion"),
+        };
+        this.routed = None;
+        if let Some(t) = this.traced.take() {
+            t.end(&mut resp);
+        }
+        if let (Some(shared), Some(call)) = (this.shared.take(), this.observed.take())
+            && let Some(o) = &shared.observer
+        {
+            o.end(call, &resp);
+        }
+        Poll::Ready(Ok(resp))
+    }
+}
+
+/// The two health GETs need no API token.
+fn exempt(method: &Method, uri: &Uri) -> bool {
+    method == Method::GET
+        && matches!(
+            uri.path().trim_matches('/'),
+            "v1.0/healthz" | "v1.0/healthz/outbound"
+        )
+}
+
+fn invalid_token() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        "invalid api token\n",
+    )
+        .into_response()
+}
