@@ -11,9 +11,7 @@
 
 use axum::response::Response;
 use http::{HeaderMap, Uri};
-use tandem_runtime::trace::{
-    BAGGAGE, GRPC_TRACE_BIN, Span, SpanKind, SpanName, Tracer, valid_baggage,
-};
+use tandem_runtime::trace::{Span, SpanKind, SpanName, Tracer, names, valid_baggage};
 use tonic::Status;
 
 /// A traced call waiting for its answer.
@@ -42,7 +40,7 @@ pub(super) fn begin(
     headers: &mut HeaderMap,
 ) -> Result<Option<Call>, InvalidBaggage> {
     let bad_baggage = headers
-        .get_all(BAGGAGE)
+        .get_all(&names::BAGGAGE)
         .iter()
         .any(|v| !v.to_str().is_ok_and(valid_baggage));
     if bad_baggage {
@@ -93,8 +91,10 @@ impl Call {
             ));
         }
         if !invoke {
-            resp.headers_mut()
-                .insert(GRPC_TRACE_BIN, span.context().binary_header_value());
+            resp.headers_mut().insert(
+                names::GRPC_TRACE_BIN.clone(),
+                span.context().binary_header_value(),
+            );
         }
         span.end();
     }

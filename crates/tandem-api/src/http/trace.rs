@@ -11,9 +11,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use tandem_runtime::trace::{
-    BAGGAGE, Span, SpanKind, SpanName, TRACEPARENT, Tracer, valid_baggage,
-};
+use tandem_runtime::trace::{Span, SpanKind, SpanName, Tracer, names, valid_baggage};
 
 /// A traced request waiting for its answer.
 pub(super) struct Call {
@@ -65,7 +63,7 @@ pub(super) fn begin(
     };
     let described = span.recording().then(|| (method.clone(), uri.clone()));
     Ok(Some(Call {
-        traceparent: headers.get(TRACEPARENT).cloned(),
+        traceparent: headers.get(&names::TRACEPARENT).cloned(),
         span,
         baggage,
         described,
@@ -100,12 +98,12 @@ impl Call {
             span.set_error(format!("Code({status}): {text}"));
         }
         let headers = resp.headers_mut();
-        if !headers.contains_key(TRACEPARENT) {
+        if !headers.contains_key(&names::TRACEPARENT) {
             let value = traceparent.unwrap_or_else(|| span.context().header_value());
-            headers.insert(TRACEPARENT, value);
+            headers.insert(names::TRACEPARENT.clone(), value);
         }
         if let Some(b) = baggage {
-            headers.insert(BAGGAGE, b);
+            headers.insert(names::BAGGAGE.clone(), b);
         }
         span.end();
     }
@@ -113,7 +111,7 @@ impl Call {
 
 /// The request's `baggage` (several headers joined), `Err` when invalid.
 fn baggage(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
-    let mut values = headers.get_all(BAGGAGE).iter();
+    let mut values = headers.get_all(&names::BAGGAGE).iter();
     let Some(first) = values.next() else {
         return Ok(None);
     };

@@ -34,6 +34,21 @@ pub const TRACESTATE: &str = "tracestate";
 pub const BAGGAGE: &str = "baggage";
 /// The binary trace context of gRPC (OpenCensus format, base64 in HTTP/2 headers).
 pub const GRPC_TRACE_BIN: &str = "grpc-trace-bin";
+/// The same header names as [`HeaderName`]s: a lookup by one of these skips parsing and
+/// validating the name, which a lookup by `&str` repeats every time.
+pub mod names {
+    use http::HeaderName;
+
+    /// `traceparent`.
+    pub static TRACEPARENT: HeaderName = HeaderName::from_static(super::TRACEPARENT);
+    /// `tracestate`.
+    pub static TRACESTATE: HeaderName = HeaderName::from_static(super::TRACESTATE);
+    /// `baggage`.
+    pub static BAGGAGE: HeaderName = HeaderName::from_static(super::BAGGAGE);
+    /// `grpc-trace-bin`.
+    pub static GRPC_TRACE_BIN: HeaderName = HeaderName::from_static(super::GRPC_TRACE_BIN);
+}
+
 /// The longest `tracestate` propagated (W3C).
 pub const MAX_TRACESTATE_LEN: usize = 512;
 
@@ -119,11 +134,11 @@ impl SpanContext {
 
     /// The context of a request's headers: `traceparent`, else `grpc-trace-bin`.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        if let Some(tp) = headers.get(TRACEPARENT) {
+        if let Some(tp) = headers.get(&names::TRACEPARENT) {
             return tp.to_str().ok().and_then(Self::parse);
         }
         headers
-            .get(GRPC_TRACE_BIN)
+            .get(&names::GRPC_TRACE_BIN)
             .and_then(|v| Self::from_binary(v.as_bytes()))
     }
 
@@ -192,9 +207,9 @@ impl SpanContext {
     /// Writes this context into `headers`: `traceparent`, and `grpc-trace-bin` when the
     /// headers already carried one (a gRPC hop).
     pub fn inject(&self, headers: &mut HeaderMap) {
-        headers.insert(TRACEPARENT, self.header_value());
-        if headers.contains_key(GRPC_TRACE_BIN) {
-            headers.insert(GRPC_TRACE_BIN, self.binary_header_value());
+        headers.insert(names::TRACEPARENT.clone(), self.header_value());
+        if headers.contains_key(&names::GRPC_TRACE_BIN) {
+            headers.insert(names::GRPC_TRACE_BIN.clone(), self.binary_header_value());
         }
     }
 }
@@ -454,7 +469,9 @@ impl Tracer {
     ) -> Option<Span> {
         self.inner.as_ref()?;
         let parent = SpanContext::from_headers(headers);
-        let tracestate = headers.get(TRACESTATE).and_then(|v| v.to_str().ok());
+        let tracestate = headers
+            .get(&names::TRACESTATE)
+            .and_then(|v| v.to_str().ok());
         let span = self.start_span(parent.as_ref(), tracestate, kind, name)?;
         span.context.inject(headers);
         Some(span)
