@@ -26,7 +26,7 @@ use dapr::dapr::proto::runtime::v1::dapr_server::Dapr;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method};
 use http_body::Frame;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
@@ -139,17 +139,12 @@ pub(super) async fn handle(
 /// Reads the request body: exactly one uncompressed, length-prefixed message of at most
 /// `limit` bytes. Answers the statuses tonic answers for the same faults.
 async fn read_message(body: Body, limit: usize) -> Result<Bytes, Status> {
-    let collected = Limited::new(body, limit.saturating_add(5))
-        .collect()
+    let mut data = read_body(body, limit.saturating_add(5))
         .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large("decoded", None, limit)
-            } else {
-                Status::internal(format!("error reading the request body: {e}"))
-            }
+        .map_err(|e| match e {
+            BodyError::TooLarge => too_large("decoded", None, limit),
+            BodyError::Read(e) => Status::internal(format!("error reading the request body: {e}")),
         })?;
-    let mut data = collected.to_bytes();
     if data.is_empty() {
         return Err(Status::internal("Missing request message."));
     }
@@ -186,6 +181,39 @@ async fn read_message(body: Body, limit: usize) -> Result<Bytes, Status> {
         ));
     }
     Ok(data.split_off(5))
+}
+
+enum BodyError {
+    TooLarge,
+    Read(axum::Error),
+}
+
+/// The whole body, at most `max` bytes. A small message comes in one DATA frame, which is
+/// kept as it is; only a body in several frames is copied into one buffer.
+async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > max {
+            return Err(BodyError::TooLarge);
+        }
+        if let Some(buf) = joined.as_mut() {
+            buf.extend_from_slice(&data);
+        } else if let Some(head) = first.take() {
+            let mut buf = BytesMut::with_capacity(total);
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(&data);
+            joined = Some(buf);
+        } else {
+            first = Some(data);
+        }
+    }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
 }
 
 fn too_large(what: &str, found: Option<usize>, limit: usize) -> Status {
