@@ -1,9 +1,10 @@
 //! Hot reload of component and subscription files (daprd's `HotReload` feature, on by default): the
-//! `--resources-path` folders are checked every second for added, changed and removed
-//! `.yaml`/`.yml` files (a `stat` per file, nothing read unless something changed), and the
-//! component definitions are applied again every `--hot-reload-reconcile-interval` (60 s by
-//! default) in any case. A folder that no longer parses is reported and the running
-//! components stay as they are.
+//! `--resources-path` folders are watched for added, changed and removed `.yaml`/`.yml` files
+//! (inotify on Linux: nothing runs while nothing changes; elsewhere, or when a folder cannot be
+//! watched, a check every second), a change is confirmed by a `stat` per file (nothing is read
+//! unless something changed), and the component definitions are applied again every
+//! `--hot-reload-reconcile-interval` (60 s by default) in any case. A folder that no longer
+//! parses is reported and the running components stay as they are.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,8 +13,74 @@ use std::time::{Duration, SystemTime};
 use tandem_runtime::Runtime;
 use tracing::{error, info, warn};
 
-/// How often the folders are looked at.
+/// How often the folders are looked at when they cannot be watched.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a burst of changes (an editor writing a file in steps, several files copied) is
+/// waited out before the folders are looked at.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Tells when the folders may have changed.
+enum Changes {
+    /// inotify events on every folder.
+    #[cfg(target_os = "linux")]
+    Watched(inotify::EventStream<Vec<u8>>),
+    /// A look every [`SCAN_INTERVAL`].
+    Polled,
+}
+
+impl Changes {
+    fn new(paths: &[PathBuf]) -> Self {
+        #[cfg(target_os = "linux")]
+        match watch(paths) {
+            Ok(stream) => return Self::Watched(stream),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the resources folders; checking them every second")
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = paths;
+        Self::Polled
+    }
+
+    /// Waits for the next possible change.
+    async fn next(&mut self) {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Watched(stream) => {
+                use futures_util::StreamExt;
+                match stream.next().await {
+                    Some(Ok(_)) => tokio::time::sleep(SETTLE).await,
+                    Some(Err(e)) => {
+                        warn!(error = %e, "watching the resources folders failed; checking them every second");
+                        *self = Self::Polled;
+                    }
+                    None => *self = Self::Polled,
+                }
+            }
+            Self::Polled => tokio::time::sleep(SCAN_INTERVAL).await,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn watch(paths: &[PathBuf]) -> std::io::Result<inotify::EventStream<Vec<u8>>> {
+    use inotify::{Inotify, WatchMask};
+    let inotify = Inotify::init()?;
+    let mask = WatchMask::CREATE
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::MODIFY
+        | WatchMask::ATTRIB
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF;
+    for dir in paths {
+        inotify.watches().add(dir, mask)?;
+    }
+    inotify.into_event_stream(vec![0u8; 4096])
+}
 
 /// What the folders held at the last look: each file's path, size and modification time.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
@@ -83,23 +150,23 @@ pub(crate) fn spawn(
         let mut last = tokio::task::spawn_blocking(move || fingerprint(&scan_paths))
             .await
             .unwrap_or_default();
-        let mut since_reconcile = Duration::ZERO;
+        let mut changes = Changes::new(&paths);
+        let mut next_reconcile = tokio::time::Instant::now() + reconcile;
         loop {
-            tokio::select! {
+            let due = tokio::select! {
                 _ = &mut stop => return,
-                _ = tokio::time::sleep(SCAN_INTERVAL) => {}
-            }
-            since_reconcile += SCAN_INTERVAL;
+                () = changes.next() => false,
+                () = tokio::time::sleep_until(next_reconcile) => true,
+            };
             let scan_paths = paths.clone();
             let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&scan_paths)).await
             else {
                 continue;
             };
-            let due = since_reconcile >= reconcile;
             if now == last && !due {
                 continue;
             }
-            since_reconcile = Duration::ZERO;
+            next_reconcile = tokio::time::Instant::now() + reconcile;
             let changed = now != last;
             last = now;
             let load_paths = paths.clone();
