@@ -70,35 +70,13 @@ async fn serve_mtls(
     acceptor: TlsAcceptor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stop, stopped) = watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, addr) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "internal listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        crate::http::no_delay(&tcp);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        let stopped = stopped.clone();
-        tokio::spawn(async move {
-            connection(tcp, addr, acceptor, router, stopped).await;
-        });
-    }
-    drop(listener);
-    let _ = stop.send(true);
-    drop(stopped);
-    // Every connection holds a receiver; they are all gone once drained.
-    stop.closed().await;
-    Ok(())
+    crate::http::server::accept_loop(
+        listener,
+        shutdown,
+        "internal listener",
+        move |tcp, addr, stopped| connection(tcp, addr, acceptor.clone(), router.clone(), stopped),
+    )
+    .await
 }
 
 async fn connection(

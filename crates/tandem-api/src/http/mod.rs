@@ -15,7 +15,7 @@ mod json;
 pub mod metadata;
 mod pubsub;
 mod secrets;
-mod server;
+pub(crate) mod server;
 pub mod service;
 mod state;
 mod trace;

@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::Service;
 
@@ -35,18 +36,55 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let (stop, stopped) = watch::channel(false);
     let builder = Builder::new(TokioExecutor::new());
+    accept_loop(
+        listener,
+        shutdown,
+        "HTTP server",
+        move |tcp, _, mut stopped| {
+            let service = TowerToHyperService::new(service.clone());
+            let builder = builder.clone();
+            async move {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopped.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, each with `TCP_NODELAY` and
+/// served on a task of its own by `connection` (given the socket, the peer's address and a
+/// receiver that changes when the server stops); then stops accepting, tells every
+/// connection to stop, and returns once they have all ended (dropped their receiver).
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    what: &'static str,
+    mut connection: F,
+) -> std::io::Result<()>
+where
+    F: FnMut(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, addr) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "HTTP server: accept failed");
+                    tracing::warn!(error = %e, "{what}: accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -55,21 +93,8 @@ where
         // Answers are written in one go; Nagle would hold an HTTP/2 frame until the
         // client's delayed ACK (tens of milliseconds), so every socket sends at once.
         super::no_delay(&tcp);
-        let service = TowerToHyperService::new(service.clone());
-        let builder = builder.clone();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stopped.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            drop(stopped);
-        });
+        let conn = connection(tcp, addr, stopped.clone());
+        tokio::spawn(conn);
     }
     drop(listener);
     let _ = stop.send(true);

@@ -120,11 +120,6 @@ impl<O: Observer> ApiService<O> {
             }),
         }
     }
-
-    /// The route templates of the API.
-    pub fn templates(&self) -> &Templates {
-        &self.shared.templates
-    }
 }
 
 impl<O, B> Service<http::Request<B>> for ApiService<O>
