@@ -411,27 +411,39 @@ async fn grpc_calls_continue_the_callers_trace_over_zipkin() {
         .unwrap();
 }
 
+/// A sidecar for the app `app_id` (a mock app) exporting to the Zipkin collector at `addr`
+/// with `samplingRate: rate`; its files go under `dir`.
+async fn zipkin_sidecar(
+    dir: &std::path::Path,
+    app_id: &str,
+    rate: &str,
+    addr: &str,
+) -> (MockApp, tandem_testkit::Sidecar) {
+    let file = config(
+        dir,
+        &format!("{app_id}.yaml"),
+        &format!(
+            "    samplingRate: \"{rate}\"\n    zipkin:\n      endpointAddress: \"http://{addr}/api/v2/spans\"\n"
+        ),
+    );
+    let app = MockApp::start(app_id).await;
+    let sc = start(
+        tandem()
+            .app_id(app_id)
+            .app_port(app.port())
+            .name_resolution_db(dir.join(format!("{app_id}-nr.db")))
+            .arg("--config")
+            .arg(&file),
+    )
+    .await;
+    (app, sc)
+}
+
 #[tokio::test]
 async fn sampling_rate_zero_exports_nothing_and_creates_no_traceparent() {
     let (collector, addr) = collector().await;
     let dir = tempfile::tempdir().unwrap();
-    let off = config(
-        dir.path(),
-        "off.yaml",
-        &format!(
-            "    samplingRate: \"0\"\n    zipkin:\n      endpointAddress: \"http://{addr}/api/v2/spans\"\n"
-        ),
-    );
-    let app = MockApp::start("quiet").await;
-    let sc = start(
-        tandem()
-            .app_id("quiet")
-            .app_port(app.port())
-            .name_resolution_db(dir.path().join("nr.db"))
-            .arg("--config")
-            .arg(&off),
-    )
-    .await;
+    let (_app, sc) = zipkin_sidecar(dir.path(), "quiet", "0", &addr).await;
     let resp = client()
         .get(sc.url("/v1.0/invoke/quiet/method/x"))
         .send()
@@ -455,23 +467,7 @@ async fn sampling_rate_zero_exports_nothing_and_creates_no_traceparent() {
 
     // The same calls with sampling on are exported: the collector works, and nothing came
     // from the sidecar above.
-    let on = config(
-        dir.path(),
-        "on.yaml",
-        &format!(
-            "    samplingRate: \"1\"\n    zipkin:\n      endpointAddress: \"http://{addr}/api/v2/spans\"\n"
-        ),
-    );
-    let app2 = MockApp::start("loud").await;
-    let sc2 = start(
-        tandem()
-            .app_id("loud")
-            .app_port(app2.port())
-            .name_resolution_db(dir.path().join("nr2.db"))
-            .arg("--config")
-            .arg(&on),
-    )
-    .await;
+    let (_app2, sc2) = zipkin_sidecar(dir.path(), "loud", "1", &addr).await;
     let resp = client()
         .get(sc2.url("/v1.0/invoke/loud/method/x"))
         .send()
