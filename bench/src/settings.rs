@@ -21,8 +21,10 @@ pub enum Protocol {
     Http1,
     /// HTTP/2 with prior knowledge.
     H2c,
-    /// gRPC (`GetState` / `SaveState`).
+    /// gRPC (`GetState` / `SaveState`) through a lean unary client straight over `h2`.
     Grpc,
+    /// The same calls through tonic's generated client (a task per call in the generator).
+    GrpcTonic,
 }
 
 /// Everything a run needs.
@@ -90,7 +92,7 @@ pub const ALL: &[&str] = &[
 const USAGE: &str = "usage: tandem-bench [SCENARIO…] [--quick] [--tandem PATH] [--rate N] \
 [--seconds S] [--closed-seconds S] [--workers N] [--warmup N] [--redis HOST:PORT] \
 [--postgres CONNSTR] [--stores memory,redis,postgresql] [--ops get,set] \
-[--protocols http1,h2c,grpc] [--payload BYTES] [--messages N] [--callgrind-requests N] [--callgrind-dir DIR] \
+[--protocols http1,h2c,grpc,grpc-tonic] [--payload BYTES] [--messages N] [--callgrind-requests N] [--callgrind-dir DIR] \
 [--idle-settle S] [--idle-seconds S] [--load-seconds S] [--startup-runs N] [--pin]
 scenarios: all (default), state, invoke, publish, subscribe, cpu, footprint";
 
@@ -182,6 +184,7 @@ impl Settings {
                             "http1" | "http" => Ok(Protocol::Http1),
                             "h2c" | "http2" => Ok(Protocol::H2c),
                             "grpc" => Ok(Protocol::Grpc),
+                            "grpc-tonic" => Ok(Protocol::GrpcTonic),
                             o => Err(format!("unknown protocol {o}")),
                         })
                         .collect::<Result<_, _>>()?

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use dapr::dapr::proto::common::v1::StateItem;
-use dapr::dapr::proto::runtime::v1::{GetStateRequest, SaveStateRequest};
+use dapr::dapr::proto::runtime::v1::{GetStateRequest, GetStateResponse, SaveStateRequest};
 use http::Method;
 use tokio_postgres::types::Type;
 
@@ -147,7 +147,8 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
                 })
             }
         }
-        Protocol::Grpc => {
+        Protocol::Grpc => via_grpc(grpc_port, name, set),
+        Protocol::GrpcTonic => {
             let client = clients::grpc(grpc_port);
             if set {
                 let keys = SetKey::default();
@@ -188,6 +189,47 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
                 })
             }
         }
+    }
+}
+
+/// A GET or SET over gRPC through the lean [`clients::GrpcH2`] client.
+fn via_grpc(grpc_port: u16, name: &str, set: bool) -> Op {
+    let client = clients::GrpcH2::new(grpc_port);
+    if set {
+        let keys = SetKey::default();
+        let name = name.to_owned();
+        op(move || {
+            let client = client.clone();
+            let req = SaveStateRequest {
+                store_name: name.clone(),
+                states: vec![StateItem {
+                    key: keys.next(),
+                    value: VALUE.as_bytes().to_vec(),
+                    ..Default::default()
+                }],
+            };
+            async move {
+                client
+                    .unary::<_, ()>("/dapr.proto.runtime.v1.Dapr/SaveState", &req)
+                    .await
+                    .map(drop)
+            }
+        })
+    } else {
+        let req = GetStateRequest {
+            store_name: name.to_owned(),
+            key: GET_KEY.to_owned(),
+            ..Default::default()
+        };
+        op(move || {
+            let (client, req) = (client.clone(), req.clone());
+            async move {
+                let resp: GetStateResponse = client
+                    .unary("/dapr.proto.runtime.v1.Dapr/GetState", &req)
+                    .await?;
+                check_value(&resp.data)
+            }
+        })
     }
 }
 
@@ -395,6 +437,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
                     Protocol::Http1 => "Tandem HTTP/1.1",
                     Protocol::H2c => "Tandem h2c",
                     Protocol::Grpc => "Tandem gRPC",
+                    Protocol::GrpcTonic => "Tandem gRPC (tonic client)",
                 };
                 let op = via(*protocol, sidecar.http, sidecar.grpc, *store, set);
                 let mut row = measure(s, &scenario, path, op, &[sidecar.pid]).await;
