@@ -19,6 +19,9 @@ use tracing::{debug, error, info, warn};
 use crate::cli::sidecar::{SidecarArgs, unimplemented_flags_set};
 use crate::{api_log, logging, metrics, registry};
 
+/// The least time given to exporting the last spans at shutdown, even past the grace period.
+const FLUSH_AT_LEAST: Duration = Duration::from_secs(1);
+
 /// Runs `tandem sidecar` to completion.
 pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
     if args.version {
@@ -326,6 +329,13 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
             seconds = args.dapr_graceful_shutdown_seconds,
             "graceful shutdown timed out"
         );
+    }
+    // The spans of what was just answered may still wait for their batch: send them now,
+    // within what is left of the grace period (at least a moment, even when it is spent).
+    let now = tokio::time::Instant::now();
+    let flush_within = deadline.max(now + FLUSH_AT_LEAST) - now;
+    if !runtime.tracer.flush(flush_within).await {
+        warn!("spans still queued at shutdown could not all be exported in time");
     }
     Ok(ExitCode::SUCCESS)
 }

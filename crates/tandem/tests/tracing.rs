@@ -487,6 +487,29 @@ async fn sampling_rate_zero_exports_nothing_and_creates_no_traceparent() {
 }
 
 #[tokio::test]
+async fn spans_still_queued_at_shutdown_are_exported_before_exit() {
+    let (collector, addr) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_app, mut sc) = zipkin_sidecar(dir.path(), "brief", "1", &addr).await;
+    let resp = client()
+        .get(sc.url("/v1.0/invoke/brief/method/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // Stop at once, well inside the half-second batch window of that call's spans.
+    let status = sc.terminate().await;
+    assert!(status.success(), "{status:?}");
+    let spans = collector.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.service == "brief" && s.name == "CallLocal/brief/x"),
+        "the call's spans were lost at shutdown: {spans:#?}"
+    );
+}
+
+#[tokio::test]
 async fn invalid_baggage_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "c.yaml", "    samplingRate: \"1\"\n");

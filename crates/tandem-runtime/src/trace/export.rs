@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Settings, Sink, SpanData, SpanKind, hex};
@@ -36,35 +36,79 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(500);
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-/// Starts the export task; the returned sender feeds it.
-pub(crate) fn spawn(settings: Settings) -> mpsc::Sender<SpanData> {
+/// A request to export every span queued so far; answered once they are sent.
+pub(crate) type FlushRequest = oneshot::Sender<()>;
+
+/// Starts the export task; the returned senders feed it spans and flush requests.
+pub(crate) fn spawn(settings: Settings) -> (mpsc::Sender<SpanData>, mpsc::Sender<FlushRequest>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(run(Exporter::new(settings), rx));
-    tx
+    let (flush_tx, flush_rx) = mpsc::channel(4);
+    tokio::spawn(run(Exporter::new(settings), rx, flush_rx));
+    (tx, flush_tx)
 }
 
-async fn run(mut exporter: Exporter, mut rx: mpsc::Receiver<SpanData>) {
+async fn run(
+    mut exporter: Exporter,
+    mut rx: mpsc::Receiver<SpanData>,
+    mut flushes: mpsc::Receiver<FlushRequest>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = Instant::now() + BATCH_WINDOW;
-        let mut closed = false;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) => {
-                    closed = true;
-                    break;
-                }
-                Err(_) => break,
+    loop {
+        tokio::select! {
+            span = rx.recv() => match span {
+                Some(span) => batch.push(span),
+                None => break,
+            },
+            Some(done) = flushes.recv() => {
+                flush(&mut exporter, &mut rx, &mut batch, done).await;
+                continue;
             }
         }
-        exporter.export(&batch).await;
-        batch.clear();
+        let deadline = Instant::now() + BATCH_WINDOW;
+        let mut closed = false;
+        let mut flushed = false;
+        while batch.len() < MAX_BATCH {
+            tokio::select! {
+                next = tokio::time::timeout_at(deadline, rx.recv()) => match next {
+                    Ok(Some(span)) => batch.push(span),
+                    Ok(None) => {
+                        closed = true;
+                        break;
+                    }
+                    Err(_) => break,
+                },
+                Some(done) = flushes.recv() => {
+                    flush(&mut exporter, &mut rx, &mut batch, done).await;
+                    flushed = true;
+                    break;
+                }
+            }
+        }
+        if !flushed {
+            exporter.export(&batch).await;
+            batch.clear();
+        }
         if closed {
             break;
         }
     }
+}
+
+/// Exports `batch` and everything already queued behind it, then answers `done`.
+async fn flush(
+    exporter: &mut Exporter,
+    rx: &mut mpsc::Receiver<SpanData>,
+    batch: &mut Vec<SpanData>,
+    done: FlushRequest,
+) {
+    while let Ok(span) = rx.try_recv() {
+        batch.push(span);
+    }
+    for chunk in batch.chunks(MAX_BATCH) {
+        exporter.export(chunk).await;
+    }
+    batch.clear();
+    let _ = done.send(());
 }
 
 struct Exporter {

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue};
@@ -355,6 +355,8 @@ struct Inner {
     /// Trace ids whose upper 63 bits of their last 8 bytes fall below this are sampled.
     threshold: u64,
     exporter: Option<mpsc::Sender<SpanData>>,
+    /// Flush requests to the export task ([`Tracer::start`] only).
+    flush: Option<mpsc::Sender<export::FlushRequest>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -378,6 +380,7 @@ impl Tracer {
             inner: Some(Arc::new(Inner {
                 threshold,
                 exporter,
+                flush: None,
                 dropped: Arc::new(AtomicU64::new(0)),
             })),
         }
@@ -389,8 +392,32 @@ impl Tracer {
         if !settings.enabled {
             return Self::off();
         }
-        let exporter = (!settings.sinks.is_empty()).then(|| export::spawn(settings.clone()));
-        Self::new(settings.rate, exporter)
+        let (exporter, flush) = if settings.sinks.is_empty() {
+            (None, None)
+        } else {
+            let (spans, flush) = export::spawn(settings.clone());
+            (Some(spans), Some(flush))
+        };
+        let mut tracer = Self::new(settings.rate, exporter);
+        if let Some(inner) = tracer.inner.as_mut().and_then(Arc::get_mut) {
+            inner.flush = flush;
+        }
+        tracer
+    }
+
+    /// Sends every span ended so far to the exporters and waits until that is done, at most
+    /// `within`. Returns whether it finished in time (true as well when nothing is exported).
+    /// Called at shutdown: spans still waiting for their batch would otherwise be lost.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let Some(flush) = self.inner.as_ref().and_then(|i| i.flush.clone()) else {
+            return true;
+        };
+        let (done, answered) = tokio::sync::oneshot::channel();
+        tokio::time::timeout(within, async move {
+            flush.send(done).await.is_ok() && answered.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Whether tracing is on.
