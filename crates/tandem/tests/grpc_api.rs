@@ -528,6 +528,62 @@ async fn invoke_service_reaches_the_local_app() {
     assert_eq!(error_info(&err).reason, "ERR_DIRECT_INVOKE");
 }
 
+/// The caller's `grpc-timeout` is enforced by the sidecar: the client below has no timer of
+/// its own (no tonic `Channel`), so only the sidecar can end the call early.
+#[tokio::test]
+async fn grpc_timeout_ends_a_call_with_deadline_exceeded() {
+    let app = MockApp::start("slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    let sc = start(
+        tandem()
+            .app_id("slow")
+            .app_port(app.port())
+            .name_resolution_db(dir.path().join("nr.db")),
+    )
+    .await;
+    let transport =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<tonic::body::Body>();
+    let origin = format!("http://127.0.0.1:{}", sc.grpc_port)
+        .parse()
+        .unwrap();
+    let mut c = DaprClient::with_origin(transport, origin);
+    let call = |wait_ms: &str, timeout: &str| {
+        let mut req = Request::new(pb::InvokeServiceRequest {
+            id: "slow".into(),
+            message: Some(pb_common::InvokeRequest {
+                method: "work".into(),
+                data: Some(any_of(b"x")),
+                content_type: "text/plain".into(),
+                http_extension: Some(pb_common::HttpExtension {
+                    verb: 3,
+                    querystring: String::new(),
+                }),
+            }),
+        });
+        req.metadata_mut()
+            .insert("mock-wait-ms", wait_ms.parse().unwrap());
+        req.metadata_mut()
+            .insert("grpc-timeout", timeout.parse().unwrap());
+        req
+    };
+    let started = std::time::Instant::now();
+    let err = c
+        .invoke_service(call("5000", "300m"))
+        .await
+        .expect_err("the app answers after the deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    // Within its deadline a call is answered as usual.
+    let resp = c.invoke_service(call("10", "10S")).await.unwrap();
+    assert!(resp.into_inner().data.is_some());
+}
+
 fn any_of(body: &[u8]) -> prost_types::Any {
     prost_types::Any {
         type_url: String::new(),

@@ -6,6 +6,10 @@
 //! unary answer is complete when its handler returns (one message, status OK, or a
 //! trailers-only error), so it is recorded without wrapping any body; other answers are
 //! recorded when their trailers go out.
+//!
+//! A caller's `grpc-timeout` bounds the wait for the answer: past it, the handler (or the
+//! proxied call) is dropped and the call answers `DEADLINE_EXCEEDED`. A streaming answer that
+//! has started is not cut.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -112,6 +117,7 @@ where
             .map(|o| o.begin(&parts.uri, &parts.headers));
         let mut future = GrpcFuture {
             path: Path::Answered(None),
+            deadline: grpc_timeout(&parts.headers).map(|t| Box::pin(tokio::time::sleep(t))),
             traced: None,
             observed: None,
             shared: None,
@@ -183,6 +189,9 @@ fn count_request(req: http::Request<Body>, counter: Arc<RpcBytes>) -> http::Requ
 /// The answer of one call through [`GrpcService`].
 pub struct GrpcFuture<O: GrpcObserver> {
     path: Path,
+    /// The caller's `grpc-timeout`: past it, the handler is dropped and the call answers
+    /// `DEADLINE_EXCEEDED`.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     traced: Option<trace::Call>,
     observed: Option<O::Call>,
     /// Kept only when an observer needs it at the end.
@@ -214,13 +223,20 @@ impl<O: GrpcObserver> Future for GrpcFuture<O> {
             ),
             Path::Unary(fut) => match fut.as_mut().poll(cx) {
                 Poll::Ready((resp, received)) => (resp, Some(received)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => match expired(&mut this.deadline, cx) {
+                    Some(resp) => (resp, None),
+                    None => return Poll::Pending,
+                },
             },
             Path::Routed(fut) => match Pin::new(fut).poll(cx) {
                 Poll::Ready(Ok(resp)) => (resp, None),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => match expired(&mut this.deadline, cx) {
+                    Some(resp) => (resp, None),
+                    None => return Poll::Pending,
+                },
             },
         };
+        this.deadline = None;
         this.path = Path::Answered(None);
         if let Some(t) = this.traced.take() {
             t.end(&mut resp);
@@ -283,9 +299,70 @@ impl<O: GrpcObserver> Future for GrpcFuture<O> {
     }
 }
 
+/// The `DEADLINE_EXCEEDED` answer once `deadline` has passed.
+fn expired(
+    deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Option<Response> {
+    deadline
+        .as_mut()?
+        .as_mut()
+        .poll(cx)
+        .is_ready()
+        .then(|| tonic::Status::deadline_exceeded("the call's grpc-timeout expired").into_http())
+}
+
+/// The call's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit, `H` `M` `S`
+/// `m` `u` `n`). A malformed value is ignored, as no deadline.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(v: &str) -> Option<Duration> {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", v.parse().unwrap());
+        grpc_timeout(&h)
+    }
+
+    #[test]
+    fn grpc_timeout_units_and_malformed_values() {
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", "S10"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
 }
