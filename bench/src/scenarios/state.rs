@@ -147,59 +147,60 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
                 })
             }
         }
-        Protocol::Grpc => via_grpc(grpc_port, name, set),
-        Protocol::GrpcTonic => {
-            let client = clients::grpc(grpc_port);
-            if set {
-                let keys = SetKey::default();
-                let name = name.to_owned();
-                op(move || {
-                    let mut client = client.clone();
-                    let req = SaveStateRequest {
-                        store_name: name.clone(),
-                        states: vec![StateItem {
-                            key: keys.next(),
-                            value: VALUE.as_bytes().to_vec(),
-                            ..Default::default()
-                        }],
-                    };
-                    async move {
-                        client
-                            .save_state(req)
-                            .await
-                            .map(drop)
-                            .map_err(|s| format!("SaveState: {s}"))
-                    }
-                })
-            } else {
-                let req = GetStateRequest {
-                    store_name: name.to_owned(),
-                    key: GET_KEY.to_owned(),
-                    ..Default::default()
-                };
-                op(move || {
-                    let (mut client, req) = (client.clone(), req.clone());
-                    async move {
-                        let resp = client
-                            .get_state(req)
-                            .await
-                            .map_err(|s| format!("GetState: {s}"))?;
-                        check_value(&resp.into_inner().data)
-                    }
-                })
-            }
+        Protocol::Grpc => via_grpc(GrpcClient::Lean(clients::GrpcH2::new(grpc_port)), name, set),
+        Protocol::GrpcTonic => via_grpc(
+            GrpcClient::Tonic(Box::new(clients::grpc(grpc_port))),
+            name,
+            set,
+        ),
+    }
+}
+
+/// The gRPC client of a path.
+#[derive(Clone)]
+enum GrpcClient {
+    /// The lean unary client straight over `h2`.
+    Lean(clients::GrpcH2),
+    /// tonic's generated client.
+    Tonic(Box<clients::Grpc>),
+}
+
+impl GrpcClient {
+    async fn save_state(self, req: SaveStateRequest) -> Result<(), String> {
+        match self {
+            Self::Lean(c) => c
+                .unary::<_, ()>("/dapr.proto.runtime.v1.Dapr/SaveState", &req)
+                .await
+                .map(drop),
+            Self::Tonic(mut c) => c
+                .save_state(req)
+                .await
+                .map(drop)
+                .map_err(|s| format!("SaveState: {s}")),
+        }
+    }
+
+    async fn get_state(self, req: GetStateRequest) -> Result<Vec<u8>, String> {
+        match self {
+            Self::Lean(c) => c
+                .unary::<_, GetStateResponse>("/dapr.proto.runtime.v1.Dapr/GetState", &req)
+                .await
+                .map(|r| r.data),
+            Self::Tonic(mut c) => c
+                .get_state(req)
+                .await
+                .map(|r| r.into_inner().data)
+                .map_err(|s| format!("GetState: {s}")),
         }
     }
 }
 
-/// A GET or SET over gRPC through the lean [`clients::GrpcH2`] client.
-fn via_grpc(grpc_port: u16, name: &str, set: bool) -> Op {
-    let client = clients::GrpcH2::new(grpc_port);
+/// A GET or SET over gRPC through `client`.
+fn via_grpc(client: GrpcClient, name: &str, set: bool) -> Op {
     if set {
         let keys = SetKey::default();
         let name = name.to_owned();
         op(move || {
-            let client = client.clone();
             let req = SaveStateRequest {
                 store_name: name.clone(),
                 states: vec![StateItem {
@@ -208,12 +209,7 @@ fn via_grpc(grpc_port: u16, name: &str, set: bool) -> Op {
                     ..Default::default()
                 }],
             };
-            async move {
-                client
-                    .unary::<_, ()>("/dapr.proto.runtime.v1.Dapr/SaveState", &req)
-                    .await
-                    .map(drop)
-            }
+            client.clone().save_state(req)
         })
     } else {
         let req = GetStateRequest {
@@ -222,13 +218,8 @@ fn via_grpc(grpc_port: u16, name: &str, set: bool) -> Op {
             ..Default::default()
         };
         op(move || {
-            let (client, req) = (client.clone(), req.clone());
-            async move {
-                let resp: GetStateResponse = client
-                    .unary("/dapr.proto.runtime.v1.Dapr/GetState", &req)
-                    .await?;
-                check_value(&resp.data)
-            }
+            let get = client.clone().get_state(req.clone());
+            async move { check_value(&get.await?) }
         })
     }
 }

@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{IN_MEMORY, client, start, tandem};
+use common::{IN_MEMORY, client, start, tandem, tandem_for};
 use dapr::dapr::proto::common::v1 as pb_common;
 use dapr::dapr::proto::runtime::v1 as pb;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
@@ -438,27 +438,10 @@ async fn publish_and_bulk_publish_reach_an_http_subscriber() {
 async fn invoke_service_reaches_the_local_app() {
     let app = MockApp::start("a").await;
     let dir = tempfile::tempdir().unwrap();
-    let sc = start(
-        tandem()
-            .app_id("a")
-            .app_port(app.port())
-            .name_resolution_db(dir.path().join("nr.db")),
-    )
-    .await;
+    let sc = start(tandem_for(&app, dir.path().join("nr.db"))).await;
     let mut c = grpc(&sc).await;
     let invoke = |method: &str, verb: i32, query: &str, body: &[u8]| {
-        let mut req = Request::new(pb::InvokeServiceRequest {
-            id: "a".into(),
-            message: Some(pb_common::InvokeRequest {
-                method: method.into(),
-                data: Some(any_of(body)),
-                content_type: "text/plain".into(),
-                http_extension: Some(pb_common::HttpExtension {
-                    verb,
-                    querystring: query.into(),
-                }),
-            }),
-        });
+        let mut req = invoke_request("a", method, verb, query, body);
         req.metadata_mut()
             .insert("x-custom", "kept".parse().unwrap());
         req
@@ -534,13 +517,7 @@ async fn invoke_service_reaches_the_local_app() {
 async fn grpc_timeout_ends_a_call_with_deadline_exceeded() {
     let app = MockApp::start("slow").await;
     let dir = tempfile::tempdir().unwrap();
-    let sc = start(
-        tandem()
-            .app_id("slow")
-            .app_port(app.port())
-            .name_resolution_db(dir.path().join("nr.db")),
-    )
-    .await;
+    let sc = start(tandem_for(&app, dir.path().join("nr.db"))).await;
     let transport =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
@@ -550,18 +527,7 @@ async fn grpc_timeout_ends_a_call_with_deadline_exceeded() {
         .unwrap();
     let mut c = DaprClient::with_origin(transport, origin);
     let call = |wait_ms: &str, timeout: &str| {
-        let mut req = Request::new(pb::InvokeServiceRequest {
-            id: "slow".into(),
-            message: Some(pb_common::InvokeRequest {
-                method: "work".into(),
-                data: Some(any_of(b"x")),
-                content_type: "text/plain".into(),
-                http_extension: Some(pb_common::HttpExtension {
-                    verb: 3,
-                    querystring: String::new(),
-                }),
-            }),
-        });
+        let mut req = invoke_request("slow", "work", 3, "", b"x");
         req.metadata_mut()
             .insert("mock-wait-ms", wait_ms.parse().unwrap());
         req.metadata_mut()
@@ -582,6 +548,29 @@ async fn grpc_timeout_ends_a_call_with_deadline_exceeded() {
     // Within its deadline a call is answered as usual.
     let resp = c.invoke_service(call("10", "10S")).await.unwrap();
     assert!(resp.into_inner().data.is_some());
+}
+
+/// `InvokeService` of `method` on `app` with an HTTP verb (1 GET, 3 POST, …), a query and a
+/// `text/plain` body.
+fn invoke_request(
+    app: &str,
+    method: &str,
+    verb: i32,
+    query: &str,
+    body: &[u8],
+) -> Request<pb::InvokeServiceRequest> {
+    Request::new(pb::InvokeServiceRequest {
+        id: app.into(),
+        message: Some(pb_common::InvokeRequest {
+            method: method.into(),
+            data: Some(any_of(body)),
+            content_type: "text/plain".into(),
+            http_extension: Some(pb_common::HttpExtension {
+                verb,
+                querystring: query.into(),
+            }),
+        }),
+    })
 }
 
 fn any_of(body: &[u8]) -> prost_types::Any {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_error, client, start, tandem};
+use common::{assert_error, client, start, tandem, tandem_for};
 use dapr::dapr::proto::common::v1 as pb_common;
 use dapr::dapr::proto::runtime::v1 as pb;
 use pb::dapr_client::DaprClient;
@@ -429,14 +429,8 @@ spec:
 async fn pubsub_deliveries_run_under_the_inbound_policy() {
     let app = MockApp::start("sub").await;
     let dir = tempfile::tempdir().unwrap();
-    let sc = start(
-        tandem()
-            .app_id("sub")
-            .app_port(app.port())
-            .name_resolution_db(dir.path().join("nr.db"))
-            .resource("inbound.yaml", INBOUND),
-    )
-    .await;
+    let sc =
+        start(tandem_for(&app, dir.path().join("nr.db")).resource("inbound.yaml", INBOUND)).await;
     let c = client();
     for _ in 0..500 {
         let m: serde_json::Value = c
@@ -509,14 +503,7 @@ spec:
 async fn input_binding_events_run_under_the_inbound_policy() {
     let app = MockApp::start("cron").await;
     let dir = tempfile::tempdir().unwrap();
-    let sc = start(
-        tandem()
-            .app_id("cron")
-            .app_port(app.port())
-            .name_resolution_db(dir.path().join("nr.db"))
-            .resource("cron.yaml", CRON),
-    )
-    .await;
+    let sc = start(tandem_for(&app, dir.path().join("nr.db")).resource("cron.yaml", CRON)).await;
     let started = Instant::now();
     while count(&app, "POST /fail-first-2/tick") == 0 && started.elapsed() < Duration::from_secs(5)
     {

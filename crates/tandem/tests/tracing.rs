@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::routing::post;
-use common::{client, start, tandem};
+use common::{client, start, tandem, tandem_for};
 use dapr::dapr::proto::runtime::v1 as pb;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use http::{HeaderMap, HeaderValue};
@@ -194,15 +194,7 @@ async fn invocation_across_two_sidecars_is_one_trace() {
     let db = dir.path().join("nr.db");
     let cfg = config(dir.path(), "config.yaml", &otel(&addr, "http"));
     let app_b = MockApp::start("b").await;
-    let _b = start(
-        tandem()
-            .app_id("b")
-            .app_port(app_b.port())
-            .name_resolution_db(&db)
-            .arg("--config")
-            .arg(&cfg),
-    )
-    .await;
+    let _b = start(tandem_for(&app_b, &db).arg("--config").arg(&cfg)).await;
     let a = start(
         tandem()
             .app_id("a")

@@ -5,6 +5,7 @@ pub mod binding;
 pub mod pubsub;
 
 use serde_json::Value;
+use tandem_testkit::mock_app::MockApp;
 use tandem_testkit::{Sidecar, SidecarBuilder};
 
 /// A builder for the binary under test.
@@ -39,6 +40,15 @@ spec:
 "#,
         path.display()
     )
+}
+
+/// A sidecar for the mock `app` (its name as app-id, its port as app port), registered in the
+/// SQLite name resolution database `db`.
+pub fn tandem_for(app: &MockApp, db: impl AsRef<std::path::Path>) -> SidecarBuilder {
+    tandem()
+        .app_id(app.name())
+        .app_port(app.port())
+        .name_resolution_db(db)
 }
 
 /// Starts a sidecar, panicking with its log on failure.
