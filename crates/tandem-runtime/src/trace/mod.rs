@@ -183,8 +183,15 @@ impl SpanContext {
     }
 
     /// The `traceparent` form as a header value.
+    ///
+    /// Trace header values are marked sensitive: each span's value is new, so HPACK (HTTP/2)
+    /// sends them as never-indexed literals instead of adding each to the dynamic table and
+    /// evicting reusable entries. HTTP/1.1 ignores the mark.
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.write()).expect("hex and dashes are valid header bytes")
+        let mut v =
+            HeaderValue::from_bytes(&self.write()).expect("hex and dashes are valid header bytes");
+        v.set_sensitive(true);
+        v
     }
 
     /// The binary form of `grpc-trace-bin` (before base64).
@@ -199,9 +206,12 @@ impl SpanContext {
     }
 
     /// The `grpc-trace-bin` form (base64, as it travels in HTTP/2 headers).
+    /// Marked sensitive, like [`Self::header_value`].
     pub fn binary_header_value(&self) -> HeaderValue {
-        HeaderValue::try_from(BIN_B64.encode(self.binary()))
-            .expect("base64 is a valid header value")
+        let mut v = HeaderValue::try_from(BIN_B64.encode(self.binary()))
+            .expect("base64 is a valid header value");
+        v.set_sensitive(true);
+        v
     }
 
     /// Writes this context into `headers`: `traceparent`, and `grpc-trace-bin` when the
