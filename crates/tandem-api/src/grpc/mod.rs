@@ -26,6 +26,18 @@ pub mod subscribe;
 mod trace;
 mod unary;
 
+/// gRPC header names looked up on every call, parsed once.
+pub(crate) mod names {
+    use http::HeaderName;
+
+    /// `grpc-status`.
+    pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    /// `grpc-timeout`.
+    pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    /// `grpc-encoding`.
+    pub(crate) static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+}
+
 use std::future::Future;
 use std::sync::Arc;
 

@@ -32,7 +32,7 @@ use tower::Service;
 
 use super::error::http_status_error;
 use super::unary::{self, Rpc};
-use super::{ApiToken, DaprApi, trace};
+use super::{ApiToken, DaprApi, names, trace};
 use crate::allowlist::GrpcFilter;
 
 /// What the sidecar records about each gRPC call (metrics, API logs).
@@ -315,7 +315,7 @@ fn expired(
 /// The call's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit, `H` `M` `S`
 /// `m` `u` `n`). A malformed value is ignored, as no deadline.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.as_bytes();
+    let v = headers.get(&names::GRPC_TIMEOUT)?.as_bytes();
     let (&unit, digits) = v.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -334,7 +334,7 @@ fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers
-        .get("grpc-status")
+        .get(&names::GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
 }

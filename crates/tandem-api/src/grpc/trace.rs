@@ -82,7 +82,7 @@ impl Call {
         // Errors answered before any message come as trailers-only headers.
         if let Some(code) = resp
             .headers()
-            .get("grpc-status")
+            .get(&super::names::GRPC_STATUS)
             .filter(|c| c.as_bytes() != b"0")
         {
             span.set_error(format!(

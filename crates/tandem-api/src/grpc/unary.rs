@@ -32,7 +32,7 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
-use super::{ApiToken, DaprApi};
+use super::{ApiToken, DaprApi, names};
 
 const SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.Dapr/";
 
@@ -81,7 +81,7 @@ pub(super) fn served(req: &Request) -> Option<Rpc> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+proto"));
     let compressed = headers
-        .get("grpc-encoding")
+        .get(&names::GRPC_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");
     if !grpc || compressed {
         return None;
@@ -291,7 +291,7 @@ impl http_body::Body for UnaryBody {
         }
         if std::mem::take(&mut self.trailers) {
             let mut trailers = HeaderMap::with_capacity(1);
-            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            trailers.insert(names::GRPC_STATUS.clone(), HeaderValue::from_static("0"));
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         Poll::Ready(None)
