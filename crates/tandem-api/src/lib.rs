@@ -3,6 +3,7 @@
 //! - [`http`]: the Dapr HTTP API (axum), error rendering in [`http::error`].
 //! - [`grpc`]: the Dapr gRPC API (tonic, `dapr.proto.runtime.v1.Dapr`), error rendering in
 //!   [`grpc::error`].
+//! - [`http2`]: the gRPC port's own HTTP/2 server.
 //! - [`allowlist`]: Configuration `spec.api` allow/deny rules, decided once at start-up.
 //! - [`internal`]: the sidecar-to-sidecar listener serving service invocations from other
 //!   Tandem sidecars.
@@ -13,4 +14,5 @@
 pub mod allowlist;
 pub mod grpc;
 pub mod http;
+pub mod http2;
 pub mod internal;

@@ -177,7 +177,7 @@ pub async fn serve<O: GrpcObserver>(
     service: GrpcService<O>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    crate::http::serve(listener, service, shutdown).await
+    crate::http2::serve(listener, service, shutdown).await
 }
 
 /// Implements the trait: the served RPCs as written, every other one answering
