@@ -19,6 +19,9 @@ pub struct PathRow {
     pub closed_ratio: Option<f64>,
     /// Sidecar CPU seconds per 1 000 requests during the open loop (all sidecars on the path).
     pub cpu_per_1k: Option<f64>,
+    /// The generator's own CPU seconds per 1 000 requests during the open loop (this
+    /// process: pacer, clients and their connections).
+    pub gen_cpu_per_1k: Option<f64>,
     /// Generator lag p99 (ms): how late requests left against their schedule.
     pub lag_p99: Option<f64>,
     /// Set when the path failed.
@@ -36,6 +39,7 @@ impl PathRow {
             closed: None,
             closed_ratio: None,
             cpu_per_1k: None,
+            gen_cpu_per_1k: None,
             lag_p99: None,
             error: None,
         }
@@ -126,7 +130,7 @@ impl Report {
             if let Some(e) = &p.error {
                 let mut r = vec![p.scenario.clone(), p.path.clone()];
                 r.push(format!("ERROR: {}", e.lines().next().unwrap_or("")));
-                r.resize(14, String::new());
+                r.resize(15, String::new());
                 rows.push(r);
                 continue;
             }
@@ -146,6 +150,7 @@ impl Report {
                 opt(p.closed, 0),
                 opt(p.closed_ratio, 2),
                 opt(p.cpu_per_1k, 3),
+                opt(p.gen_cpu_per_1k, 3),
                 opt(p.lag_p99, 3),
             ]);
         }
@@ -164,6 +169,7 @@ impl Report {
                 "closed req/s",
                 "×closed",
                 "sidecar CPU s/1k req",
+                "gen CPU s/1k req",
                 "gen lag p99 ms",
             ],
             &rows,

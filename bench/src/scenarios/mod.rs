@@ -40,10 +40,13 @@ async fn measure_into(row: &mut PathRow, s: &Settings, op: Op, pids: &[u32]) -> 
         .await
         .map_err(|e| format!("warm-up: {e}"))?;
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
+    let me = [std::process::id()];
+    let me_before = [cpu_ticks(me[0]).unwrap_or(0)];
     let lat = load::open_loop(op.clone(), s.rate, s.open).await?;
     if !pids.is_empty() {
         row.cpu_per_1k = Some(cpu_seconds_since(pids, &before) / lat.sent as f64 * 1000.0);
     }
+    row.gen_cpu_per_1k = Some(cpu_seconds_since(&me, &me_before) / lat.sent as f64 * 1000.0);
     row.latency = Some(lat.percentiles_ms());
     row.lag_p99 = Some(lat.lag.value_at_quantile(0.99) as f64 / 1000.0);
     row.closed = Some(load::closed_loop(op, s.workers, s.closed).await?);

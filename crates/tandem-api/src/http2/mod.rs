@@ -446,19 +446,15 @@ where
     }
 
     /// Reads what the socket has; `Ready(Ok(0))` is the end of the stream.
+    ///
+    /// Through `AsyncRead`, not `try_read_buf`: a read shorter than the buffer clears the
+    /// socket's readiness, so the next poll does not spend a `recvfrom` only to learn that
+    /// nothing more has arrived.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        loop {
-            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                self.rbuf.reserve(MAX_FRAME + 9);
-            }
-            match self.io.try_read_buf(&mut self.rbuf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::task::ready!(self.io.poll_read_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(MAX_FRAME + 9);
         }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
     }
 
     /// Writes what is buffered; `Ready(Ok(()))` once it is all out.
