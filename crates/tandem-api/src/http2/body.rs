@@ -53,7 +53,7 @@ pub(super) struct QueueState {
 
 impl Queue {
     pub(super) fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        super::lock(&self.0)
     }
 
     /// Wakes the reader after the connection changed the state.

@@ -313,13 +313,7 @@ impl Out {
     }
 
     fn trailers(&mut self, id: u32, trailers: &HeaderMap) {
-        self.headers(id, true, |enc, dst| {
-            for (name, value) in trailers {
-                if !connection_specific(name) {
-                    enc.header(dst, name, value);
-                }
-            }
-        });
+        self.headers(id, true, |enc, dst| encode_fields(enc, dst, trailers));
     }
 
     /// Sends as much of `data` as the windows allow; returns what is left.
@@ -327,7 +321,7 @@ impl Out {
         loop {
             let n = (data.len() as i64).min(*window).min(self.conn_send).max(0) as usize;
             let n = n.min(self.max_frame);
-            if n < data.len() && n == 0 {
+            if n == 0 && !data.is_empty() {
                 return Some(data);
             }
             let last = n == data.len();
@@ -339,6 +333,15 @@ impl Out {
                 return None;
             }
             data.advance(n);
+        }
+    }
+}
+
+/// Every field of `fields` that HTTP/2 allows.
+fn encode_fields(enc: &mut hpack::Encoder, dst: &mut BytesMut, fields: &HeaderMap) {
+    for (name, value) in fields {
+        if !connection_specific(name) {
+            enc.header(dst, name, value);
         }
     }
 }
@@ -1005,11 +1008,7 @@ where
         let end = body.is_end_stream();
         out.headers(id, end, |enc, dst| {
             enc.status(dst, parts.status);
-            for (name, value) in &parts.headers {
-                if !connection_specific(name) {
-                    enc.header(dst, name, value);
-                }
-            }
+            encode_fields(enc, dst, &parts.headers);
         });
         if end {
             st.local_closed = true;
