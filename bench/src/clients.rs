@@ -1,6 +1,7 @@
-//! Lean clients: HTTP/1.1 and h2c over hyper-util; gRPC as a small unary client straight
-//! over `h2` ([`GrpcH2`]), and the generated Dapr gRPC client over a hyper-util HTTP/2-only
-//! client for comparison.
+//! `hyper`'s clients: HTTP/1.1 and h2c over hyper-util, and the generated Dapr gRPC client
+//! over a hyper-util HTTP/2-only client. The measured paths use the lighter clients of
+//! [`crate::raw`]; these serve set-up calls and the comparison rows (`http1-hyper`, `h2c`,
+//! `grpc-tonic`).
 //!
 //! The generated client deliberately avoids tonic's `transport::Channel`: that one puts a
 //! buffer task between the caller and the connection, an extra task hop per call that would
@@ -94,93 +95,4 @@ pub fn uri(port: u16, path: &str) -> http::Uri {
     format!("http://127.0.0.1:{port}{path}")
         .parse()
         .expect("valid URI")
-}
-
-/// A unary gRPC client straight over one `h2` connection: no per-call task, no pool
-/// check-out, no body pipe. It measures what the sidecar adds without a heavy client in the
-/// way (`tonic` over hyper spawns a task per call and pipes the request body through it).
-#[derive(Clone)]
-pub struct GrpcH2 {
-    port: u16,
-    conn: std::sync::Arc<tokio::sync::OnceCell<h2::client::SendRequest<Bytes>>>,
-}
-
-impl GrpcH2 {
-    /// A client of `127.0.0.1:port`; it connects on the first call.
-    pub fn new(port: u16) -> Self {
-        Self {
-            port,
-            conn: Default::default(),
-        }
-    }
-
-    async fn sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
-        let port = self.port;
-        let send = self
-            .conn
-            .get_or_try_init(|| async move {
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
-                tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-                let (send, conn) = h2::client::handshake(tcp)
-                    .await
-                    .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok::<_, String>(send)
-            })
-            .await?;
-        send.clone().ready().await.map_err(|e| e.to_string())
-    }
-
-    /// Calls `path` (`/package.Service/Method`) with `msg`; returns the answer message.
-    pub async fn unary<Req: prost::Message, Resp: prost::Message + Default>(
-        &self,
-        path: &str,
-        msg: &Req,
-    ) -> Result<Resp, String> {
-        let mut send = self.sender().await?;
-        let len = msg.encoded_len();
-        let mut frame = bytes::BytesMut::with_capacity(5 + len);
-        bytes::BufMut::put_u8(&mut frame, 0);
-        bytes::BufMut::put_u32(&mut frame, len as u32);
-        msg.encode(&mut frame).map_err(|e| e.to_string())?;
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("http://127.0.0.1:{}{path}", self.port))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .map_err(|e| e.to_string())?;
-        let (answer, mut stream) = send.send_request(req, false).map_err(|e| e.to_string())?;
-        stream
-            .send_data(frame.freeze(), true)
-            .map_err(|e| e.to_string())?;
-        let answer = answer.await.map_err(|e| e.to_string())?;
-        if let Some(status) = answer.headers().get("grpc-status") {
-            // Trailers-only answer: an error (a success carries a message).
-            return Err(format!("{path}: grpc-status {status:?}"));
-        }
-        let mut body = answer.into_body();
-        let mut data = bytes::BytesMut::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(|e| e.to_string())?;
-            let _ = body.flow_control().release_capacity(chunk.len());
-            data.extend_from_slice(&chunk);
-        }
-        let trailers = body.trailers().await.map_err(|e| e.to_string())?;
-        let status = trailers.as_ref().and_then(|t| t.get("grpc-status"));
-        if status.map(|s| s.as_bytes()) != Some(b"0") {
-            return Err(format!("{path}: grpc-status {status:?}"));
-        }
-        if data.len() < 5 || data[0] != 0 {
-            return Err(format!(
-                "{path}: malformed gRPC message ({} bytes)",
-                data.len()
-            ));
-        }
-        Resp::decode(&data[5..]).map_err(|e| format!("{path}: {e}"))
-    }
 }

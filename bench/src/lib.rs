@@ -23,6 +23,7 @@ pub mod app;
 pub mod clients;
 pub mod load;
 pub mod procs;
+pub mod raw;
 pub mod report;
 pub mod resources;
 pub mod scenarios;

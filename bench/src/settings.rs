@@ -17,11 +17,15 @@ pub enum Store {
 /// A protocol between the app and the sidecar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
-    /// HTTP/1.1 keep-alive.
+    /// HTTP/1.1 keep-alive through the benchmark's own lean client ([`crate::raw::H1`]).
     Http1,
+    /// HTTP/1.1 keep-alive through `hyper`'s pooled client (a connection task per
+    /// connection, header maps both ways).
+    Http1Hyper,
     /// HTTP/2 with prior knowledge.
     H2c,
-    /// gRPC (`GetState` / `SaveState`) through a lean unary client straight over `h2`.
+    /// gRPC (`GetState` / `SaveState`) through the benchmark's own lean unary client
+    /// ([`crate::raw::Grpc`]).
     Grpc,
     /// The same calls through tonic's generated client (a task per call in the generator).
     GrpcTonic,
@@ -182,6 +186,7 @@ impl Settings {
                         .split(',')
                         .map(|v| match v.trim() {
                             "http1" | "http" => Ok(Protocol::Http1),
+                            "http1-hyper" => Ok(Protocol::Http1Hyper),
                             "h2c" | "http2" => Ok(Protocol::H2c),
                             "grpc" => Ok(Protocol::Grpc),
                             "grpc-tonic" => Ok(Protocol::GrpcTonic),

@@ -7,10 +7,9 @@
 //! HTTP/1.1 keep-alive, with the same payload; the echoed body is checked.
 
 use bytes::Bytes;
-use http::Method;
+use std::sync::Arc;
 
 use super::measure;
-use crate::clients::{self, Http};
 use crate::load::{Op, op};
 use crate::procs::{App, Sidecar, SidecarSpec};
 use crate::report::Report;
@@ -70,20 +69,19 @@ pub fn payload(n: usize) -> Bytes {
 
 /// `POST` `body` to `path` on `port`, expecting it echoed.
 pub fn echo_op(port: u16, path: &str, body: Bytes) -> Op {
-    let client = clients::http(Http::H1);
-    let uri = clients::uri(port, path);
+    let client = crate::raw::H1::new(port);
+    let req: Arc<[u8]> = client
+        .request(
+            "POST",
+            path,
+            &[("content-type", "application/octet-stream")],
+            &body,
+        )
+        .into();
     op(move || {
-        let (client, uri, body) = (client.clone(), uri.clone(), body.clone());
+        let (client, req, body) = (client.clone(), req.clone(), body.clone());
         async move {
-            let got = clients::call(
-                &client,
-                Method::POST,
-                &uri,
-                body.clone(),
-                &[("content-type", "application/octet-stream")],
-                200,
-            )
-            .await?;
+            let got = client.call(&req, 200).await?;
             if got == body {
                 Ok(())
             } else {

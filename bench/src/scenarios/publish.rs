@@ -5,11 +5,10 @@
 //! so it shows the cost of the API path itself).
 
 use bytes::Bytes;
-use http::Method;
+use std::sync::Arc;
 
 use super::measure;
 use super::state::redis_connection;
-use crate::clients::{self, Http};
 use crate::load::{Op, op};
 use crate::procs::SidecarSpec;
 use crate::report::Report;
@@ -35,22 +34,18 @@ fn envelope(data: &[u8], topic: &str) -> Vec<u8> {
 
 /// Publishing through the sidecar.
 pub fn via(http_port: u16, pubsub: &str, topic: &str, body: Bytes) -> Op {
-    let client = clients::http(Http::H1);
-    let uri = clients::uri(http_port, &format!("/v1.0/publish/{pubsub}/{topic}"));
+    let client = crate::raw::H1::new(http_port);
+    let req: Arc<[u8]> = client
+        .request(
+            "POST",
+            &format!("/v1.0/publish/{pubsub}/{topic}"),
+            &[("content-type", "application/json")],
+            &body,
+        )
+        .into();
     op(move || {
-        let (client, uri, body) = (client.clone(), uri.clone(), body.clone());
-        async move {
-            clients::call(
-                &client,
-                Method::POST,
-                &uri,
-                body,
-                &[("content-type", "application/json")],
-                204,
-            )
-            .await
-            .map(drop)
-        }
+        let (client, req) = (client.clone(), req.clone());
+        async move { client.call(&req, 204).await.map(drop) }
     })
 }
 

@@ -108,8 +108,34 @@ pub async fn seed(http_port: u16, store: Store) -> Result<(), String> {
 pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set: bool) -> Op {
     let name = store_name(store);
     match protocol {
-        Protocol::Http1 | Protocol::H2c => {
-            let client = clients::http(if protocol == Protocol::Http1 {
+        Protocol::Http1 => {
+            let client = crate::raw::H1::new(http_port);
+            if set {
+                let path = format!("/v1.0/state/{name}");
+                let keys = SetKey::default();
+                op(move || {
+                    let client = client.clone();
+                    let body = format!(r#"[{{"key":"{}","value":{VALUE}}}]"#, keys.next());
+                    let req = client.request(
+                        "POST",
+                        &path,
+                        &[("content-type", "application/json")],
+                        body.as_bytes(),
+                    );
+                    async move { client.call(&req, 204).await.map(drop) }
+                })
+            } else {
+                let req: Arc<[u8]> = client
+                    .request("GET", &format!("/v1.0/state/{name}/{GET_KEY}"), &[], b"")
+                    .into();
+                op(move || {
+                    let (client, req) = (client.clone(), req.clone());
+                    async move { check_value(&client.call(&req, 200).await?) }
+                })
+            }
+        }
+        Protocol::Http1Hyper | Protocol::H2c => {
+            let client = clients::http(if protocol == Protocol::Http1Hyper {
                 Http::H1
             } else {
                 Http::H2c
@@ -147,7 +173,11 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
                 })
             }
         }
-        Protocol::Grpc => via_grpc(GrpcClient::Lean(clients::GrpcH2::new(grpc_port)), name, set),
+        Protocol::Grpc => via_grpc(
+            GrpcClient::Lean(crate::raw::Grpc::new(grpc_port)),
+            name,
+            set,
+        ),
         Protocol::GrpcTonic => via_grpc(
             GrpcClient::Tonic(Box::new(clients::grpc(grpc_port))),
             name,
@@ -159,8 +189,8 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
 /// The gRPC client of a path.
 #[derive(Clone)]
 enum GrpcClient {
-    /// The lean unary client straight over `h2`.
-    Lean(clients::GrpcH2),
+    /// The benchmark's own lean unary client.
+    Lean(crate::raw::Grpc),
     /// tonic's generated client.
     Tonic(Box<clients::Grpc>),
 }
@@ -250,7 +280,11 @@ pub async fn direct(s: &Settings, store: Store, set: bool) -> Result<Option<(Str
 
 /// A Redis connection like the component's (one multiplexed, self-reconnecting connection).
 pub async fn redis_connection(s: &Settings) -> Result<redis::aio::ConnectionManager, String> {
-    let client = redis::Client::open(format!("redis://{}", s.redis)).map_err(|e| e.to_string())?;
+    // TCP_NODELAY, like the component's connection.
+    let info = redis::IntoConnectionInfo::into_connection_info(format!("redis://{}", s.redis))
+        .map_err(|e| e.to_string())?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
     client
         .get_connection_manager()
         .await
@@ -426,6 +460,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
             for protocol in &s.protocols {
                 let path = match protocol {
                     Protocol::Http1 => "Tandem HTTP/1.1",
+                    Protocol::Http1Hyper => "Tandem HTTP/1.1 (hyper client)",
                     Protocol::H2c => "Tandem h2c",
                     Protocol::Grpc => "Tandem gRPC",
                     Protocol::GrpcTonic => "Tandem gRPC (tonic client)",

@@ -591,8 +591,12 @@ fn connection_info(md: &RedisMetadata, hp: &crate::metadata::HostPort) -> Result
     if let Some(password) = &md.password {
         settings = settings.set_password(password);
     }
+    // Commands from many requests share one connection: Nagle's algorithm would hold each
+    // small write back until the previous one is acknowledged (Go's client, and so Dapr's,
+    // turns it off too).
+    let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
     addr.into_connection_info()
-        .map(|info| info.set_redis_settings(settings))
+        .map(|info| info.set_redis_settings(settings).set_tcp_settings(tcp))
         .map_err(|e| Error::backend(Failure::new("configuring the client", e)))
 }
 

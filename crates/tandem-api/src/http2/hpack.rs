@@ -1,4 +1,5 @@
-//! HPACK (RFC 7541), as the gRPC port's HTTP/2 server needs it.
+//! HPACK (RFC 7541), as the gRPC port's HTTP/2 server needs it. The decoder is public so that
+//! `tandem-bench`'s lean gRPC client can read the server's answers with it.
 //!
 //! The decoder keeps its dynamic table as ready-made [`HeaderName`]s and [`HeaderValue`]s, so
 //! a field sent as an index (what every HTTP/2 client does for a header it repeats) costs a
@@ -22,12 +23,18 @@ pub(super) const TABLE_SIZE: usize = 4096;
 
 /// A pseudo-header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Pseudo {
+pub enum Pseudo {
+    /// `:method`
     Method,
+    /// `:scheme`
     Scheme,
+    /// `:authority`
     Authority,
+    /// `:path`
     Path,
+    /// `:status`
     Status,
+    /// `:protocol`
     Protocol,
     /// A name starting with `:` that HTTP/2 does not define: the request is malformed.
     Unknown,
@@ -35,8 +42,10 @@ pub(super) enum Pseudo {
 
 /// A field name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Name {
+pub enum Name {
+    /// A pseudo-header.
     Pseudo(Pseudo),
+    /// A regular header.
     Header(HeaderName),
     /// Not a valid header name: the request is malformed.
     Invalid(Bytes),
@@ -82,9 +91,11 @@ impl Name {
 
 /// One decoded field. `value` is `None` when the bytes are not a valid field value.
 #[derive(Clone, Debug)]
-pub(super) struct Field {
-    pub(super) name: Name,
-    pub(super) value: Option<HeaderValue>,
+pub struct Field {
+    /// The name.
+    pub name: Name,
+    /// The value.
+    pub value: Option<HeaderValue>,
     /// RFC 7541's entry size: name and value lengths plus 32.
     size: usize,
 }
@@ -180,12 +191,12 @@ static STATIC_FIELDS: LazyLock<Vec<Field>> = LazyLock::new(|| {
 /// A decoding failure: always a connection error (`COMPRESSION_ERROR`), since the dynamic
 /// table can no longer be trusted.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct DecodeError(pub(super) &'static str);
+pub struct DecodeError(pub &'static str);
 
 type Decoded<T> = Result<T, DecodeError>;
 
-/// The request-side decoder of one connection.
-pub(super) struct Decoder {
+/// The decoder of one connection's header blocks.
+pub struct Decoder {
     /// Newest first.
     table: VecDeque<Field>,
     size: usize,
@@ -217,11 +228,7 @@ impl Default for Decoder {
 
 impl Decoder {
     /// Decodes one complete header block, calling `field` for each field in order.
-    pub(super) fn decode(
-        &mut self,
-        mut block: &[u8],
-        mut field: impl FnMut(&Field),
-    ) -> Decoded<()> {
+    pub fn decode(&mut self, mut block: &[u8], mut field: impl FnMut(&Field)) -> Decoded<()> {
         let mut first = true;
         while let Some(&b) = block.first() {
             if b & 0x80 != 0 {

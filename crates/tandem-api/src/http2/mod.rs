@@ -17,7 +17,7 @@
 //! extended CONNECT.
 
 mod body;
-mod hpack;
+pub mod hpack;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
