@@ -12,7 +12,8 @@
 //! and answer bodies of any length and in both directions at once (streaming RPCs, gRPC
 //! proxying), trailers both ways, HPACK with dynamic tables both ways ([`hpack`]), PING,
 //! SETTINGS, `RST_STREAM`, and GOAWAY on errors and on a graceful stop (in-flight calls
-//! finish). What it does not do, as gRPC needs none of it: server push, priorities (read and
+//! finish). A client that cancels far more calls than it lets finish ("rapid reset") is
+//! disconnected with `ENHANCE_YOUR_CALM`. What it does not do, as gRPC needs none of it: server push, priorities (read and
 //! ignored), HTTP/1.1 (a connection that does not open with the HTTP/2 preface is closed),
 //! extended CONNECT.
 
@@ -88,6 +89,11 @@ const CONN_WINDOW: u32 = 4 << 20;
 const MAX_STREAMS: u32 = 1024;
 /// The largest header block accepted (HEADERS and its CONTINUATIONs).
 const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// How many more calls a client may cancel (RST_STREAM on a call in flight) than it lets
+/// finish before the connection is closed with `ENHANCE_YOUR_CALM`: opening streams and
+/// resetting them at once ("rapid reset") would otherwise make the sidecar start work that
+/// nobody waits for, as fast as the client can write.
+const MAX_RESET_DEBT: u32 = 1024;
 /// Past this much unsent output, the connection stops reading and polling answer bodies
 /// until the socket drains.
 const WRITE_HIGH: usize = 256 << 10;
@@ -386,6 +392,9 @@ struct Connection<S: Service<http::Request<RecvBody>>, B> {
     peer_goaway: bool,
     /// A connection error was sent: write what is left, then close.
     closing: bool,
+    /// Calls the client cancelled, less the calls answered (never below 0); see
+    /// [`MAX_RESET_DEBT`].
+    reset_debt: u32,
     stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     stop_waker: Waker,
 }
@@ -442,6 +451,7 @@ where
             goaway_sent: false,
             peer_goaway: false,
             closing: false,
+            reset_debt: 0,
             stop: Some(stop),
             stop_waker: Waker::from(Arc::new(StopWaker(shared.clone()))),
             shared,
@@ -567,6 +577,10 @@ where
                 // Dropping the stream drops its call and answer, and fails its request body.
                 if let Some(mut st) = self.streams.remove(&id) {
                     st.reset_queue();
+                    self.reset_debt += 1;
+                    if self.reset_debt > MAX_RESET_DEBT {
+                        return Err(ConnError(ENHANCE_YOUR_CALM));
+                    }
                 }
                 Ok(())
             }
@@ -953,6 +967,7 @@ where
             };
             st.waker.queued.store(false, Ordering::Release);
             if poll_stream(id, st, &mut self.out) {
+                self.reset_debt = self.reset_debt.saturating_sub(1);
                 let finished = self.streams.remove(&id);
                 if let Some(st) = finished
                     && !st.remote_closed

@@ -422,3 +422,54 @@ async fn a_malformed_request_is_refused_alone() {
     let rst = find_frame(&got, RST_STREAM).expect("no RST_STREAM");
     assert_eq!(u32::from_be_bytes(rst.try_into().unwrap()), PROTOCOL_ERROR);
 }
+
+/// HEADERS (the request still open) then RST_STREAM (CANCEL) for `n` streams.
+fn open_and_cancel(n: u32) -> Vec<u8> {
+    let block = [0x83, 0x86, 0x84]; // :method POST, :scheme http, :path /
+    let mut buf = Vec::new();
+    for i in 0..n {
+        let id = (1 + 2 * i).to_be_bytes();
+        buf.extend_from_slice(&[0, 0, block.len() as u8, HEADERS, END_HEADERS]);
+        buf.extend_from_slice(&id);
+        buf.extend_from_slice(&block);
+        buf.extend_from_slice(&[0, 0, 4, RST_STREAM, 0]);
+        buf.extend_from_slice(&id);
+        buf.extend_from_slice(&8u32.to_be_bytes());
+    }
+    buf
+}
+
+#[tokio::test]
+async fn rapid_resets_close_the_connection() {
+    let (addr, _stop, _) = start(Echo::default()).await;
+    let settings = [0, 0, 0, SETTINGS, 0, 0, 0, 0, 0];
+    // Up to the limit, cancelled calls are fine: the connection still answers a PING.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(PREFACE).await.unwrap();
+    tcp.write_all(&settings).await.unwrap();
+    tcp.write_all(&open_and_cancel(MAX_RESET_DEBT))
+        .await
+        .unwrap();
+    tcp.write_all(&[0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    while find_frame(&said, PING).is_none() {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .expect("no PING answer")
+            .unwrap();
+        assert!(n > 0, "the connection closed");
+        said.extend_from_slice(&chunk[..n]);
+    }
+    assert!(find_frame(&said, GOAWAY).is_none());
+    assert_eq!(find_frame(&said, PING).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
+    // One more: GOAWAY with ENHANCE_YOUR_CALM, then the end.
+    let said = said_before_closing(
+        addr,
+        &[PREFACE, &settings, &open_and_cancel(MAX_RESET_DEBT + 1)],
+    )
+    .await;
+    assert_eq!(goaway_code(&said), ENHANCE_YOUR_CALM);
+}
