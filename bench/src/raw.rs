@@ -7,9 +7,11 @@
 //! One connection per request in flight, like a browser or `hyper`'s pool; answers are
 //! read by `content-length` or chunked framing.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -462,32 +464,37 @@ impl GrpcConn {
                         }
                     }
                     HEADERS | CONTINUATION => {
-                        let (flags, fragment) = if kind == HEADERS {
+                        // A block in one frame is decoded where it lies; only one split
+                        // over CONTINUATION frames is gathered.
+                        let (flags, block) = if kind == HEADERS {
                             let mut body = unpad(&payload, flags)?;
                             if flags & PRIORITY != 0 {
                                 body = body.get(5..).ok_or("a short HEADERS frame")?;
                             }
-                            (flags, body.to_vec())
+                            (flags, Cow::Borrowed(body))
                         } else {
                             let (f, mut so_far) =
                                 partial.take().ok_or("an unexpected CONTINUATION")?;
                             so_far.extend_from_slice(&payload);
-                            (f | (flags & END_HEADERS), so_far)
+                            (f | (flags & END_HEADERS), Cow::Owned(so_far))
                         };
                         if flags & END_HEADERS == 0 {
-                            partial = Some((flags, fragment));
+                            partial = Some((flags, block.into_owned()));
                             continue;
                         }
-                        let fields = headers(&mut self.decoder, &fragment)?;
+                        let fields = headers(&mut self.decoder, &block)?;
                         if on != stream {
                             continue;
                         }
                         if let Some(s) = &fields.status {
-                            status_ok = s == b"200";
+                            status_ok = s.as_bytes() == b"200";
                         }
                         if flags & END_STREAM != 0 {
                             return Ok(
-                                if status_ok && fields.grpc_status.as_deref() == Some(b"0") {
+                                if status_ok
+                                    && fields.grpc_status.as_ref().map(HeaderValue::as_bytes)
+                                        == Some(b"0")
+                                {
                                     Ok(std::mem::take(&mut data).freeze())
                                 } else {
                                     Err(fields.describe())
@@ -542,15 +549,17 @@ fn unpad(payload: &[u8], flags: u8) -> Result<&[u8], String> {
 
 /// The fields of an answer's header block that the client looks at.
 struct Fields {
-    status: Option<Vec<u8>>,
-    grpc_status: Option<Vec<u8>>,
-    grpc_message: Option<Vec<u8>>,
+    status: Option<HeaderValue>,
+    grpc_status: Option<HeaderValue>,
+    grpc_message: Option<HeaderValue>,
 }
 
 impl Fields {
     fn describe(&self) -> String {
-        let text =
-            |v: &Option<Vec<u8>>| v.as_ref().map(|s| String::from_utf8_lossy(s).into_owned());
+        let text = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
+        };
         format!(
             "status {:?}, grpc-status {:?}: {:?}",
             text(&self.status),
@@ -574,7 +583,7 @@ fn headers(
     };
     decoder
         .decode(block, |f| {
-            let value = f.value.as_ref().map(|v| v.as_bytes().to_vec());
+            let value = f.value.clone();
             match &f.name {
                 Name::Pseudo(Pseudo::Status) => fields.status = value,
                 Name::Header(h) if h == "grpc-status" => fields.grpc_status = value,

@@ -359,6 +359,28 @@ async fn said_before_closing(addr: std::net::SocketAddr, writes: &[&[u8]]) -> Ve
     buf
 }
 
+/// Sends a PING and returns everything the server sends up to and including its answer,
+/// which must carry the PING's payload.
+async fn said_until_ping_answered(tcp: &mut TcpStream) -> Vec<u8> {
+    tcp.write_all(&[0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .expect("no PING answer")
+            .unwrap();
+        assert!(n > 0, "the connection closed");
+        said.extend_from_slice(&buf[..n]);
+        if let Some(ping) = find_frame(&said, PING) {
+            assert_eq!(ping, [1, 2, 3, 4, 5, 6, 7, 8]);
+            return said;
+        }
+    }
+}
+
 /// The error code of the GOAWAY in `said`.
 fn goaway_code(said: &[u8]) -> u32 {
     let goaway = find_frame(said, GOAWAY).expect("no GOAWAY");
@@ -402,23 +424,7 @@ async fn a_malformed_request_is_refused_alone() {
     frame.extend_from_slice(&block);
     tcp.write_all(&frame).await.unwrap();
     // A PING still gets its answer: the connection is fine.
-    tcp.write_all(&[0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-            .await
-            .expect("no PING answer")
-            .unwrap();
-        assert!(n > 0, "the connection closed");
-        got.extend_from_slice(&buf[..n]);
-        if let Some(ping) = find_frame(&got, PING) {
-            assert_eq!(ping, [1, 2, 3, 4, 5, 6, 7, 8]);
-            break;
-        }
-    }
+    let got = said_until_ping_answered(&mut tcp).await;
     let rst = find_frame(&got, RST_STREAM).expect("no RST_STREAM");
     assert_eq!(u32::from_be_bytes(rst.try_into().unwrap()), PROTOCOL_ERROR);
 }
@@ -450,21 +456,8 @@ async fn rapid_resets_close_the_connection() {
     tcp.write_all(&open_and_cancel(MAX_RESET_DEBT))
         .await
         .unwrap();
-    tcp.write_all(&[0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
-        .await
-        .unwrap();
-    let mut said = Vec::new();
-    while find_frame(&said, PING).is_none() {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
-            .await
-            .expect("no PING answer")
-            .unwrap();
-        assert!(n > 0, "the connection closed");
-        said.extend_from_slice(&chunk[..n]);
-    }
+    let said = said_until_ping_answered(&mut tcp).await;
     assert!(find_frame(&said, GOAWAY).is_none());
-    assert_eq!(find_frame(&said, PING).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
     // One more: GOAWAY with ENHANCE_YOUR_CALM, then the end.
     let said = said_before_closing(
         addr,
