@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 
 /// A pool of keep-alive HTTP/1.1 connections to `127.0.0.1:port`.
 #[derive(Clone)]
@@ -245,10 +246,7 @@ impl Grpc {
         path: &str,
         msg: &Req,
     ) -> Result<Resp, String> {
-        let mut message = BytesMut::with_capacity(5 + msg.encoded_len());
-        bytes::BufMut::put_u8(&mut message, 0);
-        bytes::BufMut::put_u32(&mut message, msg.encoded_len() as u32);
-        msg.encode(&mut message).map_err(|e| e.to_string())?;
+        let message = encode_message(path, msg)?;
         let pooled = self.idle.lock().expect("pool lock").pop();
         let mut conn = match pooled {
             Some(c) => c,
@@ -261,14 +259,131 @@ impl Grpc {
         // A failed call drops its connection; a completed one (even with an error status)
         // leaves it usable.
         self.idle.lock().expect("pool lock").push(conn);
-        let data = data.map_err(|e| format!("{path}: {e}"))?;
-        if data.len() < 5 || data[0] != 0 {
-            return Err(format!(
-                "{path}: malformed gRPC message ({} bytes)",
-                data.len()
-            ));
+        decode_message(path, data)
+    }
+}
+
+/// A gRPC message with its 5-byte prefix (uncompressed).
+fn encode_message<Req: prost::Message>(path: &str, msg: &Req) -> Result<BytesMut, String> {
+    let mut message = BytesMut::with_capacity(5 + msg.encoded_len());
+    bytes::BufMut::put_u8(&mut message, 0);
+    bytes::BufMut::put_u32(&mut message, msg.encoded_len() as u32);
+    msg.encode(&mut message)
+        .map_err(|e| format!("{path}: {e}"))?;
+    Ok(message)
+}
+
+/// The answer message of a call, or why there is none.
+fn decode_message<Resp: prost::Message + Default>(
+    path: &str,
+    answer: Answer,
+) -> Result<Resp, String> {
+    let data = answer.map_err(|e| format!("{path}: {e}"))?;
+    if data.len() < 5 || data[0] != 0 {
+        return Err(format!(
+            "{path}: malformed gRPC message ({} bytes)",
+            data.len()
+        ));
+    }
+    Resp::decode(&data[5..]).map_err(|e| format!("{path}: {e}"))
+}
+
+/// Unary gRPC calls over one HTTP/2 connection shared by every caller, as gRPC clients use
+/// a channel (grpc-go, grpcio, grpc-js, the Dapr SDKs over them): many calls in flight on
+/// one connection, like the direct Redis path's one multiplexed connection. Callers hand
+/// their call to the connection's task, which writes every call queued since its last
+/// write in one write and routes the answers by stream. The framing, HPACK and checks are
+/// [`Grpc`]'s.
+#[derive(Clone)]
+pub struct GrpcMux {
+    calls: mpsc::UnboundedSender<MuxCall>,
+}
+
+/// A call handed to the connection task of [`GrpcMux`].
+struct MuxCall {
+    path: &'static str,
+    message: BytesMut,
+    answer: oneshot::Sender<Result<Answer, String>>,
+}
+
+impl GrpcMux {
+    /// A client of `127.0.0.1:port`; its connection task connects at once (calls made
+    /// meanwhile wait for it). Must be called within a Tokio runtime.
+    pub fn new(port: u16) -> Self {
+        let (calls, queued) = mpsc::unbounded_channel();
+        tokio::spawn(drive(port, queued));
+        Self { calls }
+    }
+
+    /// Calls `path` (`/package.Service/Method`) with `msg`; returns the answer message.
+    pub async fn unary<Req: prost::Message, Resp: prost::Message + Default>(
+        &self,
+        path: &'static str,
+        msg: &Req,
+    ) -> Result<Resp, String> {
+        let message = encode_message(path, msg)?;
+        let (answer, answered) = oneshot::channel();
+        self.calls
+            .send(MuxCall {
+                path,
+                message,
+                answer,
+            })
+            .map_err(|_| format!("{path}: the connection is closed"))?;
+        let answer = answered
+            .await
+            .map_err(|_| format!("{path}: the connection task ended"))?
+            .map_err(|e| format!("{path}: {e}"))?;
+        decode_message(path, answer)
+    }
+}
+
+/// The connection task of [`GrpcMux`]: connects, then writes queued calls and reads
+/// answers until every client handle is gone or the connection fails (then every call in
+/// flight or queued gets the error).
+async fn drive(port: u16, mut queued: mpsc::UnboundedReceiver<MuxCall>) {
+    type Waiter = oneshot::Sender<Result<Answer, String>>;
+    let mut pending: Vec<Pending<Waiter>> = Vec::new();
+    let failure = async {
+        let mut conn = GrpcConn::connect(port).await?;
+        loop {
+            tokio::select! {
+                call = queued.recv() => {
+                    let Some(call) = call else { return Ok(()) };
+                    let mut next = Some(call);
+                    while let Some(call) = next {
+                        match conn.queue_call(call.path, &call.message) {
+                            Ok(stream) => pending.push(Pending::new(stream, call.answer)),
+                            Err(e) => {
+                                let _ = call.answer.send(Err(e));
+                            }
+                        }
+                        next = queued.try_recv().ok();
+                    }
+                }
+                read = conn.tcp.read_buf(&mut conn.input) => {
+                    match read {
+                        Ok(0) => return Err("the server closed the connection".to_owned()),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("read: {e}")),
+                    }
+                    conn.take_frames(&mut pending, |waiter, answer| {
+                        let _ = waiter.send(Ok(answer));
+                    })?;
+                }
+            }
+            conn.flush().await?;
         }
-        Resp::decode(&data[5..]).map_err(|e| format!("{path}: {e}"))
+    }
+    .await;
+    if let Err(e) = failure {
+        queued.close();
+        let waiters = pending.drain(..).map(|p| p.waiter);
+        for waiter in waiters.chain(std::iter::from_fn(|| {
+            queued.try_recv().ok().map(|c| c.answer)
+        })) {
+            let _ = waiter.send(Err(e.clone()));
+        }
     }
 }
 
@@ -361,16 +476,20 @@ const STATIC_NAMES: [&str; 32] = {
     n
 };
 
-/// One HTTP/2 connection of [`Grpc`].
+/// One HTTP/2 connection of [`Grpc`] (or [`GrpcMux`]).
 struct GrpcConn {
     tcp: TcpStream,
     authority: String,
-    /// Bytes to send with the next call (the preface, acknowledgements, window updates).
+    /// Bytes to send next (calls, the preface, acknowledgements, window updates).
     out: BytesMut,
     input: BytesMut,
     encoder: Encoder,
     decoder: tandem_api::http2::hpack::Decoder,
     block: Vec<u8>,
+    /// A header block split over CONTINUATION frames: its flags and bytes so far.
+    partial: Option<(u8, Vec<u8>)>,
+    /// The pending list of [`GrpcConn::call`], kept for its allocation.
+    solo: Vec<Pending<()>>,
     next_stream: u32,
     send_window: i64,
     received: u32,
@@ -379,6 +498,25 @@ struct GrpcConn {
 /// The outcome of one call on a healthy connection: the answer's message bytes, or the
 /// error status it carried.
 type Answer = Result<Bytes, String>;
+
+/// A call whose answer is being read, and who waits for it.
+struct Pending<T> {
+    stream: u32,
+    data: BytesMut,
+    status_ok: bool,
+    waiter: T,
+}
+
+impl<T> Pending<T> {
+    fn new(stream: u32, waiter: T) -> Self {
+        Self {
+            stream,
+            data: BytesMut::new(),
+            status_ok: false,
+            waiter,
+        }
+    }
+}
 
 impl GrpcConn {
     async fn connect(port: u16) -> Result<Self, String> {
@@ -407,6 +545,8 @@ impl GrpcConn {
             encoder: Encoder::default(),
             decoder: Default::default(),
             block: Vec::new(),
+            partial: None,
+            solo: Vec::with_capacity(1),
             next_stream: 1,
             send_window: 65_535,
             received: 0,
@@ -416,6 +556,29 @@ impl GrpcConn {
     /// Sends one call and reads until its answer is complete. An `Err` means the
     /// connection is no longer usable.
     async fn call(&mut self, path: &str, message: &[u8]) -> Result<Answer, String> {
+        let stream = self.queue_call(path, message)?;
+        let mut pending = std::mem::take(&mut self.solo);
+        pending.push(Pending::new(stream, ()));
+        let answer = loop {
+            self.flush().await?;
+            match self.tcp.read_buf(&mut self.input).await {
+                Ok(0) => return Err("the server closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+            let mut answer = None;
+            self.take_frames(&mut pending, |(), a| answer = Some(a))?;
+            if let Some(answer) = answer {
+                break answer;
+            }
+        };
+        self.solo = pending;
+        Ok(answer)
+    }
+
+    /// Puts one call (HEADERS, then its message in one DATA frame) in the output; returns
+    /// its stream.
+    fn queue_call(&mut self, path: &str, message: &[u8]) -> Result<u32, String> {
         self.send_window -= message.len() as i64;
         if self.send_window < 0 {
             return Err("the server's window is exhausted".into());
@@ -432,106 +595,115 @@ impl GrpcConn {
         self.next_stream += 2;
         frame(&mut self.out, HEADERS, END_HEADERS, stream, block);
         frame(&mut self.out, DATA, END_STREAM, stream, message);
-        self.tcp
-            .write_all(&self.out)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        self.out.clear();
-        let mut data = BytesMut::new();
-        let mut status_ok = false;
-        // A header block split over CONTINUATION frames: its flags and bytes so far.
-        let mut partial: Option<(u8, Vec<u8>)> = None;
-        loop {
-            while self.input.len() >= 9 {
-                let input = &mut self.input;
-                let len = (input[0] as usize) << 16 | (input[1] as usize) << 8 | input[2] as usize;
-                if input.len() < 9 + len {
-                    input.reserve(9 + len - input.len());
-                    break;
-                }
-                let head = input.split_to(9);
-                let (kind, flags) = (head[3], head[4]);
-                let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-                let payload = input.split_to(len);
-                match kind {
-                    DATA => {
-                        self.received += len as u32;
-                        if on == stream {
-                            data.extend_from_slice(unpad(&payload, flags)?);
-                            if flags & END_STREAM != 0 {
-                                return Ok(Err("an answer without trailers".into()));
-                            }
-                        }
-                    }
-                    HEADERS | CONTINUATION => {
-                        // A block in one frame is decoded where it lies; only one split
-                        // over CONTINUATION frames is gathered.
-                        let (flags, block) = if kind == HEADERS {
-                            let mut body = unpad(&payload, flags)?;
-                            if flags & PRIORITY != 0 {
-                                body = body.get(5..).ok_or("a short HEADERS frame")?;
-                            }
-                            (flags, Cow::Borrowed(body))
-                        } else {
-                            let (f, mut so_far) =
-                                partial.take().ok_or("an unexpected CONTINUATION")?;
-                            so_far.extend_from_slice(&payload);
-                            (f | (flags & END_HEADERS), Cow::Owned(so_far))
-                        };
-                        if flags & END_HEADERS == 0 {
-                            partial = Some((flags, block.into_owned()));
-                            continue;
-                        }
-                        let fields = headers(&mut self.decoder, &block)?;
-                        if on != stream {
-                            continue;
-                        }
-                        if let Some(s) = &fields.status {
-                            status_ok = s.as_bytes() == b"200";
-                        }
+        Ok(stream)
+    }
+
+    /// Writes the output, if any.
+    async fn flush(&mut self) -> Result<(), String> {
+        if !self.out.is_empty() {
+            self.tcp
+                .write_all(&self.out)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Handles every complete frame read so far: an answer that completes leaves `pending`
+    /// and goes to `done` with its waiter; acknowledgements and window updates go to the
+    /// output. An `Err` means the connection is no longer usable.
+    fn take_frames<T>(
+        &mut self,
+        pending: &mut Vec<Pending<T>>,
+        mut done: impl FnMut(T, Answer),
+    ) -> Result<(), String> {
+        while self.input.len() >= 9 {
+            let input = &mut self.input;
+            let len = (input[0] as usize) << 16 | (input[1] as usize) << 8 | input[2] as usize;
+            if input.len() < 9 + len {
+                input.reserve(9 + len - input.len());
+                break;
+            }
+            let head = input.split_to(9);
+            let (kind, flags) = (head[3], head[4]);
+            let on = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let payload = input.split_to(len);
+            let at = pending.iter().position(|p| p.stream == on);
+            match kind {
+                DATA => {
+                    self.received += len as u32;
+                    if let Some(i) = at {
+                        pending[i].data.extend_from_slice(unpad(&payload, flags)?);
                         if flags & END_STREAM != 0 {
-                            return Ok(
-                                if status_ok
-                                    && fields.grpc_status.as_ref().map(HeaderValue::as_bytes)
-                                        == Some(b"0")
-                                {
-                                    Ok(std::mem::take(&mut data).freeze())
-                                } else {
-                                    Err(fields.describe())
-                                },
-                            );
+                            let p = pending.swap_remove(i);
+                            done(p.waiter, Err("an answer without trailers".into()));
                         }
                     }
-                    RST_STREAM if on == stream => {
-                        return Ok(Err(format!("stream reset: {payload:?}")));
-                    }
-                    SETTINGS if flags & ACK == 0 => frame(&mut self.out, SETTINGS, ACK, 0, &[]),
-                    PING if flags & ACK == 0 => frame(&mut self.out, PING, ACK, 0, &payload),
-                    GOAWAY => return Err(format!("GOAWAY {payload:?}")),
-                    WINDOW_UPDATE if on == 0 && payload.len() == 4 => {
-                        let n =
-                            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                        self.send_window += i64::from(n);
-                    }
-                    _ => {}
                 }
-            }
-            if self.received >= WINDOW / 2 {
-                frame(
-                    &mut self.out,
-                    WINDOW_UPDATE,
-                    0,
-                    0,
-                    &self.received.to_be_bytes(),
-                );
-                self.received = 0;
-            }
-            match self.tcp.read_buf(&mut self.input).await {
-                Ok(0) => return Err("the server closed the connection".into()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read: {e}")),
+                HEADERS | CONTINUATION => {
+                    // A block in one frame is decoded where it lies; only one split over
+                    // CONTINUATION frames is gathered.
+                    let (flags, block) = if kind == HEADERS {
+                        let mut body = unpad(&payload, flags)?;
+                        if flags & PRIORITY != 0 {
+                            body = body.get(5..).ok_or("a short HEADERS frame")?;
+                        }
+                        (flags, Cow::Borrowed(body))
+                    } else {
+                        let (f, mut so_far) =
+                            self.partial.take().ok_or("an unexpected CONTINUATION")?;
+                        so_far.extend_from_slice(&payload);
+                        (f | (flags & END_HEADERS), Cow::Owned(so_far))
+                    };
+                    if flags & END_HEADERS == 0 {
+                        self.partial = Some((flags, block.into_owned()));
+                        continue;
+                    }
+                    let fields = headers(&mut self.decoder, &block)?;
+                    let Some(i) = at else { continue };
+                    if let Some(s) = &fields.status {
+                        pending[i].status_ok = s.as_bytes() == b"200";
+                    }
+                    if flags & END_STREAM != 0 {
+                        let mut p = pending.swap_remove(i);
+                        let ok = p.status_ok
+                            && fields.grpc_status.as_ref().map(HeaderValue::as_bytes) == Some(b"0");
+                        let answer = if ok {
+                            Ok(std::mem::take(&mut p.data).freeze())
+                        } else {
+                            Err(fields.describe())
+                        };
+                        done(p.waiter, answer);
+                    }
+                }
+                RST_STREAM => {
+                    if let Some(i) = at {
+                        let p = pending.swap_remove(i);
+                        done(p.waiter, Err(format!("stream reset: {payload:?}")));
+                    }
+                }
+                SETTINGS if flags & ACK == 0 => frame(&mut self.out, SETTINGS, ACK, 0, &[]),
+                PING if flags & ACK == 0 => frame(&mut self.out, PING, ACK, 0, &payload),
+                GOAWAY => return Err(format!("GOAWAY {payload:?}")),
+                WINDOW_UPDATE if on == 0 && payload.len() == 4 => {
+                    let n = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    self.send_window += i64::from(n);
+                }
+                _ => {}
             }
         }
+        if self.received >= WINDOW / 2 {
+            frame(
+                &mut self.out,
+                WINDOW_UPDATE,
+                0,
+                0,
+                &self.received.to_be_bytes(),
+            );
+            self.received = 0;
+        }
+        Ok(())
     }
 }
 
@@ -665,6 +837,115 @@ mod tests {
         assert_eq!(
             req,
             b"POST /p HTTP/1.1\r\nhost: 127.0.0.1:1\r\ncontent-length: 2\r\n\r\n{}"
+        );
+    }
+
+    /// An answer body: one DATA frame, then trailers.
+    struct Answer(Option<Bytes>, Option<http::HeaderMap>);
+
+    impl hyper::body::Body for Answer {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            let frame = match self.0.take() {
+                Some(data) => Some(hyper::body::Frame::data(data)),
+                None => self.1.take().map(hyper::body::Frame::trailers),
+            };
+            std::task::Poll::Ready(frame.map(Ok))
+        }
+    }
+
+    /// Tandem's own HTTP/2 server answering each call with its path as a `StringValue`,
+    /// or with `NOT_FOUND` for paths ending in `/Missing`.
+    async fn path_server() -> (u16, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let service = tower::service_fn(|req: http::Request<_>| {
+            let path = req.uri().path().to_owned();
+            let mut trailers = http::HeaderMap::new();
+            let data = if path.ends_with("/Missing") {
+                trailers.insert("grpc-status", HeaderValue::from_static("5"));
+                trailers.insert("grpc-message", HeaderValue::from_static("no such thing"));
+                None
+            } else {
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                let msg = prost::Message::encode_to_vec(&path);
+                let mut data = vec![0, 0, 0, 0, msg.len() as u8];
+                data.extend_from_slice(&msg);
+                Some(Bytes::from(data))
+            };
+            let answer = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Answer(data, Some(trailers)))
+                .unwrap();
+            std::future::ready(Ok::<_, std::convert::Infallible>(answer))
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(tandem_api::http2::serve(listener, service, async move {
+            let _ = stopped.await;
+        }));
+        (port, stop)
+    }
+
+    #[tokio::test]
+    async fn grpc_mux_routes_concurrent_answers_to_their_calls() {
+        let (port, _stop) = path_server().await;
+        let client = GrpcMux::new(port);
+        const PATHS: [&str; 4] = ["/t.S/A", "/t.S/B", "/t.S/Missing", "/t.S/C"];
+        let calls = (0..40).map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let path = PATHS[i % PATHS.len()];
+                (path, client.unary::<_, String>(path, &()).await)
+            })
+        });
+        for call in calls {
+            let (path, answer) = call.await.unwrap();
+            if path.ends_with("/Missing") {
+                let err = answer.unwrap_err();
+                assert!(
+                    err.contains("grpc-status Some(\"5\")") && err.contains("no such thing"),
+                    "{err}"
+                );
+            } else {
+                assert_eq!(answer.unwrap(), path);
+            }
+        }
+        // The pooled client reads the same answers.
+        let pooled = Grpc::new(port);
+        assert_eq!(
+            pooled.unary::<_, String>("/t.S/D", &()).await.unwrap(),
+            "/t.S/D"
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_mux_calls_fail_once_the_server_is_gone() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts, reads the preface and the call, and hangs up without answering.
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = tcp.read(&mut buf).await;
+        });
+        let client = GrpcMux::new(port);
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            client.unary::<_, String>("/t.S/A", &()),
+        )
+        .await
+        .expect("the call must fail, not hang")
+        .unwrap_err();
+        assert!(err.contains("closed") || err.contains("read"), "{err}");
+        let again = client.unary::<_, String>("/t.S/A", &()).await.unwrap_err();
+        assert!(
+            again.contains("closed") || again.contains("ended"),
+            "{again}"
         );
     }
 

@@ -27,6 +27,9 @@ pub enum Protocol {
     /// gRPC (`GetState` / `SaveState`) through the benchmark's own lean unary client
     /// ([`crate::raw::Grpc`]).
     Grpc,
+    /// The same calls through the benchmark's lean client on one multiplexed connection
+    /// ([`crate::raw::GrpcMux`]), as gRPC clients and the direct Redis path connect.
+    GrpcMux,
     /// The same calls through tonic's generated client (a task per call in the generator).
     GrpcTonic,
 }
@@ -96,7 +99,7 @@ pub const ALL: &[&str] = &[
 const USAGE: &str = "usage: tandem-bench [SCENARIO…] [--quick] [--tandem PATH] [--rate N] \
 [--seconds S] [--closed-seconds S] [--workers N] [--warmup N] [--redis HOST:PORT] \
 [--postgres CONNSTR] [--stores memory,redis,postgresql] [--ops get,set] \
-[--protocols http1,h2c,grpc,grpc-tonic] [--payload BYTES] [--messages N] [--callgrind-requests N] [--callgrind-dir DIR] \
+[--protocols http1,http1-hyper,h2c,grpc,grpc-mux,grpc-tonic] [--payload BYTES] [--messages N] [--callgrind-requests N] [--callgrind-dir DIR] \
 [--idle-settle S] [--idle-seconds S] [--load-seconds S] [--startup-runs N] [--pin]
 scenarios: all (default), state, invoke, publish, subscribe, cpu, footprint";
 
@@ -129,7 +132,12 @@ impl Settings {
             postgres: "host=127.0.0.1 port=5432 user=postgres dbname=test".into(),
             stores: vec![Store::Memory, Store::Redis, Store::Postgres],
             ops: vec!["get".into(), "set".into()],
-            protocols: vec![Protocol::Http1, Protocol::H2c, Protocol::Grpc],
+            protocols: vec![
+                Protocol::Http1,
+                Protocol::H2c,
+                Protocol::Grpc,
+                Protocol::GrpcMux,
+            ],
             payload: 1024,
             messages: if quick { 300 } else { 10_000 },
             handler_delay: Duration::from_millis(5),
@@ -189,6 +197,7 @@ impl Settings {
                             "http1-hyper" => Ok(Protocol::Http1Hyper),
                             "h2c" | "http2" => Ok(Protocol::H2c),
                             "grpc" => Ok(Protocol::Grpc),
+                            "grpc-mux" => Ok(Protocol::GrpcMux),
                             "grpc-tonic" => Ok(Protocol::GrpcTonic),
                             o => Err(format!("unknown protocol {o}")),
                         })

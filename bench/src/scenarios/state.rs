@@ -178,6 +178,11 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
             name,
             set,
         ),
+        Protocol::GrpcMux => via_grpc(
+            GrpcClient::Mux(crate::raw::GrpcMux::new(grpc_port)),
+            name,
+            set,
+        ),
         Protocol::GrpcTonic => via_grpc(
             GrpcClient::Tonic(Box::new(clients::grpc(grpc_port))),
             name,
@@ -186,11 +191,16 @@ pub fn via(protocol: Protocol, http_port: u16, grpc_port: u16, store: Store, set
     }
 }
 
+const GET_STATE: &str = "/dapr.proto.runtime.v1.Dapr/GetState";
+const SAVE_STATE: &str = "/dapr.proto.runtime.v1.Dapr/SaveState";
+
 /// The gRPC client of a path.
 #[derive(Clone)]
 enum GrpcClient {
     /// The benchmark's own lean unary client.
     Lean(crate::raw::Grpc),
+    /// The same on one multiplexed connection.
+    Mux(crate::raw::GrpcMux),
     /// tonic's generated client.
     Tonic(Box<clients::Grpc>),
 }
@@ -198,10 +208,8 @@ enum GrpcClient {
 impl GrpcClient {
     async fn save_state(self, req: SaveStateRequest) -> Result<(), String> {
         match self {
-            Self::Lean(c) => c
-                .unary::<_, ()>("/dapr.proto.runtime.v1.Dapr/SaveState", &req)
-                .await
-                .map(drop),
+            Self::Lean(c) => c.unary::<_, ()>(SAVE_STATE, &req).await.map(drop),
+            Self::Mux(c) => c.unary::<_, ()>(SAVE_STATE, &req).await.map(drop),
             Self::Tonic(mut c) => c
                 .save_state(req)
                 .await
@@ -213,7 +221,11 @@ impl GrpcClient {
     async fn get_state(self, req: GetStateRequest) -> Result<Vec<u8>, String> {
         match self {
             Self::Lean(c) => c
-                .unary::<_, GetStateResponse>("/dapr.proto.runtime.v1.Dapr/GetState", &req)
+                .unary::<_, GetStateResponse>(GET_STATE, &req)
+                .await
+                .map(|r| r.data),
+            Self::Mux(c) => c
+                .unary::<_, GetStateResponse>(GET_STATE, &req)
                 .await
                 .map(|r| r.data),
             Self::Tonic(mut c) => c
@@ -463,6 +475,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
                     Protocol::Http1Hyper => "Tandem HTTP/1.1 (hyper client)",
                     Protocol::H2c => "Tandem h2c",
                     Protocol::Grpc => "Tandem gRPC",
+                    Protocol::GrpcMux => "Tandem gRPC (one multiplexed connection)",
                     Protocol::GrpcTonic => "Tandem gRPC (tonic client)",
                 };
                 let op = via(*protocol, sidecar.http, sidecar.grpc, *store, set);

@@ -39,13 +39,8 @@ pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
     for flag in unimplemented_flags_set(matches) {
         warn!(flag = %flag, "flag accepted for compatibility with daprd; it has no effect in this build yet");
     }
-    // `TANDEM_WORKER_THREADS` (like GOMAXPROCS for daprd): 1 runs everything on one thread,
-    // which avoids cross-thread wake-ups per request; the default is 2.
-    let threads = std::env::var("TANDEM_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(2);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = worker_threads(std::env::var("TANDEM_WORKER_THREADS").ok().as_deref(), cpus);
     let built = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -64,6 +59,23 @@ pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
         }
     };
     rt.block_on(run(args))
+}
+
+/// Most worker threads chosen without `TANDEM_WORKER_THREADS`.
+const MAX_DEFAULT_WORKERS: usize = 4;
+
+/// How many threads run the sidecar's tasks: `TANDEM_WORKER_THREADS` when it holds a
+/// positive number (like `GOMAXPROCS` for daprd), otherwise half the CPUs the process may use
+/// (`cpus`: affinity and cgroup quota included), at least 1 and at most
+/// [`MAX_DEFAULT_WORKERS`]. The sidecar shares its machine with the app it serves; on one or
+/// two CPUs a single thread (a current-thread runtime) avoids waking a second worker and
+/// moving tasks between threads on every request, which on two cores costs more than the
+/// second thread brings (`docs/performance.md`, "Worker threads").
+fn worker_threads(setting: Option<&str>, cpus: usize) -> usize {
+    setting
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| (cpus / 2).clamp(1, MAX_DEFAULT_WORKERS))
 }
 
 async fn run(args: SidecarArgs) -> ExitCode {
@@ -619,4 +631,28 @@ pub(crate) async fn outbound_ready(port: u16) -> bool {
     }
     let mut buf = [0u8; 32];
     matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"HTTP/1.1 204"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_threads;
+
+    #[test]
+    fn worker_threads_default_to_half_the_cpus_between_one_and_four() {
+        assert_eq!(worker_threads(None, 1), 1);
+        assert_eq!(worker_threads(None, 2), 1);
+        assert_eq!(worker_threads(None, 3), 1);
+        assert_eq!(worker_threads(None, 4), 2);
+        assert_eq!(worker_threads(None, 6), 3);
+        assert_eq!(worker_threads(None, 64), 4);
+    }
+
+    #[test]
+    fn a_positive_setting_wins_and_a_bad_one_is_ignored() {
+        assert_eq!(worker_threads(Some("3"), 2), 3);
+        assert_eq!(worker_threads(Some(" 1 "), 64), 1);
+        assert_eq!(worker_threads(Some("0"), 8), 4);
+        assert_eq!(worker_threads(Some("many"), 4), 2);
+        assert_eq!(worker_threads(Some(""), 2), 1);
+    }
 }
