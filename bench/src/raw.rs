@@ -71,16 +71,10 @@ impl H1 {
         let pooled = self.idle.lock().expect("pool lock").pop();
         let mut conn = match pooled {
             Some(c) => c,
-            None => {
-                let tcp = TcpStream::connect(("127.0.0.1", self.port))
-                    .await
-                    .map_err(|e| format!("connect 127.0.0.1:{}: {e}", self.port))?;
-                tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-                Conn {
-                    tcp,
-                    buf: BytesMut::with_capacity(4096),
-                }
-            }
+            None => Conn {
+                tcp: connect(self.port).await?,
+                buf: BytesMut::with_capacity(4096),
+            },
         };
         conn.tcp
             .write_all(request)
@@ -174,16 +168,21 @@ impl Conn {
         Ok(self.buf.split_to(n).freeze())
     }
 
+    /// Where the next line (of a chunked body) ends, once it is all read.
+    async fn line_end(&mut self) -> Result<usize, String> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                return Ok(i);
+            }
+            self.fill().await?;
+        }
+    }
+
     /// A chunked body, trailers skipped.
     async fn chunked(&mut self) -> Result<Bytes, String> {
         let mut body = BytesMut::new();
         loop {
-            let line = loop {
-                if let Some(i) = find(&self.buf, b"\r\n") {
-                    break i;
-                }
-                self.fill().await?;
-            };
+            let line = self.line_end().await?;
             let size = std::str::from_utf8(&self.buf[..line])
                 .ok()
                 .map(|l| l.split(';').next().unwrap_or("").trim())
@@ -193,12 +192,7 @@ impl Conn {
             if size == 0 {
                 // Trailers, if any, end with an empty line.
                 loop {
-                    let end = loop {
-                        if let Some(i) = find(&self.buf, b"\r\n") {
-                            break i;
-                        }
-                        self.fill().await?;
-                    };
+                    let end = self.line_end().await?;
                     self.buf.advance(end + 2);
                     if end == 0 {
                         return Ok(body.freeze());
@@ -209,6 +203,15 @@ impl Conn {
             body.extend_from_slice(&chunk[..size]);
         }
     }
+}
+
+/// A connection to `127.0.0.1:port` with `TCP_NODELAY`, like every client of the benchmark.
+async fn connect(port: u16) -> Result<TcpStream, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(tcp)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -344,7 +347,7 @@ impl GrpcMux {
 async fn drive(port: u16, mut queued: mpsc::UnboundedReceiver<MuxCall>) {
     type Waiter = oneshot::Sender<Result<Answer, String>>;
     let mut pending: Vec<Pending<Waiter>> = Vec::new();
-    let failure = async {
+    let failure: Result<(), String> = async {
         let mut conn = GrpcConn::connect(port).await?;
         loop {
             tokio::select! {
@@ -361,12 +364,8 @@ async fn drive(port: u16, mut queued: mpsc::UnboundedReceiver<MuxCall>) {
                         next = queued.try_recv().ok();
                     }
                 }
-                read = conn.tcp.read_buf(&mut conn.input) => {
-                    match read {
-                        Ok(0) => return Err("the server closed the connection".to_owned()),
-                        Ok(_) => {}
-                        Err(e) => return Err(format!("read: {e}")),
-                    }
+                read = conn.read_more() => {
+                    read?;
                     conn.take_frames(&mut pending, |waiter, answer| {
                         let _ = waiter.send(Ok(answer));
                     })?;
@@ -520,10 +519,7 @@ impl<T> Pending<T> {
 
 impl GrpcConn {
     async fn connect(port: u16) -> Result<Self, String> {
-        let tcp = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let tcp = connect(port).await?;
         let mut out = BytesMut::with_capacity(4096);
         out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         // SETTINGS_ENABLE_PUSH = 0, SETTINGS_INITIAL_WINDOW_SIZE = WINDOW.
@@ -561,11 +557,7 @@ impl GrpcConn {
         pending.push(Pending::new(stream, ()));
         let answer = loop {
             self.flush().await?;
-            match self.tcp.read_buf(&mut self.input).await {
-                Ok(0) => return Err("the server closed the connection".into()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read: {e}")),
-            }
+            self.read_more().await?;
             let mut answer = None;
             self.take_frames(&mut pending, |(), a| answer = Some(a))?;
             if let Some(answer) = answer {
@@ -596,6 +588,16 @@ impl GrpcConn {
         frame(&mut self.out, HEADERS, END_HEADERS, stream, block);
         frame(&mut self.out, DATA, END_STREAM, stream, message);
         Ok(stream)
+    }
+
+    /// Reads what the server sent next (cancel-safe: nothing is lost when the read is
+    /// dropped before it completes).
+    async fn read_more(&mut self) -> Result<(), String> {
+        match self.tcp.read_buf(&mut self.input).await {
+            Ok(0) => Err("the server closed the connection".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read: {e}")),
+        }
     }
 
     /// Writes the output, if any.
