@@ -1,17 +1,20 @@
 //! The internal listener (`--dapr-internal-grpc-port`): where other Tandem sidecars deliver
 //! service invocations for this sidecar's app.
 //!
-//! The protocol is HTTP/1.1 (h2 accepted too), over mTLS when enabled
-//! ([`tandem_runtime::security`]), described in
-//! [`tandem_runtime::invoke`]; the handler hands each request to
+//! The protocol is HTTP/2 with prior knowledge (served by Tandem's own HTTP/2 server; HTTP/1.1
+//! is accepted too), or HTTP/1.1 over mTLS when enabled ([`tandem_runtime::security`]),
+//! described in [`tandem_runtime::invoke`]; the handler hands each request to
 //! [`tandem_runtime::invoke::InvokeService::handle_internal`] and streams the app's answer
 //! back. Errors are rendered by [`crate::http::error`], like every other API error. Daprd's
 //! gRPC `ServiceInvocation` service is not served here: Go daprd sidecars cannot call a
 //! Tandem sidecar, nor the other way round.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -58,7 +61,66 @@ pub async fn serve(
         let acceptor = TlsAcceptor::from(security.server_config());
         return serve_mtls(listener, router(runtime), acceptor, shutdown).await;
     }
-    crate::http::serve(listener, router(runtime), shutdown).await
+    let router = router(runtime.clone());
+    let builder = AutoBuilder::new(TokioExecutor::new());
+    crate::http::server::accept_loop(
+        listener,
+        shutdown,
+        "internal listener",
+        move |tcp, _, mut stopped| {
+            let (runtime, router, builder) = (runtime.clone(), router.clone(), builder.clone());
+            async move {
+                // Other sidecars open with the HTTP/2 preface; anything else is served by
+                // hyper (HTTP/1.1, or HTTP/2 from other clients).
+                let mut first = [0u8; 3];
+                let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await;
+                if matches!(peeked, Ok(Ok(3))) && first == *b"PRI" {
+                    let stop = async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    };
+                    return crate::http2::serve_connection(tcp, Internal(runtime), stop).await;
+                }
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stopped.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// The internal API for the HTTP/2 server.
+#[derive(Clone)]
+struct Internal(Arc<Runtime>);
+
+type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl Service<http::Request<crate::http2::RecvBody>> for Internal {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<crate::http2::RecvBody>) -> Answer {
+        let runtime = self.0.clone();
+        Box::pin(async move {
+            let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+            Ok(match runtime.invoke.handle_internal(req).await {
+                Ok(resp) => resp.map(Body::new),
+                Err(e) => HttpError(e).into_response(),
+            })
+        })
+    }
 }
 
 /// How long a peer may take to complete the TLS handshake.
@@ -88,10 +150,19 @@ async fn connection(
 ) {
     // A TLS connection opens with a handshake record (0x16); anything else is a plaintext
     // caller, told in its own protocol why it is refused.
-    let mut first = [0u8; 1];
+    let mut first = [0u8; 3];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] != 0x16 => return refuse_plaintext(tcp, addr).await,
-        Ok(Ok(1)) => {}
+        Ok(Ok(n)) if n > 0 && first[0] != 0x16 => {
+            tracing::warn!(peer = %addr, "internal listener: refused a plaintext caller, mTLS is required");
+            if n == 3 && first == *b"PRI" {
+                let stop = async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                };
+                return crate::http2::serve_connection(tcp, RefusePlaintext, stop).await;
+            }
+            return refuse_plaintext(tcp).await;
+        }
+        Ok(Ok(n)) if n > 0 => {}
         _ => return,
     }
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -130,9 +201,48 @@ async fn connection(
     }
 }
 
+/// The error body a plaintext caller gets from a sidecar that requires mTLS.
+fn plaintext_refusal(callee: &str) -> String {
+    serde_json::json!({
+        "errorCode": "ERR_DIRECT_INVOKE",
+        "message": format!(
+            "failed to invoke, id: {callee}, err: the target sidecar requires mTLS: the caller presented no certificate, its identity did not verify"
+        ),
+    })
+    .to_string()
+}
+
+/// Answers every call of a plaintext HTTP/2 caller with `ERR_DIRECT_INVOKE`.
+#[derive(Clone)]
+struct RefusePlaintext;
+
+impl Service<http::Request<crate::http2::RecvBody>> for RefusePlaintext {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<crate::http2::RecvBody>) -> Self::Future {
+        let callee = req
+            .headers()
+            .get("dapr-callee-app-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let mut resp = Response::new(Body::from(plaintext_refusal(callee)));
+        *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        std::future::ready(Ok(resp))
+    }
+}
+
 /// Answers a plaintext HTTP/1.1 request with `ERR_DIRECT_INVOKE` and closes.
-async fn refuse_plaintext(mut tcp: TcpStream, addr: SocketAddr) {
-    tracing::warn!(peer = %addr, "internal listener: refused a plaintext caller, mTLS is required");
+async fn refuse_plaintext(mut tcp: TcpStream) {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 4096];
     let read_head = async {
@@ -162,13 +272,7 @@ async fn refuse_plaintext(mut tcp: TcpStream, addr: SocketAddr) {
             })
         })
         .unwrap_or_default();
-    let body = serde_json::json!({
-        "errorCode": "ERR_DIRECT_INVOKE",
-        "message": format!(
-            "failed to invoke, id: {callee}, err: the target sidecar requires mTLS: the caller presented no certificate, its identity did not verify"
-        ),
-    })
-    .to_string();
+    let body = plaintext_refusal(&callee);
     let answer = format!(
         "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()

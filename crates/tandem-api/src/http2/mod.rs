@@ -17,8 +17,8 @@
 //! ignored), HTTP/1.1 (a connection that does not open with the HTTP/2 preface is closed),
 //! extended CONNECT.
 
-mod body;
-pub mod hpack;
+pub use tandem_http2::body::{RecvBody, StreamReset};
+pub use tandem_http2::hpack;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -31,56 +31,16 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Uri, header};
 use http_body::Body;
 use tokio::net::{TcpListener, TcpStream};
 use tower::Service;
 
-use body::Queue;
-pub use body::{RecvBody, StreamReset};
+use tandem_http2::frame::{self, *};
+
 use hpack::{Field, Name, Pseudo};
+use tandem_http2::body::{Queue, Release};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-// Frame types.
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const PRIORITY: u8 = 0x2;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-
-// Flags.
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY_FLAG: u8 = 0x20;
-
-// Error codes.
-const NO_ERROR: u32 = 0x0;
-const PROTOCOL_ERROR: u32 = 0x1;
-const INTERNAL_ERROR: u32 = 0x2;
-const FLOW_CONTROL_ERROR: u32 = 0x3;
-const STREAM_CLOSED: u32 = 0x5;
-const FRAME_SIZE_ERROR: u32 = 0x6;
-const REFUSED_STREAM: u32 = 0x7;
-const COMPRESSION_ERROR: u32 = 0x9;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-// Settings.
-const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
-const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
-const SETTINGS_MAX_HEADER_LIST_SIZE: u16 = 0x6;
-
-/// The largest frame accepted: HTTP/2's default, never raised.
-const MAX_FRAME: usize = 16_384;
 /// The flow-control window offered on each stream.
 const STREAM_WINDOW: u32 = 1 << 20;
 /// The flow-control window offered on the connection.
@@ -97,9 +57,6 @@ const MAX_RESET_DEBT: u32 = 1024;
 /// Past this much unsent output, the connection stops reading and polling answer bodies
 /// until the socket drains.
 const WRITE_HIGH: usize = 256 << 10;
-/// HTTP/2's default initial window, before SETTINGS say otherwise.
-const DEFAULT_WINDOW: i64 = 65_535;
-const MAX_WINDOW: i64 = (1 << 31) - 1;
 
 /// Serves `service` over HTTP/2 on `listener` until `shutdown` resolves; then stops
 /// accepting, sends every connection a GOAWAY, lets the calls in flight finish, and returns
@@ -132,6 +89,24 @@ where
     .await
 }
 
+/// Serves `service` over HTTP/2 on one accepted connection (whose first bytes may already
+/// have been peeked at) until the client goes away or `stop` resolves; then sends a GOAWAY
+/// and lets the calls in flight finish.
+pub async fn serve_connection<S, B>(
+    tcp: TcpStream,
+    service: S,
+    stop: impl Future<Output = ()> + Send + 'static,
+) where
+    S: Service<http::Request<RecvBody>, Response = http::Response<B>, Error = Infallible>
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+{
+    Connection::new(tcp, service, Box::pin(stop)).await;
+}
+
 /// What stream wakers and request bodies share with their connection.
 pub(crate) struct Shared {
     /// Streams whose call or answer body can make progress.
@@ -157,7 +132,7 @@ impl Wake for StopWaker {
     }
 }
 
-impl Shared {
+impl Release for Shared {
     fn release(&self, id: u32, n: usize) {
         lock(&self.released).push((id, n));
         self.waker.wake();
@@ -350,16 +325,6 @@ fn encode_fields(enc: &mut hpack::Encoder, dst: &mut BytesMut, fields: &HeaderMa
             enc.header(dst, name, value);
         }
     }
-}
-
-/// Headers HTTP/2 forbids (RFC 9113, 8.2.2).
-fn connection_specific(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
 
 /// A connection error: the GOAWAY code.
@@ -906,7 +871,7 @@ where
                     state.data.extend(more);
                 }
                 st.queue = Some(queue.clone());
-                RecvBody::streaming(queue, self.shared.clone(), id)
+                RecvBody::streaming(queue, self.shared.clone() as Arc<dyn Release>, id)
             };
             let mut cx = Context::from_waker(&st.task_waker);
             if self.service.poll_ready(&mut cx).is_pending() {
@@ -1091,15 +1056,7 @@ where
 
 /// The payload of a DATA or HEADERS frame without its padding.
 fn unpad(flags: u8, payload: &[u8]) -> Result<&[u8], ConnError> {
-    if flags & PADDED == 0 {
-        return Ok(payload);
-    }
-    let (&pad, rest) = payload.split_first().ok_or(ConnError(FRAME_SIZE_ERROR))?;
-    let pad = usize::from(pad);
-    if pad > rest.len() {
-        return Err(ConnError(PROTOCOL_ERROR));
-    }
-    Ok(&rest[..rest.len() - pad])
+    frame::unpad(flags, payload).map_err(ConnError)
 }
 
 /// See [`Connection::last_uri`].

@@ -24,6 +24,8 @@ pub struct InvokeBody {
 enum Kind {
     /// From another sidecar or an external endpoint.
     Incoming(Incoming),
+    /// From another sidecar, over the multiplexed sidecar-to-sidecar connection.
+    H2(tandem_http2::body::RecvBody),
     /// From the local app: the whole response is kept for its concurrency permit; its headers
     /// were moved out already.
     App(Box<AppResponse>),
@@ -35,6 +37,12 @@ impl InvokeBody {
     pub(crate) fn incoming(body: Incoming) -> Self {
         Self {
             kind: Kind::Incoming(body),
+        }
+    }
+
+    pub(crate) fn h2(body: tandem_http2::body::RecvBody) -> Self {
+        Self {
+            kind: Kind::H2(body),
         }
     }
 
@@ -59,15 +67,18 @@ impl std::fmt::Debug for InvokeBody {
 
 impl Body for InvokeBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
-            Kind::Incoming(b) => Pin::new(b).poll_frame(cx),
-            Kind::App(r) => Pin::new(r.response.body_mut()).poll_frame(cx),
+            Kind::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Kind::H2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Kind::App(r) => Pin::new(r.response.body_mut())
+                .poll_frame(cx)
+                .map_err(BoxError::from),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }
@@ -75,6 +86,7 @@ impl Body for InvokeBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Incoming(b) => b.is_end_stream(),
+            Kind::H2(b) => b.is_end_stream(),
             Kind::App(r) => r.response.body().is_end_stream(),
             Kind::Full(b) => b.is_none(),
         }
@@ -83,6 +95,7 @@ impl Body for InvokeBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Incoming(b) => b.size_hint(),
+            Kind::H2(b) => b.size_hint(),
             Kind::App(r) => r.response.body().size_hint(),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }

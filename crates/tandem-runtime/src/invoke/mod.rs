@@ -15,14 +15,16 @@
 //!
 //! # The internal protocol (sidecar to sidecar)
 //!
-//! Tandem sidecars talk HTTP/1.1 to each other, over one pooled keep-alive client per
-//! process (no connection set-up per call): plain, or with mTLS enabled
-//! ([`crate::security`]) over TLS with client certificates, one pool per called app whose
-//! connections only accept that app's SPIFFE identity. A call to app `b` from app `a` is sent
-//! to one of `b`'s sidecars as
+//! Tandem sidecars talk HTTP/2 (cleartext, prior knowledge) to each other: every call to one
+//! sidecar shares one connection ([`tandem_http2::client`]), so calls in flight together
+//! share each read and each write on both sides. With mTLS enabled ([`crate::security`])
+//! they talk HTTP/1.1 over TLS with client certificates instead, one pool of keep-alive
+//! connections per called app, accepting only that app's SPIFFE identity; proxied gRPC calls
+//! go over a pooled HTTP/2 client. A call to app `b` from app `a` is sent to one of `b`'s
+//! sidecars as
 //!
 //! ```text
-//! <VERB> /<method>?<query> HTTP/1.1
+//! <VERB> /<method>?<query>
 //! dapr-callee-app-id: b              (required: the sidecar refuses other app-ids with 404)
 //! dapr-caller-app-id: a
 //! dapr-caller-namespace: <a's namespace>
@@ -42,8 +44,9 @@
 //! they are. This is not daprd's gRPC `ServiceInvocation` protocol: Tandem sidecars do not
 //! interoperate with Go daprd sidecars on the internal port.
 //!
-//! A refused connection to a sidecar (it was killed) is retried at once on another instance
-//! when the request body was not read yet, and that instance is set aside for
+//! A call that never left (the connection to the sidecar was refused because it was killed,
+//! or closed before the call was written) is retried at once on another instance with its
+//! body untouched; a refusing instance is set aside for
 //! [`SUSPECT_FOR`]; lookups are cached for [`CACHE_TTL`] and spread round-robin.
 //!
 //! # Resiliency
@@ -77,6 +80,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tandem_components::nameresolution::{Instance, NameResolver};
+use tandem_http2::client::SendError;
 
 pub use acl::{AccessControl, Caller};
 pub use body::InvokeBody;
@@ -162,7 +166,9 @@ pub struct InvokeService {
     resolver_problem: String,
     acl: AccessControl,
     forwarded: Forwarded,
-    sidecars: Client<HttpConnector, Replayable>,
+    /// Plain HTTP calls to other sidecars: one multiplexed HTTP/2 connection per sidecar.
+    sidecars: tandem_http2::client::Client<AppBody>,
+    /// Proxied gRPC calls to other sidecars.
     sidecars_h2: Client<HttpConnector, Replayable>,
     external: Client<HttpConnector, AppBody>,
     security: Option<Arc<Security>>,
@@ -276,7 +282,7 @@ impl InvokeService {
                 options.host_address.as_deref(),
                 options.host_name.as_deref(),
             ),
-            sidecars: client(),
+            sidecars: tandem_http2::client::Client::default(),
             sidecars_h2: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(90))
                 .http2_only(true)
@@ -720,13 +726,10 @@ impl InvokeService {
             mut body,
             grpc,
         } = call;
-        let sidecars = if grpc {
+        if grpc {
             headers.insert(GRPC_PROXY, HeaderValue::from_static("1"));
             headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-            &self.sidecars_h2
-        } else {
-            &self.sidecars
-        };
+        }
         let start = std::time::Instant::now();
         self.metrics.invocation_sent(id, false);
         let mtls = self
@@ -747,6 +750,41 @@ impl InvokeService {
                 .map_err(|e| format!("invalid address {}: {e}", pick.address))?;
             // Keep what a retry needs only when there is somewhere else to go.
             let spare = (pick.choices > 1 && attempt < MAX_ATTEMPTS).then(|| headers.clone());
+            if mtls.is_none() && !grpc {
+                let mut request = Request::new(body);
+                *request.method_mut() = verb.clone();
+                *request.uri_mut() = uri;
+                *request.headers_mut() = headers;
+                match self.sidecars.send(&pick.address, request).await {
+                    Ok(resp) => {
+                        self.metrics
+                            .invocation_answered(id, resp.status().as_str(), start);
+                        let (parts, body) = resp.into_parts();
+                        return Ok(passthrough(parts, InvokeBody::h2(body)));
+                    }
+                    Err(SendError::NotSent {
+                        error,
+                        body: unread,
+                    }) => {
+                        if pick.choices > 1 && error.kind() == std::io::ErrorKind::ConnectionRefused
+                        {
+                            directory.failed(id, namespace, &pick.address);
+                        }
+                        match spare {
+                            Some(h) => {
+                                tracing::debug!(app_id = id, address = %pick.address, error = %error, "call not sent; trying another instance");
+                                body = unread;
+                                headers = h;
+                                continue;
+                            }
+                            None => return Err(self.sidecar_error(&pick.address, &error)),
+                        }
+                    }
+                    Err(SendError::Failed(e)) => {
+                        return Err(self.sidecar_error(&pick.address, &e));
+                    }
+                }
+            }
             let (replayable, mut back) = Replayable::new(body);
             let mut request = Request::new(replayable);
             *request.method_mut() = verb.clone();
@@ -755,13 +793,14 @@ impl InvokeService {
             let sent = match &mtls {
                 Some(c) if grpc => c.h2.request(request).await,
                 Some(c) => c.h1.request(request).await,
-                None => sidecars.request(request).await,
+                None => self.sidecars_h2.request(request).await,
             };
             match sent {
                 Ok(resp) => {
                     self.metrics
                         .invocation_answered(id, resp.status().as_str(), start);
-                    return Ok(passthrough(resp));
+                    let (parts, body) = resp.into_parts();
+                    return Ok(passthrough(parts, InvokeBody::incoming(body)));
                 }
                 Err(e) if e.is_connect() => {
                     if pick.choices > 1 {
@@ -806,7 +845,10 @@ impl InvokeService {
         self.external
             .request(request)
             .await
-            .map(passthrough)
+            .map(|resp| {
+                let (parts, body) = resp.into_parts();
+                passthrough(parts, InvokeBody::incoming(body))
+            })
             .map_err(|e| crate::error::error_chain(&e))
     }
 }
@@ -903,13 +945,12 @@ impl AppGrpcStatus {
 }
 
 /// A response from another sidecar or an external endpoint, hop-by-hop headers removed.
-fn passthrough(resp: Response<hyper::body::Incoming>) -> InvokeResponse {
-    let (mut parts, body) = resp.into_parts();
+fn passthrough(mut parts: http::response::Parts, body: InvokeBody) -> InvokeResponse {
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(st) = AppGrpcStatus::from_headers(&mut parts.headers) {
         parts.extensions.insert(st);
     }
-    Response::from_parts(parts, InvokeBody::incoming(body))
+    Response::from_parts(parts, body)
 }
 
 /// Calls the local app: a plain request to an HTTP app, `OnInvoke` for a gRPC app, and a

@@ -1,5 +1,5 @@
-//! HPACK (RFC 7541), as the gRPC port's HTTP/2 server needs it. The decoder is public so that
-//! `tandem-bench`'s lean gRPC client can read the server's answers with it.
+//! HPACK (RFC 7541), as Tandem's HTTP/2 server and client need it. The decoder is public so
+//! that `tandem-bench`'s lean gRPC client can read the server's answers with it.
 //!
 //! The decoder keeps its dynamic table as ready-made [`HeaderName`]s and [`HeaderValue`]s, so
 //! a field sent as an index (what every HTTP/2 client does for a header it repeats) costs a
@@ -19,7 +19,7 @@ use http::{HeaderName, HeaderValue};
 
 /// The decoder's dynamic table limit, which is also HTTP/2's default
 /// `SETTINGS_HEADER_TABLE_SIZE` (so it is never announced).
-pub(super) const TABLE_SIZE: usize = 4096;
+pub const TABLE_SIZE: usize = 4096;
 
 /// A pseudo-header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -386,7 +386,7 @@ fn put_string(dst: &mut BytesMut, s: &[u8]) {
 }
 
 /// The response-side encoder of one connection.
-pub(super) struct Encoder {
+pub struct Encoder {
     /// A copy of the peer's dynamic table, newest first: name, value, entry size.
     table: VecDeque<(Bytes, Bytes, usize)>,
     size: usize,
@@ -413,7 +413,7 @@ const INDEX_AT_MOST: usize = 96;
 impl Encoder {
     /// The peer's `SETTINGS_HEADER_TABLE_SIZE`: the encoder uses at most that much (and never
     /// more than [`TABLE_SIZE`]).
-    pub(super) fn set_peer_table_size(&mut self, size: usize) {
+    pub fn set_peer_table_size(&mut self, size: usize) {
         let size = size.min(TABLE_SIZE);
         if size == self.max_size {
             return;
@@ -424,7 +424,7 @@ impl Encoder {
     }
 
     /// Starts a header block.
-    pub(super) fn begin(&mut self, dst: &mut BytesMut) {
+    pub fn begin(&mut self, dst: &mut BytesMut) {
         if let Some(smallest) = self.update.take() {
             put_integer(dst, 0x20, 5, smallest);
             if smallest != self.max_size {
@@ -434,7 +434,7 @@ impl Encoder {
     }
 
     /// `:status`.
-    pub(super) fn status(&mut self, dst: &mut BytesMut, status: http::StatusCode) {
+    pub fn status(&mut self, dst: &mut BytesMut, status: http::StatusCode) {
         let index = match status.as_u16() {
             200 => 8,
             204 => 9,
@@ -451,8 +451,13 @@ impl Encoder {
         put_integer(dst, 0x80, 7, index);
     }
 
+    /// A request pseudo-header (`:method`, `:scheme`, `:authority`, `:path`).
+    pub fn pseudo(&mut self, dst: &mut BytesMut, name: &str, value: &[u8]) {
+        self.field(dst, name.as_bytes(), value, false);
+    }
+
     /// One header.
-    pub(super) fn header(&mut self, dst: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    pub fn header(&mut self, dst: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
         self.field(
             dst,
             name.as_str().as_bytes(),

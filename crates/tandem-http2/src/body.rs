@@ -1,9 +1,9 @@
-//! The request body handed to the service.
+//! A received body: a request body on the server, an answer body on the client.
 //!
-//! A request whose data has all arrived by the time it is dispatched (every unary gRPC call
-//! that fits in one read) carries it in place: no shared state, no locking. Anything else is
-//! fed by the connection through a small shared queue; each chunk taken gives its bytes back
-//! to the client's flow-control windows.
+//! A body whose data has all arrived by the time it is handed over (every unary call that
+//! fits in one read) carries it in place: no shared state, no locking. Anything else is fed
+//! by the connection through a small shared queue; each chunk taken gives its bytes back to
+//! the peer's flow-control windows.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -15,9 +15,16 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
-use super::Shared;
+/// What a body tells the connection it came from.
+pub trait Release: Send + Sync {
+    /// `n` bytes of stream `id` were read: they may be given back to the peer's windows.
+    fn release(&self, id: u32, n: usize);
 
-/// The body of a request received on the gRPC port.
+    /// The body of stream `id` was dropped before its end.
+    fn abandoned(&self, _id: u32) {}
+}
+
+/// A body received over HTTP/2.
 pub struct RecvBody(Inner);
 
 enum Inner {
@@ -30,34 +37,38 @@ enum Inner {
 
 struct Receiver {
     queue: Arc<Queue>,
-    conn: Arc<Shared>,
+    conn: Arc<dyn Release>,
     id: u32,
 }
 
-/// What the connection has received for one stream and the service has not read yet.
+/// What the connection has received for one stream and the reader has not read yet.
 #[derive(Default)]
-pub(super) struct Queue(Mutex<QueueState>);
+pub struct Queue(Mutex<QueueState>);
 
+/// The state behind a [`Queue`].
 #[derive(Default)]
-pub(super) struct QueueState {
-    pub(super) data: VecDeque<Bytes>,
-    pub(super) trailers: Option<HeaderMap>,
-    /// The client ended the stream.
-    pub(super) end: bool,
-    /// The stream was reset (by the client, or by the connection closing).
-    pub(super) reset: bool,
-    /// The service dropped the body: further data is given back at once.
-    pub(super) dropped: bool,
+pub struct QueueState {
+    /// Data received and not read yet.
+    pub data: VecDeque<Bytes>,
+    /// Trailers received and not read yet.
+    pub trailers: Option<HeaderMap>,
+    /// The peer ended the stream.
+    pub end: bool,
+    /// The stream was reset (by the peer, or by the connection closing).
+    pub reset: bool,
+    /// The reader dropped the body: further data is given back at once.
+    pub dropped: bool,
     waker: Option<Waker>,
 }
 
 impl Queue {
-    pub(super) fn lock(&self) -> MutexGuard<'_, QueueState> {
-        super::lock(&self.0)
+    /// The queue's state, locked.
+    pub fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wakes the reader after the connection changed the state.
-    pub(super) fn notify(state: &mut QueueState) {
+    pub fn notify(state: &mut QueueState) {
         if let Some(w) = state.waker.take() {
             w.wake();
         }
@@ -65,22 +76,24 @@ impl Queue {
 }
 
 impl RecvBody {
-    pub(super) fn full(data: Option<Bytes>, trailers: Option<HeaderMap>) -> Self {
+    /// A body whose data (and trailers) have all arrived.
+    pub fn full(data: Option<Bytes>, trailers: Option<HeaderMap>) -> Self {
         RecvBody(Inner::Full { data, trailers })
     }
 
-    pub(super) fn streaming(queue: Arc<Queue>, conn: Arc<Shared>, id: u32) -> Self {
+    /// A body fed through `queue` by the connection `conn`, on stream `id`.
+    pub fn streaming(queue: Arc<Queue>, conn: Arc<dyn Release>, id: u32) -> Self {
         RecvBody(Inner::Streaming(Receiver { queue, conn, id }))
     }
 }
 
-/// The client reset the stream, or the connection ended, before the body was complete.
+/// The peer reset the stream, or the connection ended, before the body was complete.
 #[derive(Debug)]
 pub struct StreamReset;
 
 impl fmt::Display for StreamReset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the request stream was reset before it ended")
+        f.write_str("the HTTP/2 stream was reset before its body ended")
     }
 }
 
@@ -156,7 +169,11 @@ impl Drop for Receiver {
         let mut state = self.queue.lock();
         state.dropped = true;
         let unread: usize = state.data.drain(..).map(|d| d.len()).sum();
+        let early = !state.end && !state.reset;
         drop(state);
+        if early {
+            self.conn.abandoned(self.id);
+        }
         if unread > 0 {
             self.conn.release(self.id, unread);
         }

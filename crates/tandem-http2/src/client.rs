@@ -1,0 +1,1183 @@
+//! A lean HTTP/2 client (cleartext, prior knowledge) that sends every call to one peer over
+//! one connection, written for the sidecar-to-sidecar hop of service invocation.
+//!
+//! One task per connection owns the socket. Callers hand it their requests through a channel;
+//! it writes every request queued since its last write in one write, reads answers, and
+//! hands each caller its answer head with a body that streams. Many calls in flight thus
+//! share each read and each write, where a pool of HTTP/1.1 connections spends one of each
+//! per call on both sides.
+//!
+//! What it does: request and answer bodies of any length, streamed both ways at once; flow
+//! control both ways (1 MiB per stream and 4 MiB per connection offered to the server, given
+//! back as the caller reads; the server's windows respected); trailers both ways; HPACK with
+//! dynamic tables both ways; PING, SETTINGS (the server's stream limit respected, calls past
+//! it wait their turn), `RST_STREAM`, GOAWAY. A connection that fails or is told to go away
+//! takes no new calls; the next call opens a new one. A call that never left (the connection
+//! could not be made, or closed before the call was written) comes back with its body
+//! untouched, so it can be sent elsewhere. A dropped answer body resets its stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::body::{Queue, RecvBody, Release};
+use crate::frame::*;
+use crate::hpack::{self, Field, Name, Pseudo};
+
+/// The flow-control window offered on each stream.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// The flow-control window offered on the connection.
+const CONN_WINDOW: u32 = 4 << 20;
+/// The largest answer header block accepted.
+const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// Past this much unsent output, request bodies are not polled until the socket drains.
+const WRITE_HIGH: usize = 256 << 10;
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The last stream id a connection uses before it takes no more calls.
+const LAST_STREAM_ID: u32 = (1 << 31) - 1;
+
+/// A boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum SendError<B> {
+    /// The call never left: the connection could not be made, or closed before the call was
+    /// written. The request body comes back as it was given.
+    NotSent {
+        /// What went wrong.
+        error: io::Error,
+        /// The body, unread.
+        body: B,
+    },
+    /// The call failed after (part of) it was sent.
+    Failed(io::Error),
+}
+
+impl<B> SendError<B> {
+    fn not_sent(kind: io::ErrorKind, msg: &str, body: B) -> Self {
+        SendError::NotSent {
+            error: io::Error::new(kind, msg.to_owned()),
+            body,
+        }
+    }
+
+    /// The error, without the body.
+    pub fn into_error(self) -> io::Error {
+        match self {
+            SendError::NotSent { error, .. } | SendError::Failed(error) => error,
+        }
+    }
+}
+
+type Reply<B> = oneshot::Sender<Result<Response<RecvBody>, SendError<B>>>;
+
+/// A call on its way to a connection.
+struct Call<B> {
+    parts: http::request::Parts,
+    body: B,
+    reply: Reply<B>,
+}
+
+/// One connection's entry in the client.
+struct Handle<B> {
+    calls: mpsc::UnboundedSender<Call<B>>,
+    open: Arc<AtomicBool>,
+}
+
+/// The client: one multiplexed connection per peer address (`host:port`), opened on first use
+/// and replaced when it fails.
+pub struct Client<B> {
+    conns: RwLock<HashMap<String, Arc<Handle<B>>>>,
+}
+
+impl<B> Default for Client<B> {
+    fn default() -> Self {
+        Client {
+            conns: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<B> Client<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Sends `req` to `address` (`host:port`); the URI's path and query are sent, its
+    /// authority (or else `address`) is the `:authority`. Resolves with the answer's head once
+    /// it arrives; the body streams.
+    pub async fn send(
+        &self,
+        address: &str,
+        req: Request<B>,
+    ) -> Result<Response<RecvBody>, SendError<B>> {
+        let (parts, body) = req.into_parts();
+        let (reply, answer) = oneshot::channel();
+        let mut call = Call { parts, body, reply };
+        // A connection found open may close before it takes the call; then a new one does.
+        for _ in 0..2 {
+            let handle = self.handle(address);
+            match handle.calls.send(call) {
+                Ok(()) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        Err(SendError::Failed(io::Error::other(
+                            "the HTTP/2 connection ended before the call was answered",
+                        )))
+                    });
+                }
+                Err(mpsc::error::SendError(back)) => {
+                    handle.open.store(false, Ordering::Release);
+                    call = back;
+                }
+            }
+        }
+        Err(SendError::not_sent(
+            io::ErrorKind::ConnectionAborted,
+            "the HTTP/2 connection closed before the call was sent",
+            call.body,
+        ))
+    }
+
+    /// The open connection to `address`, or a new one (connecting in the background; calls
+    /// queue meanwhile).
+    fn handle(&self, address: &str) -> Arc<Handle<B>> {
+        if let Some(h) = read(&self.conns).get(address)
+            && h.open.load(Ordering::Acquire)
+        {
+            return h.clone();
+        }
+        let mut conns = self.conns.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = conns.get(address)
+            && h.open.load(Ordering::Acquire)
+        {
+            return h.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicBool::new(true));
+        let handle = Arc::new(Handle {
+            calls: tx,
+            open: open.clone(),
+        });
+        conns.insert(address.to_owned(), handle.clone());
+        tokio::spawn(run(address.to_owned(), rx, open));
+        handle
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection's life: connect, serve calls until it fails or goes away, then send back
+/// every call it did not take.
+async fn run<B>(address: String, mut rx: mpsc::UnboundedReceiver<Call<B>>, open: Arc<AtomicBool>)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            open.store(false, Ordering::Release);
+            return refuse_all(&mut rx, VecDeque::new(), &e);
+        }
+        Err(_) => {
+            open.store(false, Ordering::Release);
+            let e = io::Error::new(io::ErrorKind::TimedOut, "connecting timed out");
+            return refuse_all(&mut rx, VecDeque::new(), &e);
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let mut conn = Conn::new(tcp, address, rx, open);
+    std::future::poll_fn(|cx| conn.poll(cx)).await;
+    conn.open.store(false, Ordering::Release);
+    let waiting = std::mem::take(&mut conn.waiting);
+    let error = conn
+        .error
+        .take()
+        .unwrap_or_else(|| io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed"));
+    conn.fail_streams(&error);
+    refuse_all(&mut conn.rx, waiting, &error);
+}
+
+/// Sends back, unsent, every call still queued.
+fn refuse_all<B>(
+    rx: &mut mpsc::UnboundedReceiver<Call<B>>,
+    waiting: VecDeque<Call<B>>,
+    error: &io::Error,
+) {
+    rx.close();
+    let refuse = |call: Call<B>| {
+        let _ = call.reply.send(Err(SendError::NotSent {
+            error: io::Error::new(error.kind(), error.to_string()),
+            body: call.body,
+        }));
+    };
+    waiting.into_iter().for_each(refuse);
+    while let Ok(call) = rx.try_recv() {
+        refuse(call);
+    }
+}
+
+/// What answer bodies share with their connection.
+struct Shared {
+    released: Mutex<Vec<(u32, usize)>>,
+    abandoned: Mutex<Vec<u32>>,
+    waker: AtomicWaker,
+}
+
+impl Release for Shared {
+    fn release(&self, id: u32, n: usize) {
+        lock(&self.released).push((id, n));
+        self.waker.wake();
+    }
+
+    fn abandoned(&self, id: u32) {
+        lock(&self.abandoned).push(id);
+        self.waker.wake();
+    }
+}
+
+/// An answer whose head has arrived, handed over at the end of the current read together
+/// with the data that came with it.
+struct Parked {
+    head: http::response::Parts,
+    data: Option<BytesMut>,
+    trailers: Option<HeaderMap>,
+}
+
+struct Stream<B> {
+    /// Until the answer's head is handed over.
+    reply: Option<Reply<B>>,
+    /// The request body, while it is being sent.
+    body: Option<B>,
+    /// Request data the send windows have not let out yet, and what follows it.
+    held: Option<Bytes>,
+    held_trailers: Option<HeaderMap>,
+    held_end: bool,
+    send_window: i64,
+    recv_window: i64,
+    unreleased: usize,
+    parked: Option<Parked>,
+    queue: Option<Arc<Queue>>,
+    remote_closed: bool,
+    local_closed: bool,
+}
+
+impl<B> Stream<B> {
+    /// Fails whatever waits on the stream.
+    fn fail(&mut self, error: &io::Error) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(Err(SendError::Failed(io::Error::new(
+                error.kind(),
+                error.to_string(),
+            ))));
+        }
+        if let Some(q) = self.queue.take() {
+            let mut state = q.lock();
+            state.reset = true;
+            Queue::notify(&mut state);
+        }
+    }
+}
+
+struct Conn<B> {
+    io: TcpStream,
+    authority: http::HeaderValue,
+    rx: mpsc::UnboundedReceiver<Call<B>>,
+    open: Arc<AtomicBool>,
+    /// Calls past the server's stream limit.
+    waiting: VecDeque<Call<B>>,
+    streams: HashMap<u32, Stream<B>>,
+    /// Streams whose request body is still being sent.
+    sending: Vec<u32>,
+    /// Streams whose answer head arrived during the current read.
+    arrived: Vec<u32>,
+    shared: Arc<Shared>,
+    rbuf: BytesMut,
+    out: BytesMut,
+    scratch: BytesMut,
+    enc: hpack::Encoder,
+    dec: hpack::Decoder,
+    continuation: Option<(u32, bool, BytesMut)>,
+    next_id: u32,
+    /// The server's first SETTINGS arrived: until then no stream is opened, so that its
+    /// stream limit is known before calls go out.
+    settings_known: bool,
+    max_streams: usize,
+    max_frame: usize,
+    peer_initial_window: i64,
+    conn_send: i64,
+    conn_recv: i64,
+    conn_unreleased: usize,
+    /// The server sent GOAWAY, or the connection failed: no new calls.
+    draining: bool,
+    error: Option<io::Error>,
+}
+
+impl<B> Conn<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn new(
+        io: TcpStream,
+        address: String,
+        rx: mpsc::UnboundedReceiver<Call<B>>,
+        open: Arc<AtomicBool>,
+    ) -> Self {
+        let mut out = BytesMut::with_capacity(4096);
+        out.put_slice(PREFACE);
+        let settings = [
+            (SETTINGS_ENABLE_PUSH, 0),
+            (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+            (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK as u32),
+        ];
+        put_head(&mut out, 6 * settings.len(), SETTINGS, 0, 0);
+        for (id, value) in settings {
+            out.put_u16(id);
+            out.put_u32(value);
+        }
+        put_head(&mut out, 4, WINDOW_UPDATE, 0, 0);
+        out.put_u32((i64::from(CONN_WINDOW) - DEFAULT_WINDOW) as u32);
+        let authority = http::HeaderValue::from_str(&address)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
+        Conn {
+            io,
+            authority,
+            rx,
+            open,
+            waiting: VecDeque::new(),
+            streams: HashMap::new(),
+            sending: Vec::new(),
+            arrived: Vec::new(),
+            shared: Arc::new(Shared {
+                released: Mutex::new(Vec::new()),
+                abandoned: Mutex::new(Vec::new()),
+                waker: AtomicWaker::new(),
+            }),
+            rbuf: BytesMut::with_capacity(MAX_FRAME + 9),
+            out,
+            scratch: BytesMut::new(),
+            enc: hpack::Encoder::default(),
+            dec: hpack::Decoder::default(),
+            continuation: None,
+            next_id: 1,
+            settings_known: false,
+            max_streams: usize::MAX,
+            max_frame: MAX_FRAME,
+            peer_initial_window: DEFAULT_WINDOW,
+            conn_send: DEFAULT_WINDOW,
+            conn_recv: i64::from(CONN_WINDOW),
+            conn_unreleased: 0,
+            draining: false,
+            error: None,
+        }
+    }
+
+    /// Drives the connection; `Ready` once it is over.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.waker.register(cx.waker());
+        loop {
+            let mut again = false;
+            // New calls.
+            if !self.draining {
+                while let Poll::Ready(next) = self.rx.poll_recv(cx) {
+                    match next {
+                        Some(call) => self.waiting.push_back(call),
+                        None => {
+                            self.draining = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            self.start_waiting();
+            // Answers.
+            if self.out.len() < WRITE_HIGH {
+                if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                    self.rbuf.reserve(MAX_FRAME + 9);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+                    Poll::Ready(Ok(0)) => {
+                        self.error = Some(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the peer closed the HTTP/2 connection",
+                        ));
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.error = Some(e);
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        if let Err(code) = self.on_read() {
+                            self.go_away(code);
+                            let _ = self.io.try_write(&self.out);
+                            return Poll::Ready(());
+                        }
+                        again = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            self.take_releases();
+            self.send_bodies(cx);
+            match self.poll_flush(cx) {
+                Poll::Ready(Err(e)) => {
+                    self.error = Some(e);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+                Poll::Pending => {}
+            }
+            if self.draining && self.streams.is_empty() && self.out.is_empty() {
+                return Poll::Ready(());
+            }
+            if !again {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Opens streams for waiting calls, as far as the server's limit allows.
+    fn start_waiting(&mut self) {
+        while self.settings_known && self.streams.len() < self.max_streams && !self.draining {
+            let Some(call) = self.waiting.pop_front() else {
+                break;
+            };
+            if call.reply.is_closed() {
+                continue;
+            }
+            let id = self.next_id;
+            if id >= LAST_STREAM_ID {
+                self.waiting.push_front(call);
+                self.stop_taking();
+                break;
+            }
+            self.next_id += 2;
+            let Call { parts, body, reply } = call;
+            let end = body.is_end_stream();
+            self.headers(id, end, &parts);
+            let mut stream = Stream {
+                reply: Some(reply),
+                body: None,
+                held: None,
+                held_trailers: None,
+                held_end: false,
+                send_window: self.peer_initial_window,
+                recv_window: i64::from(STREAM_WINDOW),
+                unreleased: 0,
+                parked: None,
+                queue: None,
+                remote_closed: false,
+                local_closed: end,
+            };
+            if !end {
+                stream.body = Some(body);
+                self.sending.push(id);
+            }
+            self.streams.insert(id, stream);
+        }
+        if self.draining && !self.waiting.is_empty() {
+            let e = io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the HTTP/2 connection is going away",
+            );
+            let waiting = std::mem::take(&mut self.waiting);
+            for call in waiting {
+                let _ = call.reply.send(Err(SendError::NotSent {
+                    error: io::Error::new(e.kind(), e.to_string()),
+                    body: call.body,
+                }));
+            }
+        }
+    }
+
+    /// Takes no more calls: the next ones open a new connection.
+    fn stop_taking(&mut self) {
+        self.open.store(false, Ordering::Release);
+        self.draining = true;
+        self.rx.close();
+        while let Ok(call) = self.rx.try_recv() {
+            self.waiting.push_back(call);
+        }
+    }
+
+    /// A request's header block.
+    fn headers(&mut self, id: u32, end_stream: bool, parts: &http::request::Parts) {
+        let mut block = std::mem::take(&mut self.scratch);
+        block.clear();
+        self.enc.begin(&mut block);
+        let enc = &mut self.enc;
+        enc.pseudo(&mut block, ":method", parts.method.as_str().as_bytes());
+        let scheme = parts.uri.scheme_str().unwrap_or("http");
+        enc.pseudo(&mut block, ":scheme", scheme.as_bytes());
+        match parts.uri.authority() {
+            Some(a) => enc.pseudo(&mut block, ":authority", a.as_str().as_bytes()),
+            None => enc.pseudo(&mut block, ":authority", self.authority.as_bytes()),
+        }
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        enc.pseudo(&mut block, ":path", path.as_bytes());
+        for (name, value) in &parts.headers {
+            if !connection_specific(name) && name != http::header::HOST {
+                enc.header(&mut block, name, value);
+            }
+        }
+        self.header_frames(id, end_stream, &block);
+        self.scratch = block;
+    }
+
+    fn header_frames(&mut self, id: u32, end_stream: bool, block: &[u8]) {
+        let mut kind = HEADERS;
+        let mut flags = if end_stream { END_STREAM } else { 0 };
+        let mut rest = block;
+        loop {
+            let n = rest.len().min(self.max_frame);
+            let last = n == rest.len();
+            put_head(
+                &mut self.out,
+                n,
+                kind,
+                flags | if last { END_HEADERS } else { 0 },
+                id,
+            );
+            self.out.put_slice(&rest[..n]);
+            rest = &rest[n..];
+            if last {
+                break;
+            }
+            kind = CONTINUATION;
+            flags = 0;
+        }
+    }
+
+    /// Writes what request bodies have ready, as far as the windows allow.
+    fn send_bodies(&mut self, cx: &mut Context<'_>) {
+        if self.sending.is_empty() {
+            return;
+        }
+        let mut sending = std::mem::take(&mut self.sending);
+        sending.retain(|&id| {
+            let Some(st) = self.streams.get_mut(&id) else {
+                return false;
+            };
+            let mut trailers_out = None;
+            let done = send_body(
+                id,
+                st,
+                &mut self.out,
+                &mut self.conn_send,
+                self.max_frame,
+                cx,
+                &mut trailers_out,
+            );
+            if let Some(t) = trailers_out {
+                let mut block = std::mem::take(&mut self.scratch);
+                block.clear();
+                self.enc.begin(&mut block);
+                for (name, value) in &t {
+                    if !connection_specific(name) {
+                        self.enc.header(&mut block, name, value);
+                    }
+                }
+                self.header_frames(id, true, &block);
+                self.scratch = block;
+            }
+            if done {
+                let st = self.streams.get_mut(&id);
+                if let Some(st) = st {
+                    st.local_closed = true;
+                    if st.remote_closed && st.reply.is_none() && st.parked.is_none() {
+                        self.streams.remove(&id);
+                    }
+                }
+            }
+            !done
+        });
+        sending.append(&mut self.sending);
+        self.sending = sending;
+    }
+
+    /// Writes what is buffered; `Ready(Ok(()))` once it is all out.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            match self.io.try_write(&self.out) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.io.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn go_away(&mut self, code: u32) {
+        put_head(&mut self.out, 8, GOAWAY, 0, 0);
+        self.out.put_u32(0);
+        self.out.put_u32(code);
+        self.error = Some(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("HTTP/2 protocol error {code:#x} from the peer"),
+        ));
+    }
+
+    fn rst(&mut self, id: u32, code: u32) {
+        put_head(&mut self.out, 4, RST_STREAM, 0, id);
+        self.out.put_u32(code);
+    }
+
+    /// Parses every complete frame read, then hands over the answers that arrived.
+    fn on_read(&mut self) -> Result<(), u32> {
+        let mut rbuf = std::mem::take(&mut self.rbuf);
+        let mut result = Ok(());
+        while rbuf.len() >= 9 {
+            let len =
+                (usize::from(rbuf[0]) << 16) | (usize::from(rbuf[1]) << 8) | usize::from(rbuf[2]);
+            if len > MAX_FRAME {
+                result = Err(FRAME_SIZE_ERROR);
+                break;
+            }
+            if rbuf.len() < 9 + len {
+                break;
+            }
+            let kind = rbuf[3];
+            let flags = rbuf[4];
+            let id = u32::from_be_bytes([rbuf[5], rbuf[6], rbuf[7], rbuf[8]]) & 0x7fff_ffff;
+            result = self.frame(kind, flags, id, &rbuf[9..9 + len]);
+            rbuf.advance(9 + len);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.rbuf = rbuf;
+        self.hand_over();
+        result
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, id: u32, payload: &[u8]) -> Result<(), u32> {
+        if let Some((cid, _, _)) = &self.continuation
+            && (kind != CONTINUATION || *cid != id)
+        {
+            return Err(PROTOCOL_ERROR);
+        }
+        match kind {
+            DATA => self.on_data(flags, id, payload),
+            HEADERS => {
+                let mut fragment = unpad(flags, payload)?;
+                if flags & PRIORITY_FLAG != 0 {
+                    fragment = fragment.get(5..).ok_or(PROTOCOL_ERROR)?;
+                }
+                let end_stream = flags & END_STREAM != 0;
+                if flags & END_HEADERS != 0 {
+                    return self.on_header_block(id, end_stream, fragment);
+                }
+                self.continuation = Some((id, end_stream, BytesMut::from(fragment)));
+                Ok(())
+            }
+            CONTINUATION => {
+                let Some((cid, end_stream, mut block)) = self.continuation.take() else {
+                    return Err(PROTOCOL_ERROR);
+                };
+                if block.len() + payload.len() > MAX_HEADER_BLOCK {
+                    return Err(ENHANCE_YOUR_CALM);
+                }
+                block.extend_from_slice(payload);
+                if flags & END_HEADERS != 0 {
+                    self.on_header_block(cid, end_stream, &block)
+                } else {
+                    self.continuation = Some((cid, end_stream, block));
+                    Ok(())
+                }
+            }
+            SETTINGS => self.on_settings(flags, id, payload),
+            PING => {
+                if payload.len() != 8 {
+                    return Err(FRAME_SIZE_ERROR);
+                }
+                if flags & ACK == 0 {
+                    put_head(&mut self.out, 8, PING, ACK, 0);
+                    self.out.put_slice(payload);
+                }
+                Ok(())
+            }
+            WINDOW_UPDATE => self.on_window_update(id, payload),
+            RST_STREAM => {
+                if payload.len() != 4 {
+                    return Err(FRAME_SIZE_ERROR);
+                }
+                let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                if let Some(mut st) = self.streams.remove(&id) {
+                    let kind = if code == REFUSED_STREAM {
+                        io::ErrorKind::ConnectionRefused
+                    } else {
+                        io::ErrorKind::ConnectionReset
+                    };
+                    st.fail(&io::Error::new(
+                        kind,
+                        format!("the peer reset the HTTP/2 stream (error {code:#x})"),
+                    ));
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                if payload.len() < 8 {
+                    return Err(FRAME_SIZE_ERROR);
+                }
+                let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                    & 0x7fff_ffff;
+                self.stop_taking();
+                // Streams past the last one the server took were not processed.
+                let unprocessed: Vec<u32> =
+                    self.streams.keys().copied().filter(|&s| s > last).collect();
+                for s in unprocessed {
+                    if let Some(mut st) = self.streams.remove(&s) {
+                        st.fail(&io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "the peer went away before taking the call",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            PUSH_PROMISE => Err(PROTOCOL_ERROR),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_settings(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), u32> {
+        if id != 0 {
+            return Err(PROTOCOL_ERROR);
+        }
+        if flags & ACK != 0 {
+            return Ok(());
+        }
+        if !payload.len().is_multiple_of(6) {
+            return Err(FRAME_SIZE_ERROR);
+        }
+        for setting in payload.chunks_exact(6) {
+            let key = u16::from_be_bytes([setting[0], setting[1]]);
+            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+            match key {
+                SETTINGS_HEADER_TABLE_SIZE => self.enc.set_peer_table_size(value as usize),
+                SETTINGS_MAX_CONCURRENT_STREAMS => self.max_streams = value as usize,
+                SETTINGS_INITIAL_WINDOW_SIZE => {
+                    let value = i64::from(value);
+                    if value > MAX_WINDOW {
+                        return Err(FLOW_CONTROL_ERROR);
+                    }
+                    let delta = value - self.peer_initial_window;
+                    self.peer_initial_window = value;
+                    for st in self.streams.values_mut() {
+                        st.send_window += delta;
+                    }
+                }
+                SETTINGS_MAX_FRAME_SIZE => {
+                    if !(16_384..=16_777_215).contains(&value) {
+                        return Err(PROTOCOL_ERROR);
+                    }
+                    self.max_frame = value as usize;
+                }
+                _ => {}
+            }
+        }
+        put_head(&mut self.out, 0, SETTINGS, ACK, 0);
+        self.settings_known = true;
+        Ok(())
+    }
+
+    fn on_window_update(&mut self, id: u32, payload: &[u8]) -> Result<(), u32> {
+        if payload.len() != 4 {
+            return Err(FRAME_SIZE_ERROR);
+        }
+        let inc = i64::from(
+            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
+        );
+        if id == 0 {
+            self.conn_send += inc;
+            if inc == 0 || self.conn_send > MAX_WINDOW {
+                return Err(FLOW_CONTROL_ERROR);
+            }
+        } else if let Some(st) = self.streams.get_mut(&id) {
+            st.send_window += inc;
+            if inc == 0 || st.send_window > MAX_WINDOW {
+                self.rst(id, FLOW_CONTROL_ERROR);
+                if let Some(mut st) = self.streams.remove(&id) {
+                    st.fail(&io::Error::other("HTTP/2 flow-control error"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_data(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), u32> {
+        let len = payload.len();
+        if len as i64 > self.conn_recv {
+            return Err(FLOW_CONTROL_ERROR);
+        }
+        self.conn_recv -= len as i64;
+        let data = unpad(flags, payload)?;
+        self.conn_unreleased += len - data.len();
+        let end = flags & END_STREAM != 0;
+        let Some(st) = self.streams.get_mut(&id) else {
+            self.conn_unreleased += data.len();
+            self.give_back_connection();
+            return Ok(());
+        };
+        if len as i64 > st.recv_window || st.reply.is_some() && st.parked.is_none() {
+            // Past the window, or data before the answer's head.
+            self.conn_unreleased += data.len();
+            let code = if st.parked.is_none() {
+                PROTOCOL_ERROR
+            } else {
+                FLOW_CONTROL_ERROR
+            };
+            self.rst(id, code);
+            if let Some(mut st) = self.streams.remove(&id) {
+                st.fail(&io::Error::other(
+                    "the peer broke HTTP/2 framing on the stream",
+                ));
+            }
+            self.give_back_connection();
+            return Ok(());
+        }
+        st.recv_window -= len as i64;
+        if let Some(parked) = &mut st.parked {
+            if !data.is_empty() {
+                parked
+                    .data
+                    .get_or_insert_with(BytesMut::new)
+                    .extend_from_slice(data);
+            }
+        } else if let Some(queue) = &st.queue {
+            let mut state = queue.lock();
+            if state.dropped {
+                self.conn_unreleased += data.len();
+            } else {
+                if !data.is_empty() {
+                    state.data.push_back(Bytes::copy_from_slice(data));
+                }
+                state.end |= end;
+                Queue::notify(&mut state);
+            }
+        } else {
+            self.conn_unreleased += data.len();
+        }
+        if end {
+            self.remote_end(id);
+        }
+        self.give_back_connection();
+        Ok(())
+    }
+
+    /// The server ended stream `id`.
+    fn remote_end(&mut self, id: u32) {
+        let Some(st) = self.streams.get_mut(&id) else {
+            return;
+        };
+        st.remote_closed = true;
+        st.queue = None;
+        if st.parked.is_none() && st.reply.is_none() {
+            if !st.local_closed {
+                // Answered before the request ended: the rest is not needed.
+                self.sending.retain(|&s| s != id);
+                self.rst(id, NO_ERROR);
+            }
+            self.streams.remove(&id);
+        }
+    }
+
+    fn on_header_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), u32> {
+        let mut head = AnswerHead::default();
+        self.dec
+            .decode(block, |f| head.add(f))
+            .map_err(|_| COMPRESSION_ERROR)?;
+        let Some(st) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if st.reply.is_none() || st.parked.is_some() {
+            // Trailers.
+            if head.malformed || head.status.is_some() || !end_stream {
+                self.rst(id, PROTOCOL_ERROR);
+                if let Some(mut st) = self.streams.remove(&id) {
+                    st.fail(&io::Error::other("malformed HTTP/2 trailers"));
+                }
+                return Ok(());
+            }
+            if let Some(parked) = &mut st.parked {
+                parked.trailers = Some(head.headers);
+            } else if let Some(queue) = &st.queue {
+                let mut state = queue.lock();
+                state.trailers = Some(head.headers);
+                state.end = true;
+                Queue::notify(&mut state);
+            }
+            self.remote_end(id);
+            return Ok(());
+        }
+        let status = match head.status {
+            Some(s) if !head.malformed => s,
+            _ => {
+                self.rst(id, PROTOCOL_ERROR);
+                if let Some(mut st) = self.streams.remove(&id) {
+                    st.fail(&io::Error::other("malformed HTTP/2 answer head"));
+                }
+                return Ok(());
+            }
+        };
+        if status.is_informational() {
+            return Ok(());
+        }
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = http::Version::HTTP_2;
+        parts.headers = head.headers;
+        st.parked = Some(Parked {
+            head: parts,
+            data: None,
+            trailers: None,
+        });
+        self.arrived.push(id);
+        if end_stream {
+            self.remote_end(id);
+        }
+        Ok(())
+    }
+
+    /// Hands each answer whose head arrived during the read to its caller: whole when the
+    /// stream has ended, streaming otherwise.
+    fn hand_over(&mut self) {
+        let mut arrived = std::mem::take(&mut self.arrived);
+        for id in arrived.drain(..) {
+            let Some(st) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let (Some(parked), Some(reply)) = (st.parked.take(), st.reply.take()) else {
+                continue;
+            };
+            let body = if st.remote_closed {
+                let data = parked.data.map(BytesMut::freeze);
+                self.conn_unreleased += data.as_ref().map_or(0, Bytes::len);
+                RecvBody::full(data, parked.trailers)
+            } else {
+                let queue = Arc::new(Queue::default());
+                if let Some(d) = parked.data {
+                    queue.lock().data.push_back(d.freeze());
+                }
+                st.queue = Some(queue.clone());
+                RecvBody::streaming(queue, self.shared.clone() as Arc<dyn Release>, id)
+            };
+            let sent = reply.send(Ok(Response::from_parts(parked.head, body)));
+            let done = st.remote_closed && st.local_closed;
+            if sent.is_err() && !st.remote_closed {
+                // The caller gave up.
+                self.rst(id, CANCEL);
+                self.streams.remove(&id);
+                self.sending.retain(|&s| s != id);
+            } else if done {
+                self.streams.remove(&id);
+            } else if st.remote_closed {
+                // The answer is complete before the request: the rest is not needed.
+                self.rst(id, NO_ERROR);
+                self.streams.remove(&id);
+                self.sending.retain(|&s| s != id);
+            }
+        }
+        self.arrived = arrived;
+        self.give_back_connection();
+    }
+
+    /// Gives back what answer bodies have read, and resets the streams of dropped ones.
+    fn take_releases(&mut self) {
+        let abandoned = std::mem::take(&mut *lock(&self.shared.abandoned));
+        for id in abandoned {
+            if let Some(st) = self.streams.get(&id)
+                && !st.remote_closed
+            {
+                self.rst(id, CANCEL);
+                self.streams.remove(&id);
+                self.sending.retain(|&s| s != id);
+            }
+        }
+        let released = std::mem::take(&mut *lock(&self.shared.released));
+        for (id, n) in released {
+            self.conn_unreleased += n;
+            if let Some(st) = self.streams.get_mut(&id)
+                && !st.remote_closed
+            {
+                st.unreleased += n;
+                if st.unreleased >= STREAM_WINDOW as usize / 2 {
+                    let n = std::mem::take(&mut st.unreleased);
+                    st.recv_window += n as i64;
+                    put_head(&mut self.out, 4, WINDOW_UPDATE, 0, id);
+                    self.out.put_u32(n as u32);
+                }
+            }
+        }
+        self.give_back_connection();
+    }
+
+    fn give_back_connection(&mut self) {
+        if self.conn_unreleased >= CONN_WINDOW as usize / 2 {
+            let n = std::mem::take(&mut self.conn_unreleased);
+            self.conn_recv += n as i64;
+            put_head(&mut self.out, 4, WINDOW_UPDATE, 0, 0);
+            self.out.put_u32(n as u32);
+        }
+    }
+
+    /// Fails every stream in flight.
+    fn fail_streams(&mut self, error: &io::Error) {
+        for (_, mut st) in self.streams.drain() {
+            st.fail(error);
+        }
+    }
+}
+
+/// Polls one request body and writes what it yields; true once the request has ended.
+/// Trailers are handed back in `trailers` for the caller to encode.
+fn send_body<B>(
+    id: u32,
+    st: &mut Stream<B>,
+    out: &mut BytesMut,
+    conn_send: &mut i64,
+    max_frame: usize,
+    cx: &mut Context<'_>,
+    trailers: &mut Option<HeaderMap>,
+) -> bool
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        if let Some(mut data) = st.held.take() {
+            let end = st.held_end && st.held_trailers.is_none();
+            loop {
+                let n = (data.len() as i64)
+                    .min(st.send_window)
+                    .min(*conn_send)
+                    .max(0) as usize;
+                let n = n.min(max_frame);
+                if n == 0 && !data.is_empty() {
+                    st.held = Some(data);
+                    return false;
+                }
+                let last = n == data.len();
+                put_head(out, n, DATA, if last && end { END_STREAM } else { 0 }, id);
+                out.put_slice(&data[..n]);
+                st.send_window -= n as i64;
+                *conn_send -= n as i64;
+                if last {
+                    break;
+                }
+                data.advance(n);
+            }
+            if end {
+                return true;
+            }
+        }
+        if let Some(t) = st.held_trailers.take() {
+            *trailers = Some(t);
+            return true;
+        }
+        if st.held_end {
+            put_head(out, 0, DATA, END_STREAM, id);
+            return true;
+        }
+        let Some(body) = &mut st.body else {
+            return true;
+        };
+        if out.len() >= WRITE_HIGH {
+            return false;
+        }
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(None) => {
+                st.body = None;
+                st.held_end = true;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                // The caller's body failed: the server must not take a truncated request.
+                st.body = None;
+                put_head(out, 4, RST_STREAM, 0, id);
+                out.put_u32(CANCEL);
+                st.fail(&io::Error::other("the request body failed"));
+                st.remote_closed = true;
+                return true;
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    if st.body.as_ref().is_some_and(Body::is_end_stream) {
+                        st.body = None;
+                        st.held_end = true;
+                    }
+                    if !data.is_empty() {
+                        st.held = Some(data);
+                    }
+                }
+                Err(frame) => {
+                    st.body = None;
+                    st.held_end = true;
+                    if let Ok(t) = frame.into_trailers() {
+                        st.held_trailers = Some(t);
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn unpad(flags: u8, payload: &[u8]) -> Result<&[u8], u32> {
+    crate::frame::unpad(flags, payload)
+}
+
+/// An answer head being decoded.
+#[derive(Default)]
+struct AnswerHead {
+    status: Option<StatusCode>,
+    headers: HeaderMap,
+    malformed: bool,
+}
+
+impl AnswerHead {
+    fn add(&mut self, f: &Field) {
+        let Some(value) = &f.value else {
+            self.malformed = true;
+            return;
+        };
+        match &f.name {
+            Name::Pseudo(Pseudo::Status) => match StatusCode::from_bytes(value.as_bytes()) {
+                Ok(s) if self.status.is_none() && self.headers.is_empty() => {
+                    self.status = Some(s);
+                }
+                _ => self.malformed = true,
+            },
+            Name::Pseudo(_) | Name::Invalid(_) => self.malformed = true,
+            Name::Header(name) => {
+                self.headers.append(name.clone(), value.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
