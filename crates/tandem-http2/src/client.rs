@@ -55,32 +55,29 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub enum SendError<B> {
     /// The call never left: the connection could not be made, or closed before the call was
-    /// written. The request body comes back as it was given.
+    /// written. The request comes back as it was given.
     NotSent {
         /// What went wrong.
         error: io::Error,
-        /// The body, unread.
-        body: B,
+        /// The request, its body unread.
+        request: Box<Request<B>>,
     },
     /// The call failed after (part of) it was sent.
     Failed(io::Error),
 }
 
 impl<B> SendError<B> {
-    fn not_sent(kind: io::ErrorKind, msg: &str, body: B) -> Self {
-        SendError::NotSent {
-            error: io::Error::new(kind, msg.to_owned()),
-            body,
-        }
-    }
-
-    /// The error, without the body.
+    /// The error, without the request.
     pub fn into_error(self) -> io::Error {
         match self {
             SendError::NotSent { error, .. } | SendError::Failed(error) => error,
         }
     }
 }
+
+/// The kind of error of a call that a closing connection did not take: the call is tried
+/// once more on a new connection.
+const NOT_TAKEN: io::ErrorKind = io::ErrorKind::ConnectionAborted;
 
 type Reply<B> = oneshot::Sender<Result<Response<RecvBody>, SendError<B>>>;
 
@@ -89,6 +86,16 @@ struct Call<B> {
     parts: http::request::Parts,
     body: B,
     reply: Reply<B>,
+}
+
+impl<B> Call<B> {
+    /// Sends the call back unsent.
+    fn refuse(self, kind: io::ErrorKind, why: &str) {
+        let _ = self.reply.send(Err(SendError::NotSent {
+            error: io::Error::new(kind, why.to_owned()),
+            request: Box::new(Request::from_parts(self.parts, self.body)),
+        }));
+    }
 }
 
 /// One connection's entry in the client.
@@ -122,33 +129,38 @@ where
     pub async fn send(
         &self,
         address: &str,
-        req: Request<B>,
+        mut req: Request<B>,
     ) -> Result<Response<RecvBody>, SendError<B>> {
-        let (parts, body) = req.into_parts();
-        let (reply, answer) = oneshot::channel();
-        let mut call = Call { parts, body, reply };
         // A connection found open may close before it takes the call; then a new one does.
         for _ in 0..2 {
+            let (parts, body) = req.into_parts();
+            let (reply, answer) = oneshot::channel();
             let handle = self.handle(address);
-            match handle.calls.send(call) {
-                Ok(()) => {
-                    return answer.await.unwrap_or_else(|_| {
-                        Err(SendError::Failed(io::Error::other(
+            match handle.calls.send(Call { parts, body, reply }) {
+                Ok(()) => match answer.await {
+                    Ok(Err(SendError::NotSent { error, request })) if error.kind() == NOT_TAKEN => {
+                        req = *request;
+                    }
+                    Ok(answer) => return answer,
+                    Err(_) => {
+                        return Err(SendError::Failed(io::Error::other(
                             "the HTTP/2 connection ended before the call was answered",
-                        )))
-                    });
-                }
+                        )));
+                    }
+                },
                 Err(mpsc::error::SendError(back)) => {
                     handle.open.store(false, Ordering::Release);
-                    call = back;
+                    req = Request::from_parts(back.parts, back.body);
                 }
             }
         }
-        Err(SendError::not_sent(
-            io::ErrorKind::ConnectionAborted,
-            "the HTTP/2 connection closed before the call was sent",
-            call.body,
-        ))
+        Err(SendError::NotSent {
+            error: io::Error::new(
+                NOT_TAKEN,
+                "the HTTP/2 connection closed before the call was sent",
+            ),
+            request: Box::new(req),
+        })
     }
 
     /// The open connection to `address`, or a new one (connecting in the background; calls
@@ -214,7 +226,12 @@ where
         .take()
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed"));
     conn.fail_streams(&error);
-    refuse_all(&mut conn.rx, waiting, &error);
+    // Calls not written yet go to a new connection.
+    refuse_all(
+        &mut conn.rx,
+        waiting,
+        &io::Error::new(NOT_TAKEN, error.to_string()),
+    );
 }
 
 /// Sends back, unsent, every call still queued.
@@ -224,12 +241,7 @@ fn refuse_all<B>(
     error: &io::Error,
 ) {
     rx.close();
-    let refuse = |call: Call<B>| {
-        let _ = call.reply.send(Err(SendError::NotSent {
-            error: io::Error::new(error.kind(), error.to_string()),
-            body: call.body,
-        }));
-    };
+    let refuse = |call: Call<B>| call.refuse(error.kind(), &error.to_string());
     waiting.into_iter().for_each(refuse);
     while let Ok(call) = rx.try_recv() {
         refuse(call);
@@ -440,12 +452,15 @@ where
             }
             self.take_releases();
             self.send_bodies(cx);
+            // Past the mark, reading and request bodies were skipped: once the buffer is out,
+            // go round again, or nothing would wake them.
+            let was_full = self.out.len() >= WRITE_HIGH;
             match self.poll_flush(cx) {
                 Poll::Ready(Err(e)) => {
                     self.error = Some(e);
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Ok(())) => again |= was_full,
                 Poll::Pending => {}
             }
             if self.draining && self.streams.is_empty() && self.out.is_empty() {
@@ -496,17 +511,9 @@ where
             }
             self.streams.insert(id, stream);
         }
-        if self.draining && !self.waiting.is_empty() {
-            let e = io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the HTTP/2 connection is going away",
-            );
-            let waiting = std::mem::take(&mut self.waiting);
-            for call in waiting {
-                let _ = call.reply.send(Err(SendError::NotSent {
-                    error: io::Error::new(e.kind(), e.to_string()),
-                    body: call.body,
-                }));
+        if self.draining {
+            for call in std::mem::take(&mut self.waiting) {
+                call.refuse(NOT_TAKEN, "the HTTP/2 connection is going away");
             }
         }
     }

@@ -259,9 +259,10 @@ async fn a_refused_connection_hands_the_body_back() {
         .send(&addr.to_string(), request("/x", TestBody::full("keep me")))
         .await
     {
-        Err(SendError::NotSent { error, mut body }) => {
+        Err(SendError::NotSent { error, request }) => {
             assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
-            assert_eq!(body.full.take().unwrap(), "keep me");
+            assert_eq!(request.uri(), "/x");
+            assert_eq!(request.into_body().full.take().unwrap(), "keep me");
         }
         Err(SendError::Failed(e)) => panic!("expected NotSent, got Failed({e})"),
         Ok(_) => panic!("expected an error"),

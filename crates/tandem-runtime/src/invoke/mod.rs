@@ -762,10 +762,8 @@ impl InvokeService {
                         let (parts, body) = resp.into_parts();
                         return Ok(passthrough(parts, InvokeBody::h2(body)));
                     }
-                    Err(SendError::NotSent {
-                        error,
-                        body: unread,
-                    }) => {
+                    Err(SendError::NotSent { error, request }) => {
+                        let unread = request.into_body();
                         if pick.choices > 1 && error.kind() == std::io::ErrorKind::ConnectionRefused
                         {
                             directory.failed(id, namespace, &pick.address);
