@@ -23,8 +23,6 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as AutoBuilder;
 use tandem_components::BoxError;
 use tandem_runtime::Runtime;
 use tandem_runtime::security::{PeerIdentity, SpiffeId};
@@ -62,13 +60,12 @@ pub async fn serve(
         return serve_mtls(listener, router(runtime), acceptor, shutdown).await;
     }
     let router = router(runtime.clone());
-    let builder = AutoBuilder::new(TokioExecutor::new());
     crate::http::server::accept_loop(
         listener,
         shutdown,
         "internal listener",
         move |tcp, _, mut stopped| {
-            let (runtime, router, builder) = (runtime.clone(), router.clone(), builder.clone());
+            let (runtime, router) = (runtime.clone(), router.clone());
             async move {
                 // Other sidecars open with the HTTP/2 preface; anything else is served by
                 // hyper (HTTP/1.1, or HTTP/2 from other clients).
@@ -81,15 +78,7 @@ pub async fn serve(
                     return crate::http2::serve_connection(tcp, Internal(runtime), stop).await;
                 }
                 let service = hyper_util::service::TowerToHyperService::new(router);
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stopped.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+                crate::http::server::serve_connection(tcp, service, stopped).await;
             }
         },
     )
@@ -189,16 +178,7 @@ async fn connection(
         let mut router = router.clone();
         async move { router.call(req).await }
     });
-    let builder = AutoBuilder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stopped.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    crate::http::server::serve_connection(tls, service, stopped).await;
 }
 
 /// The error body a plaintext caller gets from a sidecar that requires mTLS.

@@ -362,11 +362,7 @@ where
             (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
             (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK as u32),
         ];
-        put_head(&mut out, 6 * settings.len(), SETTINGS, 0, 0);
-        for (id, value) in settings {
-            out.put_u16(id);
-            out.put_u32(value);
-        }
+        put_settings(&mut out, &settings);
         put_head(&mut out, 4, WINDOW_UPDATE, 0, 0);
         out.put_u32((i64::from(CONN_WINDOW) - DEFAULT_WINDOW) as u32);
         let authority = http::HeaderValue::from_str(&address)
@@ -553,27 +549,7 @@ where
     }
 
     fn header_frames(&mut self, id: u32, end_stream: bool, block: &[u8]) {
-        let mut kind = HEADERS;
-        let mut flags = if end_stream { END_STREAM } else { 0 };
-        let mut rest = block;
-        loop {
-            let n = rest.len().min(self.max_frame);
-            let last = n == rest.len();
-            put_head(
-                &mut self.out,
-                n,
-                kind,
-                flags | if last { END_HEADERS } else { 0 },
-                id,
-            );
-            self.out.put_slice(&rest[..n]);
-            rest = &rest[n..];
-            if last {
-                break;
-            }
-            kind = CONTINUATION;
-            flags = 0;
-        }
+        put_header_block(&mut self.out, self.max_frame, id, end_stream, block);
     }
 
     /// Writes what request bodies have ready, as far as the windows allow.
@@ -625,17 +601,7 @@ where
 
     /// Writes what is buffered; `Ready(Ok(()))` once it is all out.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            match self.io.try_write(&self.out) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.out.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::task::ready!(self.io.poll_write_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        Poll::Ready(Ok(()))
+        crate::poll_write_all(&self.io, &mut self.out, cx)
     }
 
     fn go_away(&mut self, code: u32) {
@@ -657,19 +623,15 @@ where
     fn on_read(&mut self) -> Result<(), u32> {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut result = Ok(());
-        while rbuf.len() >= 9 {
-            let len =
-                (usize::from(rbuf[0]) << 16) | (usize::from(rbuf[1]) << 8) | usize::from(rbuf[2]);
-            if len > MAX_FRAME {
-                result = Err(FRAME_SIZE_ERROR);
-                break;
-            }
-            if rbuf.len() < 9 + len {
-                break;
-            }
-            let kind = rbuf[3];
-            let flags = rbuf[4];
-            let id = u32::from_be_bytes([rbuf[5], rbuf[6], rbuf[7], rbuf[8]]) & 0x7fff_ffff;
+        loop {
+            let (kind, flags, id, len) = match next(&rbuf) {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(code) => {
+                    result = Err(code);
+                    break;
+                }
+            };
             result = self.frame(kind, flags, id, &rbuf[9..9 + len]);
             rbuf.advance(9 + len);
             if result.is_err() {
@@ -778,12 +740,7 @@ where
         if flags & ACK != 0 {
             return Ok(());
         }
-        if !payload.len().is_multiple_of(6) {
-            return Err(FRAME_SIZE_ERROR);
-        }
-        for setting in payload.chunks_exact(6) {
-            let key = u16::from_be_bytes([setting[0], setting[1]]);
-            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+        for (key, value) in settings(payload)? {
             match key {
                 SETTINGS_HEADER_TABLE_SIZE => self.enc.set_peer_table_size(value as usize),
                 SETTINGS_MAX_CONCURRENT_STREAMS => self.max_streams = value as usize,
@@ -813,12 +770,7 @@ where
     }
 
     fn on_window_update(&mut self, id: u32, payload: &[u8]) -> Result<(), u32> {
-        if payload.len() != 4 {
-            return Err(FRAME_SIZE_ERROR);
-        }
-        let inc = i64::from(
-            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
-        );
+        let inc = window_increment(payload)?;
         if id == 0 {
             self.conn_send += inc;
             if inc == 0 || self.conn_send > MAX_WINDOW {
@@ -1076,27 +1028,19 @@ where
     B::Error: Into<BoxError>,
 {
     loop {
-        if let Some(mut data) = st.held.take() {
+        if let Some(data) = st.held.take() {
             let end = st.held_end && st.held_trailers.is_none();
-            loop {
-                let n = (data.len() as i64)
-                    .min(st.send_window)
-                    .min(*conn_send)
-                    .max(0) as usize;
-                let n = n.min(max_frame);
-                if n == 0 && !data.is_empty() {
-                    st.held = Some(data);
-                    return false;
-                }
-                let last = n == data.len();
-                put_head(out, n, DATA, if last && end { END_STREAM } else { 0 }, id);
-                out.put_slice(&data[..n]);
-                st.send_window -= n as i64;
-                *conn_send -= n as i64;
-                if last {
-                    break;
-                }
-                data.advance(n);
+            st.held = put_data(
+                out,
+                max_frame,
+                id,
+                data,
+                &mut st.send_window,
+                conn_send,
+                end,
+            );
+            if st.held.is_some() {
+                return false;
             }
             if end {
                 return true;

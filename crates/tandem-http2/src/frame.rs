@@ -85,3 +85,107 @@ pub fn put_head(buf: &mut bytes::BytesMut, len: usize, kind: u8, flags: u8, id: 
     buf.put_u8(flags);
     buf.put_u32(id);
 }
+
+/// The next complete frame at the start of `buf`: its type, flags, stream id and payload
+/// length (the payload follows the nine-byte head). `Ok(None)` while it is incomplete;
+/// `Err(FRAME_SIZE_ERROR)` for a frame larger than [`MAX_FRAME`].
+pub fn next(buf: &[u8]) -> Result<Option<(u8, u8, u32, usize)>, u32> {
+    if buf.len() < 9 {
+        return Ok(None);
+    }
+    let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+    if len > MAX_FRAME {
+        return Err(FRAME_SIZE_ERROR);
+    }
+    if buf.len() < 9 + len {
+        return Ok(None);
+    }
+    let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+    Ok(Some((buf[3], buf[4], id, len)))
+}
+
+/// A header block as HEADERS, then CONTINUATION frames past `max_frame`.
+pub fn put_header_block(
+    buf: &mut bytes::BytesMut,
+    max_frame: usize,
+    id: u32,
+    end_stream: bool,
+    block: &[u8],
+) {
+    use bytes::BufMut;
+    let mut kind = HEADERS;
+    let mut flags = if end_stream { END_STREAM } else { 0 };
+    let mut rest = block;
+    loop {
+        let n = rest.len().min(max_frame);
+        let last = n == rest.len();
+        put_head(buf, n, kind, flags | if last { END_HEADERS } else { 0 }, id);
+        buf.put_slice(&rest[..n]);
+        rest = &rest[n..];
+        if last {
+            return;
+        }
+        kind = CONTINUATION;
+        flags = 0;
+    }
+}
+
+/// As much of `data` as the stream's and the connection's send windows allow, as DATA
+/// frames of at most `max_frame` (the last one with END_STREAM when `end`); the windows are
+/// charged. Returns what is left.
+pub fn put_data(
+    buf: &mut bytes::BytesMut,
+    max_frame: usize,
+    id: u32,
+    mut data: bytes::Bytes,
+    window: &mut i64,
+    conn_window: &mut i64,
+    end: bool,
+) -> Option<bytes::Bytes> {
+    use bytes::{Buf, BufMut};
+    loop {
+        let n = (data.len() as i64).min(*window).min(*conn_window).max(0) as usize;
+        let n = n.min(max_frame);
+        if n == 0 && !data.is_empty() {
+            return Some(data);
+        }
+        let last = n == data.len();
+        put_head(buf, n, DATA, if last && end { END_STREAM } else { 0 }, id);
+        buf.put_slice(&data[..n]);
+        *window -= n as i64;
+        *conn_window -= n as i64;
+        if last {
+            return None;
+        }
+        data.advance(n);
+    }
+}
+
+/// The increment a WINDOW_UPDATE payload carries.
+pub fn window_increment(payload: &[u8]) -> Result<i64, u32> {
+    let bytes: [u8; 4] = payload.try_into().map_err(|_| FRAME_SIZE_ERROR)?;
+    Ok(i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff))
+}
+
+/// The settings a SETTINGS payload carries, as (identifier, value).
+pub fn settings(payload: &[u8]) -> Result<impl Iterator<Item = (u16, u32)> + '_, u32> {
+    if !payload.len().is_multiple_of(6) {
+        return Err(FRAME_SIZE_ERROR);
+    }
+    Ok(payload.chunks_exact(6).map(|s| {
+        (
+            u16::from_be_bytes([s[0], s[1]]),
+            u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+        )
+    }))
+}
+
+/// A SETTINGS frame with `settings`.
+pub fn put_settings(buf: &mut bytes::BytesMut, settings: &[(u16, u32)]) {
+    use bytes::BufMut;
+    put_head(buf, 6 * settings.len(), SETTINGS, 0, 0);
+    for &(id, value) in settings {
+        buf.put_u16(id);
+        buf.put_u32(value);
+    }
+}

@@ -36,28 +36,37 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = Builder::new(TokioExecutor::new());
-    accept_loop(
-        listener,
-        shutdown,
-        "HTTP server",
-        move |tcp, _, mut stopped| {
-            let service = TowerToHyperService::new(service.clone());
-            let builder = builder.clone();
-            async move {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stopped.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-            }
-        },
-    )
+    accept_loop(listener, shutdown, "HTTP server", move |tcp, _, stopped| {
+        serve_connection(tcp, TowerToHyperService::new(service.clone()), stopped)
+    })
     .await
+}
+
+/// Serves one connection with hyper (HTTP/1.1, or HTTP/2 for a client that opens with its
+/// preface) until it closes; when `stopped` changes first, lets it finish the requests it
+/// has in flight, then returns.
+pub(crate) async fn serve_connection<I, S, B>(io: I, service: S, mut stopped: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown` resolves, each with `TCP_NODELAY` and

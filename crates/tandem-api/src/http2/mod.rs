@@ -275,21 +275,7 @@ impl Out {
         scratch.clear();
         self.enc.begin(&mut scratch);
         block(&mut self.enc, &mut scratch);
-        let mut kind = HEADERS;
-        let mut flags = if end_stream { END_STREAM } else { 0 };
-        let mut rest = &scratch[..];
-        loop {
-            let n = rest.len().min(self.max_frame);
-            let last = n == rest.len();
-            self.head(n, kind, flags | if last { END_HEADERS } else { 0 }, id);
-            self.buf.put_slice(&rest[..n]);
-            rest = &rest[n..];
-            if last {
-                break;
-            }
-            kind = CONTINUATION;
-            flags = 0;
-        }
+        frame::put_header_block(&mut self.buf, self.max_frame, id, end_stream, &scratch);
         self.scratch = scratch;
     }
 
@@ -298,23 +284,16 @@ impl Out {
     }
 
     /// Sends as much of `data` as the windows allow; returns what is left.
-    fn data(&mut self, id: u32, mut data: Bytes, window: &mut i64, end: bool) -> Option<Bytes> {
-        loop {
-            let n = (data.len() as i64).min(*window).min(self.conn_send).max(0) as usize;
-            let n = n.min(self.max_frame);
-            if n == 0 && !data.is_empty() {
-                return Some(data);
-            }
-            let last = n == data.len();
-            self.head(n, DATA, if last && end { END_STREAM } else { 0 }, id);
-            self.buf.put_slice(&data[..n]);
-            *window -= n as i64;
-            self.conn_send -= n as i64;
-            if last {
-                return None;
-            }
-            data.advance(n);
-        }
+    fn data(&mut self, id: u32, data: Bytes, window: &mut i64, end: bool) -> Option<Bytes> {
+        frame::put_data(
+            &mut self.buf,
+            self.max_frame,
+            id,
+            data,
+            window,
+            &mut self.conn_send,
+            end,
+        )
     }
 }
 
@@ -384,11 +363,7 @@ where
             (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
             (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK as u32),
         ];
-        out.head(6 * settings.len(), SETTINGS, 0, 0);
-        for (id, value) in settings {
-            out.buf.put_u16(id);
-            out.buf.put_u32(value);
-        }
+        frame::put_settings(&mut out.buf, &settings);
         out.window_update(0, (i64::from(CONN_WINDOW) - DEFAULT_WINDOW) as usize);
         let shared = Arc::new(Shared {
             ready: Mutex::new(Vec::new()),
@@ -437,17 +412,7 @@ where
 
     /// Writes what is buffered; `Ready(Ok(()))` once it is all out.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while !self.out.buf.is_empty() {
-            match self.io.try_write(&self.out.buf) {
-                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.out.buf.advance(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::task::ready!(self.io.poll_write_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        Poll::Ready(Ok(()))
+        tandem_http2::poll_write_all(&self.io, &mut self.out.buf, cx)
     }
 
     /// Parses every complete frame in the read buffer.
@@ -471,18 +436,10 @@ where
             rbuf.advance(PREFACE.len());
             self.preface_done = true;
         }
-        while rbuf.len() >= 9 && !self.closing {
-            let len =
-                (usize::from(rbuf[0]) << 16) | (usize::from(rbuf[1]) << 8) | usize::from(rbuf[2]);
-            if len > MAX_FRAME {
-                return Err(ConnError(FRAME_SIZE_ERROR));
-            }
-            if rbuf.len() < 9 + len {
+        while !self.closing {
+            let Some((kind, flags, id, len)) = frame::next(rbuf).map_err(ConnError)? else {
                 break;
-            }
-            let kind = rbuf[3];
-            let flags = rbuf[4];
-            let id = u32::from_be_bytes([rbuf[5], rbuf[6], rbuf[7], rbuf[8]]) & 0x7fff_ffff;
+            };
             let result = self.frame(kind, flags, id, &rbuf[9..9 + len]);
             rbuf.advance(9 + len);
             result?;
@@ -579,12 +536,7 @@ where
                 Err(ConnError(FRAME_SIZE_ERROR))
             };
         }
-        if !payload.len().is_multiple_of(6) {
-            return Err(ConnError(FRAME_SIZE_ERROR));
-        }
-        for setting in payload.chunks_exact(6) {
-            let key = u16::from_be_bytes([setting[0], setting[1]]);
-            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+        for (key, value) in frame::settings(payload).map_err(ConnError)? {
             match key {
                 SETTINGS_HEADER_TABLE_SIZE => self.out.enc.set_peer_table_size(value as usize),
                 SETTINGS_INITIAL_WINDOW_SIZE => {
@@ -618,12 +570,7 @@ where
     }
 
     fn on_window_update(&mut self, id: u32, payload: &[u8]) -> Result<(), ConnError> {
-        if payload.len() != 4 {
-            return Err(ConnError(FRAME_SIZE_ERROR));
-        }
-        let inc = i64::from(
-            u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff,
-        );
+        let inc = frame::window_increment(payload).map_err(ConnError)?;
         if id == 0 {
             if inc == 0 {
                 return Err(ConnError(PROTOCOL_ERROR));
