@@ -45,6 +45,8 @@ const MAX_HEADER_BLOCK: usize = 1 << 20;
 const WRITE_HIGH: usize = 256 << 10;
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before TCP keepalive probes start on a connection.
+const KEEPALIVE: Duration = Duration::from_secs(60);
 /// The last stream id a connection uses before it takes no more calls.
 const LAST_STREAM_ID: u32 = (1 << 31) - 1;
 
@@ -217,6 +219,10 @@ where
         }
     };
     let _ = tcp.set_nodelay(true);
+    // A peer that vanishes without closing (its machine gone, a partition) is noticed by TCP
+    // keepalive; the connection then fails and the next call opens a new one.
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE);
+    let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
     let mut conn = Conn::new(tcp, address, rx, open);
     std::future::poll_fn(|cx| conn.poll(cx)).await;
     conn.open.store(false, Ordering::Release);
