@@ -334,7 +334,7 @@ struct Conn<B> {
     scratch: BytesMut,
     enc: hpack::Encoder,
     dec: hpack::Decoder,
-    continuation: Option<(u32, bool, BytesMut)>,
+    blocks: HeaderBlocks,
     next_id: u32,
     /// The server's first SETTINGS arrived: until then no stream is opened, so that its
     /// stream limit is known before calls go out.
@@ -369,8 +369,11 @@ where
             (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK as u32),
         ];
         put_settings(&mut out, &settings);
-        put_head(&mut out, 4, WINDOW_UPDATE, 0, 0);
-        out.put_u32((i64::from(CONN_WINDOW) - DEFAULT_WINDOW) as u32);
+        put_window_update(
+            &mut out,
+            0,
+            (i64::from(CONN_WINDOW) - DEFAULT_WINDOW) as usize,
+        );
         let authority = http::HeaderValue::from_str(&address)
             .unwrap_or_else(|_| http::HeaderValue::from_static("localhost"));
         Conn {
@@ -392,7 +395,7 @@ where
             scratch: BytesMut::new(),
             enc: hpack::Encoder::default(),
             dec: hpack::Decoder::default(),
-            continuation: None,
+            blocks: HeaderBlocks::new(MAX_HEADER_BLOCK),
             next_id: 1,
             settings_known: false,
             max_streams: usize::MAX,
@@ -582,21 +585,14 @@ where
                 let mut block = std::mem::take(&mut self.scratch);
                 block.clear();
                 self.enc.begin(&mut block);
-                for (name, value) in &t {
-                    if !connection_specific(name) {
-                        self.enc.header(&mut block, name, value);
-                    }
-                }
+                self.enc.fields(&mut block, &t);
                 self.header_frames(id, true, &block);
                 self.scratch = block;
             }
-            if done {
-                let st = self.streams.get_mut(&id);
-                if let Some(st) = st {
-                    st.local_closed = true;
-                    if st.remote_closed && st.reply.is_none() && st.parked.is_none() {
-                        self.streams.remove(&id);
-                    }
+            if done && let Some(st) = self.streams.get_mut(&id) {
+                st.local_closed = true;
+                if st.remote_closed && st.reply.is_none() && st.parked.is_none() {
+                    self.streams.remove(&id);
                 }
             }
             !done
@@ -611,18 +607,21 @@ where
     }
 
     fn go_away(&mut self, code: u32) {
-        put_head(&mut self.out, 8, GOAWAY, 0, 0);
-        self.out.put_u32(0);
-        self.out.put_u32(code);
+        put_goaway(&mut self.out, 0, code);
         self.error = Some(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("HTTP/2 protocol error {code:#x} from the peer"),
+            format!("the peer broke the HTTP/2 protocol (error {code:#x})"),
         ));
     }
 
-    fn rst(&mut self, id: u32, code: u32) {
-        put_head(&mut self.out, 4, RST_STREAM, 0, id);
-        self.out.put_u32(code);
+    /// Resets stream `id` with `code` and forgets it; whatever still waits on it fails with
+    /// `why`.
+    fn reset(&mut self, id: u32, code: u32, why: &str) {
+        put_rst(&mut self.out, id, code);
+        if let Some(mut st) = self.streams.remove(&id) {
+            st.fail(&io::Error::other(why.to_owned()));
+        }
+        self.sending.retain(|&s| s != id);
     }
 
     /// Parses every complete frame read, then hands over the answers that arrived.
@@ -650,51 +649,22 @@ where
     }
 
     fn frame(&mut self, kind: u8, flags: u8, id: u32, payload: &[u8]) -> Result<(), u32> {
-        if let Some((cid, _, _)) = &self.continuation
-            && (kind != CONTINUATION || *cid != id)
-        {
-            return Err(PROTOCOL_ERROR);
-        }
+        self.blocks.check(kind, id)?;
         match kind {
             DATA => self.on_data(flags, id, payload),
-            HEADERS => {
-                let mut fragment = unpad(flags, payload)?;
-                if flags & PRIORITY_FLAG != 0 {
-                    fragment = fragment.get(5..).ok_or(PROTOCOL_ERROR)?;
-                }
-                let end_stream = flags & END_STREAM != 0;
-                if flags & END_HEADERS != 0 {
-                    return self.on_header_block(id, end_stream, fragment);
-                }
-                self.continuation = Some((id, end_stream, BytesMut::from(fragment)));
-                Ok(())
-            }
-            CONTINUATION => {
-                let Some((cid, end_stream, mut block)) = self.continuation.take() else {
-                    return Err(PROTOCOL_ERROR);
-                };
-                if block.len() + payload.len() > MAX_HEADER_BLOCK {
-                    return Err(ENHANCE_YOUR_CALM);
-                }
-                block.extend_from_slice(payload);
-                if flags & END_HEADERS != 0 {
-                    self.on_header_block(cid, end_stream, &block)
+            HEADERS | CONTINUATION => {
+                let block = if kind == HEADERS {
+                    self.blocks.headers(flags, id, payload)?
                 } else {
-                    self.continuation = Some((cid, end_stream, block));
-                    Ok(())
+                    self.blocks.continuation(flags, payload)?
+                };
+                match block {
+                    Some((id, end_stream, block)) => self.on_header_block(id, end_stream, &block),
+                    None => Ok(()),
                 }
             }
             SETTINGS => self.on_settings(flags, id, payload),
-            PING => {
-                if payload.len() != 8 {
-                    return Err(FRAME_SIZE_ERROR);
-                }
-                if flags & ACK == 0 {
-                    put_head(&mut self.out, 8, PING, ACK, 0);
-                    self.out.put_slice(payload);
-                }
-                Ok(())
-            }
+            PING => on_ping(&mut self.out, flags, id, payload),
             WINDOW_UPDATE => self.on_window_update(id, payload),
             RST_STREAM => {
                 if payload.len() != 4 {
@@ -785,10 +755,7 @@ where
         } else if let Some(st) = self.streams.get_mut(&id) {
             st.send_window += inc;
             if inc == 0 || st.send_window > MAX_WINDOW {
-                self.rst(id, FLOW_CONTROL_ERROR);
-                if let Some(mut st) = self.streams.remove(&id) {
-                    st.fail(&io::Error::other("HTTP/2 flow-control error"));
-                }
+                self.reset(id, FLOW_CONTROL_ERROR, "HTTP/2 flow-control error");
             }
         }
         Ok(())
@@ -816,12 +783,7 @@ where
             } else {
                 FLOW_CONTROL_ERROR
             };
-            self.rst(id, code);
-            if let Some(mut st) = self.streams.remove(&id) {
-                st.fail(&io::Error::other(
-                    "the peer broke HTTP/2 framing on the stream",
-                ));
-            }
+            self.reset(id, code, "the peer broke HTTP/2 framing on the stream");
             self.give_back_connection();
             return Ok(());
         }
@@ -862,12 +824,12 @@ where
         st.remote_closed = true;
         st.queue = None;
         if st.parked.is_none() && st.reply.is_none() {
-            if !st.local_closed {
+            if st.local_closed {
+                self.streams.remove(&id);
+            } else {
                 // Answered before the request ended: the rest is not needed.
-                self.sending.retain(|&s| s != id);
-                self.rst(id, NO_ERROR);
+                self.reset(id, NO_ERROR, "answered");
             }
-            self.streams.remove(&id);
         }
     }
 
@@ -882,10 +844,7 @@ where
         if st.reply.is_none() || st.parked.is_some() {
             // Trailers.
             if head.malformed || head.status.is_some() || !end_stream {
-                self.rst(id, PROTOCOL_ERROR);
-                if let Some(mut st) = self.streams.remove(&id) {
-                    st.fail(&io::Error::other("malformed HTTP/2 trailers"));
-                }
+                self.reset(id, PROTOCOL_ERROR, "malformed HTTP/2 trailers");
                 return Ok(());
             }
             if let Some(parked) = &mut st.parked {
@@ -902,10 +861,7 @@ where
         let status = match head.status {
             Some(s) if !head.malformed => s,
             _ => {
-                self.rst(id, PROTOCOL_ERROR);
-                if let Some(mut st) = self.streams.remove(&id) {
-                    st.fail(&io::Error::other("malformed HTTP/2 answer head"));
-                }
+                self.reset(id, PROTOCOL_ERROR, "malformed HTTP/2 answer head");
                 return Ok(());
             }
         };
@@ -954,17 +910,12 @@ where
             let sent = reply.send(Ok(Response::from_parts(parked.head, body)));
             let done = st.remote_closed && st.local_closed;
             if sent.is_err() && !st.remote_closed {
-                // The caller gave up.
-                self.rst(id, CANCEL);
-                self.streams.remove(&id);
-                self.sending.retain(|&s| s != id);
+                self.reset(id, CANCEL, "the caller gave up");
             } else if done {
                 self.streams.remove(&id);
             } else if st.remote_closed {
                 // The answer is complete before the request: the rest is not needed.
-                self.rst(id, NO_ERROR);
-                self.streams.remove(&id);
-                self.sending.retain(|&s| s != id);
+                self.reset(id, NO_ERROR, "answered");
             }
         }
         self.arrived = arrived;
@@ -975,12 +926,8 @@ where
     fn take_releases(&mut self) {
         let abandoned = std::mem::take(&mut *lock(&self.shared.abandoned));
         for id in abandoned {
-            if let Some(st) = self.streams.get(&id)
-                && !st.remote_closed
-            {
-                self.rst(id, CANCEL);
-                self.streams.remove(&id);
-                self.sending.retain(|&s| s != id);
+            if self.streams.get(&id).is_some_and(|st| !st.remote_closed) {
+                self.reset(id, CANCEL, "the answer body was dropped");
             }
         }
         let released = std::mem::take(&mut *lock(&self.shared.released));
@@ -993,8 +940,7 @@ where
                 if st.unreleased >= STREAM_WINDOW as usize / 2 {
                     let n = std::mem::take(&mut st.unreleased);
                     st.recv_window += n as i64;
-                    put_head(&mut self.out, 4, WINDOW_UPDATE, 0, id);
-                    self.out.put_u32(n as u32);
+                    put_window_update(&mut self.out, id, n);
                 }
             }
         }
@@ -1005,8 +951,7 @@ where
         if self.conn_unreleased >= CONN_WINDOW as usize / 2 {
             let n = std::mem::take(&mut self.conn_unreleased);
             self.conn_recv += n as i64;
-            put_head(&mut self.out, 4, WINDOW_UPDATE, 0, 0);
-            self.out.put_u32(n as u32);
+            put_window_update(&mut self.out, 0, n);
         }
     }
 
@@ -1075,8 +1020,7 @@ where
             Poll::Ready(Some(Err(_))) => {
                 // The caller's body failed: the server must not take a truncated request.
                 st.body = None;
-                put_head(out, 4, RST_STREAM, 0, id);
-                out.put_u32(CANCEL);
+                put_rst(out, id, CANCEL);
                 st.fail(&io::Error::other("the request body failed"));
                 st.remote_closed = true;
                 return true;
@@ -1101,10 +1045,6 @@ where
             },
         }
     }
-}
-
-fn unpad(flags: u8, payload: &[u8]) -> Result<&[u8], u32> {
-    crate::frame::unpad(flags, payload)
 }
 
 /// An answer head being decoded.

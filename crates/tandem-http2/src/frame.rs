@@ -189,3 +189,117 @@ pub fn put_settings(buf: &mut bytes::BytesMut, settings: &[(u16, u32)]) {
         buf.put_u32(value);
     }
 }
+
+/// A RST_STREAM frame.
+pub fn put_rst(buf: &mut bytes::BytesMut, id: u32, code: u32) {
+    use bytes::BufMut;
+    put_head(buf, 4, RST_STREAM, 0, id);
+    buf.put_u32(code);
+}
+
+/// A WINDOW_UPDATE frame giving back `n` bytes.
+pub fn put_window_update(buf: &mut bytes::BytesMut, id: u32, n: usize) {
+    use bytes::BufMut;
+    put_head(buf, 4, WINDOW_UPDATE, 0, id);
+    buf.put_u32(n as u32);
+}
+
+/// A GOAWAY frame.
+pub fn put_goaway(buf: &mut bytes::BytesMut, last_id: u32, code: u32) {
+    use bytes::BufMut;
+    put_head(buf, 8, GOAWAY, 0, 0);
+    buf.put_u32(last_id);
+    buf.put_u32(code);
+}
+
+/// A received PING: checked, and answered unless it is itself an answer.
+pub fn on_ping(buf: &mut bytes::BytesMut, flags: u8, id: u32, payload: &[u8]) -> Result<(), u32> {
+    use bytes::BufMut;
+    if id != 0 {
+        return Err(PROTOCOL_ERROR);
+    }
+    if payload.len() != 8 {
+        return Err(FRAME_SIZE_ERROR);
+    }
+    if flags & ACK == 0 {
+        put_head(buf, 8, PING, ACK, 0);
+        buf.put_slice(payload);
+    }
+    Ok(())
+}
+
+/// Header blocks as they arrive: whole in one HEADERS frame, or split over HEADERS and
+/// CONTINUATION frames, during which no other frame may come.
+pub struct HeaderBlocks {
+    /// A block waiting for its CONTINUATIONs: its stream, whether it ends the stream, and
+    /// what has arrived.
+    pending: Option<(u32, bool, Vec<u8>)>,
+    /// The largest block accepted.
+    max: usize,
+}
+
+/// A complete header block: its stream, whether it ends the stream, and its bytes.
+pub type HeaderBlock<'a> = (u32, bool, std::borrow::Cow<'a, [u8]>);
+
+impl HeaderBlocks {
+    /// Accepts blocks of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        HeaderBlocks { pending: None, max }
+    }
+
+    /// Whether a block waits for its CONTINUATION frames.
+    pub fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Checks a frame's type and stream against a block waiting for its CONTINUATIONs.
+    pub fn check(&self, kind: u8, id: u32) -> Result<(), u32> {
+        match &self.pending {
+            Some((pid, _, _)) if kind != CONTINUATION || *pid != id => Err(PROTOCOL_ERROR),
+            _ => Ok(()),
+        }
+    }
+
+    /// A HEADERS frame: its block when it is complete, `None` while CONTINUATIONs follow.
+    pub fn headers<'a>(
+        &mut self,
+        flags: u8,
+        id: u32,
+        payload: &'a [u8],
+    ) -> Result<Option<HeaderBlock<'a>>, u32> {
+        if id == 0 {
+            return Err(PROTOCOL_ERROR);
+        }
+        let mut fragment = unpad(flags, payload)?;
+        if flags & PRIORITY_FLAG != 0 {
+            fragment = fragment.get(5..).ok_or(PROTOCOL_ERROR)?;
+        }
+        let end_stream = flags & END_STREAM != 0;
+        if flags & END_HEADERS != 0 {
+            return Ok(Some((id, end_stream, fragment.into())));
+        }
+        self.pending = Some((id, end_stream, fragment.to_vec()));
+        Ok(None)
+    }
+
+    /// A CONTINUATION frame (already [`check`](Self::check)ed): the block when it is
+    /// complete.
+    pub fn continuation<'a>(
+        &mut self,
+        flags: u8,
+        payload: &[u8],
+    ) -> Result<Option<HeaderBlock<'a>>, u32> {
+        let Some((id, end_stream, mut block)) = self.pending.take() else {
+            return Err(PROTOCOL_ERROR);
+        };
+        if block.len() + payload.len() > self.max {
+            return Err(ENHANCE_YOUR_CALM);
+        }
+        block.extend_from_slice(payload);
+        if flags & END_HEADERS != 0 {
+            return Ok(Some((id, end_stream, block.into())));
+        }
+        self.pending = Some((id, end_stream, block));
+        Ok(None)
+    }
+}

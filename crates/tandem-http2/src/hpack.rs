@@ -456,6 +456,15 @@ impl Encoder {
         self.field(dst, name.as_bytes(), value, false);
     }
 
+    /// Every field of `fields` that HTTP/2 allows: connection-specific ones are left out.
+    pub fn fields(&mut self, dst: &mut BytesMut, fields: &http::HeaderMap) {
+        for (name, value) in fields {
+            if !crate::frame::connection_specific(name) {
+                self.header(dst, name, value);
+            }
+        }
+    }
+
     /// One header.
     pub fn header(&mut self, dst: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
         self.field(

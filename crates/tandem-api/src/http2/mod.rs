@@ -255,13 +255,11 @@ impl Out {
     }
 
     fn rst(&mut self, id: u32, code: u32) {
-        self.head(4, RST_STREAM, 0, id);
-        self.buf.put_u32(code);
+        frame::put_rst(&mut self.buf, id, code);
     }
 
     fn window_update(&mut self, id: u32, n: usize) {
-        self.head(4, WINDOW_UPDATE, 0, id);
-        self.buf.put_u32(n as u32);
+        frame::put_window_update(&mut self.buf, id, n);
     }
 
     /// A header block (HEADERS, then CONTINUATIONs past the peer's frame size).
@@ -280,7 +278,7 @@ impl Out {
     }
 
     fn trailers(&mut self, id: u32, trailers: &HeaderMap) {
-        self.headers(id, true, |enc, dst| encode_fields(enc, dst, trailers));
+        self.headers(id, true, |enc, dst| enc.fields(dst, trailers));
     }
 
     /// Sends as much of `data` as the windows allow; returns what is left.
@@ -294,15 +292,6 @@ impl Out {
             &mut self.conn_send,
             end,
         )
-    }
-}
-
-/// Every field of `fields` that HTTP/2 allows.
-fn encode_fields(enc: &mut hpack::Encoder, dst: &mut BytesMut, fields: &HeaderMap) {
-    for (name, value) in fields {
-        if !connection_specific(name) {
-            enc.header(dst, name, value);
-        }
     }
 }
 
@@ -321,8 +310,8 @@ struct Connection<S: Service<http::Request<RecvBody>>, B> {
     parked: Vec<u32>,
     ready: Vec<u32>,
     preface_done: bool,
-    /// A header block still waiting for its CONTINUATION frames.
-    continuation: Option<(u32, bool, BytesMut)>,
+    /// Header blocks, split over CONTINUATION frames or not.
+    blocks: frame::HeaderBlocks,
     last_id: u32,
     /// The last request's URI and the pseudo-headers it was made of: a client calling one
     /// method over and over sends the same values each time.
@@ -381,7 +370,7 @@ where
             parked: Vec::new(),
             ready: Vec::new(),
             preface_done: false,
-            continuation: None,
+            blocks: frame::HeaderBlocks::new(MAX_HEADER_BLOCK),
             last_id: 0,
             last_uri: None,
             peer_initial_window: DEFAULT_WINDOW,
@@ -448,43 +437,22 @@ where
     }
 
     fn frame(&mut self, kind: u8, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
-        if let Some((cid, _, _)) = &self.continuation
-            && (kind != CONTINUATION || *cid != id)
-        {
-            return Err(ConnError(PROTOCOL_ERROR));
-        }
+        self.blocks.check(kind, id).map_err(ConnError)?;
         match kind {
             DATA => self.on_data(flags, id, payload),
-            HEADERS => self.on_headers(flags, id, payload),
-            CONTINUATION => {
-                let Some((cid, end_stream, mut block)) = self.continuation.take() else {
-                    return Err(ConnError(PROTOCOL_ERROR));
-                };
-                if block.len() + payload.len() > MAX_HEADER_BLOCK {
-                    return Err(ConnError(ENHANCE_YOUR_CALM));
-                }
-                block.extend_from_slice(payload);
-                if flags & END_HEADERS != 0 {
-                    self.on_header_block(cid, end_stream, &block)
+            HEADERS | CONTINUATION => {
+                let block = if kind == HEADERS {
+                    self.blocks.headers(flags, id, payload)
                 } else {
-                    self.continuation = Some((cid, end_stream, block));
-                    Ok(())
+                    self.blocks.continuation(flags, payload)
+                };
+                match block.map_err(ConnError)? {
+                    Some((id, end_stream, block)) => self.on_header_block(id, end_stream, &block),
+                    None => Ok(()),
                 }
             }
             SETTINGS => self.on_settings(flags, id, payload),
-            PING => {
-                if id != 0 {
-                    return Err(ConnError(PROTOCOL_ERROR));
-                }
-                if payload.len() != 8 {
-                    return Err(ConnError(FRAME_SIZE_ERROR));
-                }
-                if flags & ACK == 0 {
-                    self.out.head(8, PING, ACK, 0);
-                    self.out.buf.put_slice(payload);
-                }
-                Ok(())
-            }
+            PING => frame::on_ping(&mut self.out.buf, flags, id, payload).map_err(ConnError),
             WINDOW_UPDATE => self.on_window_update(id, payload),
             RST_STREAM => {
                 if id == 0 {
@@ -675,22 +643,6 @@ where
             self.streams.remove(&id);
         }
         self.give_back_connection();
-        Ok(())
-    }
-
-    fn on_headers(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
-        if id == 0 {
-            return Err(ConnError(PROTOCOL_ERROR));
-        }
-        let mut fragment = unpad(flags, payload)?;
-        if flags & PRIORITY_FLAG != 0 {
-            fragment = fragment.get(5..).ok_or(ConnError(PROTOCOL_ERROR))?;
-        }
-        let end_stream = flags & END_STREAM != 0;
-        if flags & END_HEADERS != 0 {
-            return self.on_header_block(id, end_stream, fragment);
-        }
-        self.continuation = Some((id, end_stream, BytesMut::from(fragment)));
         Ok(())
     }
 
@@ -896,9 +848,7 @@ where
     }
 
     fn go_away(&mut self, code: u32) {
-        self.out.head(8, GOAWAY, 0, 0);
-        self.out.buf.put_u32(self.last_id);
-        self.out.buf.put_u32(code);
+        frame::put_goaway(&mut self.out.buf, self.last_id, code);
         self.goaway_sent = true;
     }
 
@@ -912,7 +862,7 @@ where
     }
 
     fn finished(&self) -> bool {
-        let idle = self.streams.is_empty() && self.continuation.is_none();
+        let idle = self.streams.is_empty() && !self.blocks.is_pending();
         self.out.buf.is_empty()
             && (self.closing || !self.reading || ((self.goaway_sent || self.peer_goaway) && idle))
     }
@@ -935,7 +885,7 @@ where
         let end = body.is_end_stream();
         out.headers(id, end, |enc, dst| {
             enc.status(dst, parts.status);
-            encode_fields(enc, dst, &parts.headers);
+            enc.fields(dst, &parts.headers);
         });
         if end {
             st.local_closed = true;

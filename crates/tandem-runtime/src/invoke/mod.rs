@@ -750,71 +750,79 @@ impl InvokeService {
                 .map_err(|e| format!("invalid address {}: {e}", pick.address))?;
             // Keep what a retry needs only when there is somewhere else to go.
             let spare = (pick.choices > 1 && attempt < MAX_ATTEMPTS).then(|| headers.clone());
-            if mtls.is_none() && !grpc {
-                let mut request = Request::new(body);
-                *request.method_mut() = verb.clone();
-                *request.uri_mut() = uri;
-                *request.headers_mut() = headers;
-                match self.sidecars.send(&pick.address, request).await {
-                    Ok(resp) => {
-                        self.metrics
-                            .invocation_answered(id, resp.status().as_str(), start);
-                        let (parts, body) = resp.into_parts();
-                        return Ok(passthrough(parts, InvokeBody::h2(body)));
-                    }
-                    Err(SendError::NotSent { error, request }) => {
-                        let unread = request.into_body();
-                        if pick.choices > 1 && error.kind() == std::io::ErrorKind::ConnectionRefused
-                        {
-                            directory.failed(id, namespace, &pick.address);
-                        }
-                        match spare {
-                            Some(h) => {
-                                tracing::debug!(app_id = id, address = %pick.address, error = %error, "call not sent; trying another instance");
-                                body = unread;
-                                headers = h;
-                                continue;
-                            }
-                            None => return Err(self.sidecar_error(&pick.address, &error)),
-                        }
-                    }
-                    Err(SendError::Failed(e)) => {
-                        return Err(self.sidecar_error(&pick.address, &e));
-                    }
-                }
-            }
-            let (replayable, mut back) = Replayable::new(body);
-            let mut request = Request::new(replayable);
+            let mut request = Request::new(body);
             *request.method_mut() = verb.clone();
             *request.uri_mut() = uri;
             *request.headers_mut() = headers;
-            let sent = match &mtls {
-                Some(c) if grpc => c.h2.request(request).await,
-                Some(c) => c.h1.request(request).await,
-                None => self.sidecars_h2.request(request).await,
-            };
-            match sent {
-                Ok(resp) => {
+            let error = match self
+                .attempt(mtls.as_deref(), grpc, &pick.address, request)
+                .await
+            {
+                Attempt::Answered(resp) => {
                     self.metrics
                         .invocation_answered(id, resp.status().as_str(), start);
-                    let (parts, body) = resp.into_parts();
-                    return Ok(passthrough(parts, InvokeBody::incoming(body)));
+                    return Ok(resp);
                 }
-                Err(e) if e.is_connect() => {
-                    if pick.choices > 1 {
+                Attempt::NotSent {
+                    body: unread,
+                    refused,
+                    error,
+                } => {
+                    if refused && pick.choices > 1 {
                         directory.failed(id, namespace, &pick.address);
                     }
-                    match (back.try_recv(), spare) {
-                        (Ok(unread), Some(h)) => {
-                            tracing::debug!(app_id = id, address = %pick.address, "connection refused; trying another instance");
+                    match (unread, spare) {
+                        (Some(unread), Some(h)) => {
+                            tracing::debug!(app_id = id, address = %pick.address, error = %error, "call not sent; trying another instance");
                             body = unread;
                             headers = h;
+                            continue;
                         }
-                        _ => return Err(self.sidecar_error(&pick.address, &e)),
+                        _ => error,
                     }
                 }
-                Err(e) => return Err(self.sidecar_error(&pick.address, &e)),
-            }
+                Attempt::Failed(error) => error,
+            };
+            return Err(error);
+        }
+    }
+
+    /// Sends one call to the sidecar at `address`: plain calls over the multiplexed HTTP/2
+    /// client, mTLS and proxied gRPC calls over hyper.
+    async fn attempt(
+        &self,
+        mtls: Option<&MtlsClients>,
+        grpc: bool,
+        address: &str,
+        request: Request<AppBody>,
+    ) -> Attempt {
+        if mtls.is_none() && !grpc {
+            return match self.sidecars.send(address, request).await {
+                Ok(resp) => Attempt::Answered(passthrough(resp.map(InvokeBody::h2))),
+                Err(SendError::NotSent { error, request }) => Attempt::NotSent {
+                    body: Some(request.into_body()),
+                    refused: error.kind() == std::io::ErrorKind::ConnectionRefused,
+                    error: self.sidecar_error(address, &error),
+                },
+                Err(SendError::Failed(e)) => Attempt::Failed(self.sidecar_error(address, &e)),
+            };
+        }
+        let (parts, body) = request.into_parts();
+        let (replayable, mut back) = Replayable::new(body);
+        let request = Request::from_parts(parts, replayable);
+        let sent = match mtls {
+            Some(c) if grpc => c.h2.request(request).await,
+            Some(c) => c.h1.request(request).await,
+            None => self.sidecars_h2.request(request).await,
+        };
+        match sent {
+            Ok(resp) => Attempt::Answered(passthrough(resp.map(InvokeBody::incoming))),
+            Err(e) if e.is_connect() => Attempt::NotSent {
+                body: back.try_recv().ok(),
+                refused: true,
+                error: self.sidecar_error(address, &e),
+            },
+            Err(e) => Attempt::Failed(self.sidecar_error(address, &e)),
         }
     }
 
@@ -843,12 +851,24 @@ impl InvokeService {
         self.external
             .request(request)
             .await
-            .map(|resp| {
-                let (parts, body) = resp.into_parts();
-                passthrough(parts, InvokeBody::incoming(body))
-            })
+            .map(|resp| passthrough(resp.map(InvokeBody::incoming)))
             .map_err(|e| crate::error::error_chain(&e))
     }
+}
+
+/// What one attempt at calling a sidecar came to.
+enum Attempt {
+    /// The sidecar answered.
+    Answered(InvokeResponse),
+    /// The call never left; its body is back when it could be taken back, and `refused` says
+    /// whether the sidecar refused the connection.
+    NotSent {
+        body: Option<AppBody>,
+        refused: bool,
+        error: String,
+    },
+    /// The call failed after it left.
+    Failed(String),
 }
 
 /// A call on its way to a target.
@@ -943,12 +963,12 @@ impl AppGrpcStatus {
 }
 
 /// A response from another sidecar or an external endpoint, hop-by-hop headers removed.
-fn passthrough(mut parts: http::response::Parts, body: InvokeBody) -> InvokeResponse {
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some(st) = AppGrpcStatus::from_headers(&mut parts.headers) {
-        parts.extensions.insert(st);
+fn passthrough(mut resp: InvokeResponse) -> InvokeResponse {
+    headers::strip_hop_by_hop(resp.headers_mut());
+    if let Some(st) = AppGrpcStatus::from_headers(resp.headers_mut()) {
+        resp.extensions_mut().insert(st);
     }
-    Response::from_parts(parts, body)
+    resp
 }
 
 /// Calls the local app: a plain request to an HTTP app, `OnInvoke` for a gRPC app, and a
