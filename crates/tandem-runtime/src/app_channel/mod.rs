@@ -1,8 +1,9 @@
 //! The app channel: how the sidecar calls its application, over HTTP or gRPC.
 //!
-//! One pooled client per app (keep-alive connections reused; HTTP/2 with prior knowledge for
-//! `--app-protocol h2c` and `grpc`, one multiplexed connection; TLS without certificate
-//! verification for `https` and `grpcs`, as daprd does for an app on the same host), the
+//! One pooled client per app: keep-alive connections reused, through Tandem's own HTTP/1.1
+//! client ([`http1`]) for `--app-protocol http`, and hyper's for the others (HTTP/2 with prior
+//! knowledge for `h2c` and `grpc`, one multiplexed connection; TLS without certificate
+//! verification for `https` and `grpcs`, as daprd does for an app on the same host). The
 //! `APP_API_TOKEN` header on every call but health probes, the `--app-max-concurrency` bound,
 //! waiting for the app port to open (with backoff, not a busy loop), and app health checks
 //! that pause deliveries while the app is unhealthy.
@@ -11,9 +12,12 @@
 //! `AppCallback` services ([`grpc`]), with the same semantics.
 
 pub mod grpc;
+mod http1;
 mod tls;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -134,6 +138,8 @@ pub(crate) type Connector = HttpsConnector<HttpConnector>;
 /// The sidecar's channel to its app.
 pub struct AppChannel {
     client: Client<Connector, AppBody>,
+    /// The client for plain HTTP apps.
+    http1: Option<Arc<http1::Pool>>,
     protocol: AppProtocol,
     base: String,
     token: Option<HeaderValue>,
@@ -146,8 +152,47 @@ pub struct AppChannel {
 /// A response from the app, holding its concurrency permit until dropped.
 pub struct AppResponse {
     /// The response.
-    pub response: Response<Incoming>,
+    pub response: Response<AnswerBody>,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The body of an app's answer, streamed as it arrives.
+#[derive(Debug)]
+pub struct AnswerBody(Answer);
+
+#[derive(Debug)]
+enum Answer {
+    Http1(http1::Body),
+    Hyper(Incoming),
+}
+
+impl hyper::body::Body for AnswerBody {
+    type Data = Bytes;
+    type Error = tandem_components::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match &mut self.0 {
+            Answer::Http1(b) => Pin::new(b).poll_frame(cx),
+            Answer::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Answer::Http1(b) => b.is_end_stream(),
+            Answer::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match &self.0 {
+            Answer::Http1(b) => b.size_hint(),
+            Answer::Hyper(b) => b.size_hint(),
+        }
+    }
 }
 
 impl AppChannel {
@@ -175,8 +220,11 @@ impl AppChannel {
             options.address.clone()
         };
         let scheme = if protocol.tls() { "https" } else { "http" };
+        let http1 = (protocol == AppProtocol::Http)
+            .then(|| Arc::new(http1::Pool::new(&options.address, options.port)));
         Arc::new(Self {
             client,
+            http1,
             protocol,
             base: format!("{scheme}://{host}:{}", options.port),
             token: options
@@ -310,6 +358,13 @@ impl AppChannel {
         if self.is_grpc() {
             return grpc::health_check(self, check.timeout).await;
         }
+        if let Some(pool) = &self.http1 {
+            let req = Request::new(empty_body());
+            return match tokio::time::timeout(check.timeout, pool.send(req, &check.path)).await {
+                Ok(Ok(resp)) => resp.status().is_success(),
+                _ => false,
+            };
+        }
         let Ok(uri) = format!("{}{}", self.base, check.path).parse::<Uri>() else {
             return false;
         };
@@ -356,10 +411,12 @@ impl AppChannel {
         path_and_query: &str,
     ) -> Result<AppResponse, AppError> {
         let permit = self.admit().await?;
-        let uri: Uri = format!("{}{}", self.base, path_and_query)
-            .parse()
-            .map_err(|e| AppError::Transport(format!("invalid path: {e}")))?;
-        *req.uri_mut() = uri;
+        if self.http1.is_none() {
+            let uri: Uri = format!("{}{}", self.base, path_and_query)
+                .parse()
+                .map_err(|e| AppError::Transport(format!("invalid path: {e}")))?;
+            *req.uri_mut() = uri;
+        }
         if let Some(token) = &self.token {
             req.headers_mut().insert("dapr-api-token", token.clone());
         }
@@ -369,7 +426,18 @@ impl AppChannel {
                 .unwrap_or(0);
             (m, req.method().clone(), sent, std::time::Instant::now())
         });
-        let result = self.client.request(req).await;
+        let result = match &self.http1 {
+            Some(pool) => pool
+                .send(req, path_and_query)
+                .await
+                .map(|r| r.map(|b| AnswerBody(Answer::Http1(b)))),
+            None => self
+                .client
+                .request(req)
+                .await
+                .map(|r| r.map(|b| AnswerBody(Answer::Hyper(b))))
+                .map_err(|e| crate::error::error_chain(&e)),
+        };
         if let Some((m, method, sent, start)) = measure {
             let (status, received) = match &result {
                 Ok(r) => (
@@ -391,7 +459,7 @@ impl AppChannel {
                 start,
             );
         }
-        let response = result.map_err(|e| AppError::Transport(crate::error::error_chain(&e)))?;
+        let response = result.map_err(AppError::Transport)?;
         Ok(AppResponse {
             response,
             _permit: permit,
