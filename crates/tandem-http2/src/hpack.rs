@@ -176,6 +176,81 @@ const STATIC: [(&str, &str); 61] = [
     ("www-authenticate", ""),
 ];
 
+/// The first index of the static table with this name, and the index of an entry with this
+/// name and value if there is one; zeros when the name is not in the table.
+fn static_index(name: &[u8], value: &[u8]) -> (usize, usize) {
+    let first = match name {
+        b":authority" => 1,
+        b":method" => 2,
+        b":path" => 4,
+        b":scheme" => 6,
+        b":status" => 8,
+        b"accept-charset" => 15,
+        b"accept-encoding" => 16,
+        b"accept-language" => 17,
+        b"accept-ranges" => 18,
+        b"accept" => 19,
+        b"access-control-allow-origin" => 20,
+        b"age" => 21,
+        b"allow" => 22,
+        b"authorization" => 23,
+        b"cache-control" => 24,
+        b"content-disposition" => 25,
+        b"content-encoding" => 26,
+        b"content-language" => 27,
+        b"content-length" => 28,
+        b"content-location" => 29,
+        b"content-range" => 30,
+        b"content-type" => 31,
+        b"cookie" => 32,
+        b"date" => 33,
+        b"etag" => 34,
+        b"expect" => 35,
+        b"expires" => 36,
+        b"from" => 37,
+        b"host" => 38,
+        b"if-match" => 39,
+        b"if-modified-since" => 40,
+        b"if-none-match" => 41,
+        b"if-range" => 42,
+        b"if-unmodified-since" => 43,
+        b"last-modified" => 44,
+        b"link" => 45,
+        b"location" => 46,
+        b"max-forwards" => 47,
+        b"proxy-authenticate" => 48,
+        b"proxy-authorization" => 49,
+        b"range" => 50,
+        b"referer" => 51,
+        b"refresh" => 52,
+        b"retry-after" => 53,
+        b"server" => 54,
+        b"set-cookie" => 55,
+        b"strict-transport-security" => 56,
+        b"transfer-encoding" => 57,
+        b"user-agent" => 58,
+        b"vary" => 59,
+        b"via" => 60,
+        b"www-authenticate" => 61,
+        _ => return (0, 0),
+    };
+    let exact = STATIC[first - 1..]
+        .iter()
+        .take_while(|(n, _)| n.as_bytes() == name)
+        .position(|(_, v)| v.as_bytes() == value)
+        .map_or(0, |i| first + i);
+    (first, exact)
+}
+
+/// Fields whose values differ from one message to the next: inserting them into the table
+/// would only push out the ones that repeat.
+fn changes_every_time(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"traceparent" | b"grpc-trace-bin" | b"x-request-id" | b"date"
+    )
+}
+
 static STATIC_FIELDS: LazyLock<Vec<Field>> = LazyLock::new(|| {
     STATIC
         .iter()
@@ -476,7 +551,12 @@ impl Encoder {
     }
 
     fn field(&mut self, dst: &mut BytesMut, name: &[u8], value: &[u8], sensitive: bool) {
-        let mut name_index = 0;
+        let (static_name, exact) = static_index(name, value);
+        if exact != 0 && !sensitive {
+            put_integer(dst, 0x80, 7, exact);
+            return;
+        }
+        let mut name_index = static_name;
         if !sensitive {
             for (i, (n, v, _)) in self.table.iter().enumerate() {
                 if &n[..] == name {
@@ -490,10 +570,8 @@ impl Encoder {
                 }
             }
         }
-        if let Some(i) = STATIC.iter().position(|(n, _)| n.as_bytes() == name) {
-            name_index = i + 1;
-        }
-        let index = !sensitive && name.len() + value.len() <= INDEX_AT_MOST;
+        let index =
+            !sensitive && name.len() + value.len() <= INDEX_AT_MOST && !changes_every_time(name);
         let (flags, prefix) = match (sensitive, index) {
             (true, _) => (0x10, 4),
             (false, true) => (0x40, 6),
@@ -705,6 +783,22 @@ mod tests {
         // Indexed from the second block on: status 418, content-type and grpc-status are one
         // byte each.
         assert!(sizes[1] < sizes[0] - 30, "{sizes:?}");
+    }
+
+    #[test]
+    fn static_lookup_agrees_with_the_table() {
+        for (i, (n, v)) in STATIC.iter().enumerate() {
+            let first = STATIC.iter().position(|(m, _)| m == n).unwrap() + 1;
+            assert_eq!(
+                static_index(n.as_bytes(), v.as_bytes()),
+                (first, i + 1),
+                "{n}: {v}"
+            );
+            assert_eq!(static_index(n.as_bytes(), b"\x01other").0, first);
+        }
+        assert_eq!(static_index(b":method", b"PUT"), (2, 0));
+        assert_eq!(static_index(b"x-custom", b""), (0, 0));
+        assert_eq!(static_index(b"content-typ", b""), (0, 0));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!
 //! Answers: interim `1xx` heads are skipped; bodies framed by `Content-Length`, chunked
 //! (trailers are read and dropped) or by the end of the connection; `HEAD` answers and
-//! `204`/`304` have none. Heads are limited to 64 KiB and 128 fields.
+//! `204`/`304` have none. Heads are limited to 64 KiB and 100 fields (as hyper's client).
 //!
 //! Idle connections are kept for 90 seconds, newest first. One that the app closed (or that
 //! has unexpected bytes waiting) is noticed from its readiness before it is used, without a
@@ -24,6 +24,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
@@ -46,7 +47,7 @@ const MAX_IDLE: usize = 1024;
 /// The largest answer head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in an answer head.
-const MAX_FIELDS: usize = 128;
+const MAX_FIELDS: usize = 100;
 /// Request bodies up to this size are written with the head and can be sent again.
 const BUFFERED_BODY: u64 = 64 * 1024;
 /// The longest chunk-size or trailer line accepted.
@@ -97,7 +98,13 @@ impl Pool {
             return Err(format!("invalid path: {path_and_query:?}"));
         }
         let (parts, mut body) = req.into_parts();
-        let mut out = BytesMut::with_capacity(512);
+        // Room for the head and, when it is short, the body written with it.
+        let buffered = body
+            .size_hint()
+            .exact()
+            .filter(|n| *n <= BUFFERED_BODY)
+            .unwrap_or(0);
+        let mut out = BytesMut::with_capacity(512 + buffered as usize);
         out.put_slice(parts.method.as_str().as_bytes());
         out.put_u8(b' ');
         out.put_slice(path_and_query.as_bytes());
@@ -506,9 +513,13 @@ impl Conn {
     /// interim head was skipped.
     fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, HeadError> {
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-            let mut parsed = httparse::Response::new(&mut fields);
-            let len = match parsed.parse(&self.buf) {
+            let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                &mut parsed,
+                &self.buf,
+                &mut fields,
+            ) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(e) => return Err(HeadError::Invalid(e.to_string())),
@@ -522,14 +533,15 @@ impl Conn {
             // Where each field's name and value sit in the head, so that the values can share
             // the head's bytes instead of being copied.
             let base = self.buf.as_ptr() as usize;
-            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
+            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
             let count = parsed.headers.len();
             for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+                // The buffer stays far below 4 GiB: a head is at most `MAX_HEAD` bytes.
                 *span = (
-                    field.name.as_ptr() as usize - base,
-                    field.name.len(),
-                    field.value.as_ptr() as usize - base,
-                    field.value.len(),
+                    (field.name.as_ptr() as usize - base) as u32,
+                    field.name.len() as u32,
+                    (field.value.as_ptr() as usize - base) as u32,
+                    field.value.len() as u32,
                 );
             }
             let status = StatusCode::from_u16(code)
@@ -547,6 +559,8 @@ impl Conn {
             let head = self.buf.split_to(len).freeze();
             let mut headers = HeaderMap::with_capacity(count);
             for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+                let (name_at, name_len) = (name_at as usize, name_len as usize);
+                let (value_at, value_len) = (value_at as usize, value_len as usize);
                 let raw_name = &head[name_at..name_at + name_len];
                 let raw_value = &head[value_at..value_at + value_len];
                 let name = HeaderName::from_bytes(raw_name).map_err(|_| {
