@@ -462,8 +462,8 @@ fn put_string(dst: &mut BytesMut, s: &[u8]) {
 
 /// The response-side encoder of one connection.
 pub struct Encoder {
-    /// A copy of the peer's dynamic table, newest first: name, value, entry size.
-    table: VecDeque<(Bytes, Bytes, usize)>,
+    /// A copy of the peer's dynamic table, newest first.
+    table: VecDeque<Entry>,
     size: usize,
     max_size: usize,
     /// A size update owed at the start of the next block: the smallest size set since the
@@ -480,6 +480,37 @@ impl Default for Encoder {
             update: None,
         }
     }
+}
+
+/// An entry of the encoder's copy of the peer's table. The hashes let a lookup pass over
+/// entries without comparing their bytes.
+struct Entry {
+    name_hash: u64,
+    field_hash: u64,
+    name: Bytes,
+    value: Bytes,
+    size: usize,
+}
+
+/// A quick hash of `bytes` (not for untrusted sets: a collision costs only a comparison).
+fn quick_hash(seed: u64, bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(K).rotate_left(29);
+    let mut h = mix(seed, bytes.len() as u64);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = mix(
+            h,
+            u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
+        );
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        h = mix(h, u64::from_le_bytes(last));
+    }
+    h
 }
 
 /// Fields at most this long (name and value) are inserted into the peer's table.
@@ -557,16 +588,16 @@ impl Encoder {
             return;
         }
         let mut name_index = static_name;
+        let name_hash = quick_hash(0, name);
+        let field_hash = quick_hash(name_hash, value);
         if !sensitive {
-            for (i, (n, v, _)) in self.table.iter().enumerate() {
-                if &n[..] == name {
-                    if &v[..] == value {
-                        put_integer(dst, 0x80, 7, 62 + i);
-                        return;
-                    }
-                    if name_index == 0 {
-                        name_index = 62 + i;
-                    }
+            for (i, e) in self.table.iter().enumerate() {
+                if e.field_hash == field_hash && e.name == name && e.value == value {
+                    put_integer(dst, 0x80, 7, 62 + i);
+                    return;
+                }
+                if name_index == 0 && e.name_hash == name_hash && e.name == name {
+                    name_index = 62 + i;
                 }
             }
         }
@@ -591,18 +622,20 @@ impl Encoder {
             }
             self.evict(size);
             self.size += size;
-            self.table.push_front((
-                Bytes::copy_from_slice(name),
-                Bytes::copy_from_slice(value),
+            self.table.push_front(Entry {
+                name_hash,
+                field_hash,
+                name: Bytes::copy_from_slice(name),
+                value: Bytes::copy_from_slice(value),
                 size,
-            ));
+            });
         }
     }
 
     fn evict(&mut self, room: usize) {
         while self.size + room > self.max_size {
             match self.table.pop_back() {
-                Some((_, _, size)) => self.size -= size,
+                Some(e) => self.size -= e.size,
                 None => break,
             }
         }
@@ -783,6 +816,37 @@ mod tests {
         // Indexed from the second block on: status 418, content-type and grpc-status are one
         // byte each.
         assert!(sizes[1] < sizes[0] - 30, "{sizes:?}");
+    }
+
+    #[test]
+    fn repeated_fields_become_indexes_and_trace_ids_stay_out_of_the_table() {
+        let mut e = Encoder::default();
+        let mut d = Decoder::default();
+        let caller = HeaderName::from_static("dapr-caller-app-id");
+        let trace = HeaderName::from_static("traceparent");
+        for round in 0..2 {
+            let mut dst = BytesMut::new();
+            e.begin(&mut dst);
+            e.pseudo(&mut dst, ":method", b"GET");
+            e.header(&mut dst, &caller, &HeaderValue::from_static("app-a"));
+            let before = e.table.len();
+            let id = format!("00-{round:032x}-{round:016x}-01");
+            e.header(&mut dst, &trace, &HeaderValue::from_str(&id).unwrap());
+            assert_eq!(e.table.len(), before, "a trace id was inserted");
+            if round == 1 {
+                // `:method: GET` is static entry 2, the caller id the newest dynamic entry.
+                assert_eq!(&dst[..2], &[0x82, 0x80 | 62]);
+            }
+            let got = decode_all(&mut d, &dst);
+            assert_eq!(
+                got,
+                pairs(&[
+                    ("Method", "GET"),
+                    ("dapr-caller-app-id", "app-a"),
+                    ("traceparent", &id)
+                ])
+            );
+        }
     }
 
     #[test]
