@@ -482,35 +482,11 @@ impl Default for Encoder {
     }
 }
 
-/// An entry of the encoder's copy of the peer's table. The hashes let a lookup pass over
-/// entries without comparing their bytes.
+/// An entry of the encoder's copy of the peer's table.
 struct Entry {
-    name_hash: u64,
-    field_hash: u64,
     name: Bytes,
     value: Bytes,
     size: usize,
-}
-
-/// A quick hash of `bytes` (not for untrusted sets: a collision costs only a comparison).
-fn quick_hash(seed: u64, bytes: &[u8]) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mix = |h: u64, word: u64| (h ^ word).wrapping_mul(K).rotate_left(29);
-    let mut h = mix(seed, bytes.len() as u64);
-    let mut words = bytes.chunks_exact(8);
-    for w in &mut words {
-        h = mix(
-            h,
-            u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
-        );
-    }
-    let rest = words.remainder();
-    if !rest.is_empty() {
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        h = mix(h, u64::from_le_bytes(last));
-    }
-    h
 }
 
 /// Fields at most this long (name and value) are inserted into the peer's table.
@@ -582,25 +558,32 @@ impl Encoder {
     }
 
     fn field(&mut self, dst: &mut BytesMut, name: &[u8], value: &[u8], sensitive: bool) {
+        // Fields that repeat are usually in the peer's table already: look there first, and
+        // in the static table only for what it does not hold.
+        let mut dynamic_name = 0;
+        if !sensitive {
+            for (i, e) in self.table.iter().enumerate() {
+                if e.name == name {
+                    if e.value == value {
+                        put_integer(dst, 0x80, 7, 62 + i);
+                        return;
+                    }
+                    if dynamic_name == 0 {
+                        dynamic_name = 62 + i;
+                    }
+                }
+            }
+        }
         let (static_name, exact) = static_index(name, value);
         if exact != 0 && !sensitive {
             put_integer(dst, 0x80, 7, exact);
             return;
         }
-        let mut name_index = static_name;
-        let name_hash = quick_hash(0, name);
-        let field_hash = quick_hash(name_hash, value);
-        if !sensitive {
-            for (i, e) in self.table.iter().enumerate() {
-                if e.field_hash == field_hash && e.name == name && e.value == value {
-                    put_integer(dst, 0x80, 7, 62 + i);
-                    return;
-                }
-                if name_index == 0 && e.name_hash == name_hash && e.name == name {
-                    name_index = 62 + i;
-                }
-            }
-        }
+        let name_index = if static_name != 0 {
+            static_name
+        } else {
+            dynamic_name
+        };
         let index =
             !sensitive && name.len() + value.len() <= INDEX_AT_MOST && !changes_every_time(name);
         let (flags, prefix) = match (sensitive, index) {
@@ -623,8 +606,6 @@ impl Encoder {
             self.evict(size);
             self.size += size;
             self.table.push_front(Entry {
-                name_hash,
-                field_hash,
                 name: Bytes::copy_from_slice(name),
                 value: Bytes::copy_from_slice(value),
                 size,

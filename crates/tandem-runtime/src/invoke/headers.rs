@@ -35,6 +35,9 @@ const HOP_BY_HOP: [HeaderName; 10] = [
     header::PROXY_AUTHENTICATE,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// What requests lose besides the hop-by-hop headers.
 const REQUEST_ONLY: [HeaderName; 5] = [
     header::HOST,
@@ -126,10 +129,10 @@ impl Forwarded {
     /// Appends the values to any the caller sent.
     pub fn append_to(&self, headers: &mut HeaderMap) {
         if let Some(v) = &self.for_ {
-            headers.append(HeaderName::from_static("x-forwarded-for"), v.clone());
+            headers.append(X_FORWARDED_FOR, v.clone());
         }
         if let Some(v) = &self.host {
-            headers.append(HeaderName::from_static("x-forwarded-host"), v.clone());
+            headers.append(X_FORWARDED_HOST, v.clone());
         }
         if let Some(v) = &self.forwarded {
             headers.append(header::FORWARDED, v.clone());
