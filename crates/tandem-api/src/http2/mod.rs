@@ -652,7 +652,11 @@ where
         end_stream: bool,
         block: &[u8],
     ) -> Result<(), ConnError> {
-        let mut head = Head::default();
+        let mut head = Head {
+            // Room for a usual request's fields, so that the map is not grown field by field.
+            headers: HeaderMap::with_capacity(16),
+            ..Head::default()
+        };
         self.dec
             .decode(block, |f| head.add(f))
             .map_err(|_| ConnError(COMPRESSION_ERROR))?;
