@@ -217,11 +217,7 @@ impl Pool {
                 .write_all(&request)
                 .await
                 .map_err(|e| format!("writing the request: {e}"))?;
-            let head = conn
-                .read_head(head_request)
-                .await
-                .map_err(|e| e.to_string())?;
-            return Ok(self.answer(conn, head, close));
+            return self.answer_on(conn, head_request, close).await;
         }
 
         // A long or open-ended body streams after the head.
@@ -250,10 +246,10 @@ impl Pool {
                         )));
                     }
                     Outgoing::Chunked => {
+                        // Size line, data and CRLF in one (vectored) write.
                         let size = format!("{:x}\r\n", data.len());
-                        conn.io.write_all(size.as_bytes()).await?;
-                        conn.io.write_all(&data).await?;
-                        conn.io.write_all(b"\r\n").await?;
+                        let mut chunk = size.as_bytes().chain(&data[..]).chain(&b"\r\n"[..]);
+                        conn.io.write_all_buf(&mut chunk).await?;
                     }
                     _ => conn.io.write_all(&data).await?,
                 }
@@ -269,6 +265,16 @@ impl Pool {
         written
             .await
             .map_err(|e| format!("writing the request: {e}"))?;
+        self.answer_on(conn, head_request, close).await
+    }
+
+    /// Reads the answer to the request just written on `conn`.
+    async fn answer_on(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        head_request: bool,
+        close: bool,
+    ) -> Result<Response<Body>, String> {
         let head = conn
             .read_head(head_request)
             .await
