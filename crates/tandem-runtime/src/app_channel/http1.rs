@@ -168,19 +168,9 @@ impl Pool {
         let whole = match framing {
             Outgoing::Empty => true,
             Outgoing::Length(n) if n <= BUFFERED_BODY => {
-                let mut sent = 0u64;
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|e| format!("reading the request body: {e}"))?;
-                    if let Ok(data) = frame.into_data() {
-                        sent += data.len() as u64;
-                        if sent > n {
-                            return Err(format!("the request body is longer than {n} bytes"));
-                        }
-                        out.put_slice(&data);
-                    }
-                }
-                if sent != n {
-                    return Err(format!("the request body ended after {sent} of {n} bytes"));
+                let mut sent = 0;
+                while let Some(data) = next_data(&mut body, framing, &mut sent).await? {
+                    out.put_slice(&data);
                 }
                 true
             }
@@ -225,46 +215,24 @@ impl Pool {
             Some(io) => Conn::new(io),
             None => self.connect().await?,
         };
-        let written = async {
-            conn.io.write_all(&out).await?;
-            drop(out);
-            let mut sent = 0u64;
-            while let Some(frame) = body.frame().await {
-                let frame = frame
-                    .map_err(|e| io::Error::other(format!("reading the request body: {e}")))?;
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                if data.is_empty() {
-                    continue;
-                }
-                sent += data.len() as u64;
-                match framing {
-                    Outgoing::Length(n) if sent > n => {
-                        return Err(io::Error::other(format!(
-                            "the request body is longer than {n} bytes"
-                        )));
-                    }
-                    Outgoing::Chunked => {
-                        // Size line, data and CRLF in one (vectored) write.
-                        let size = format!("{:x}\r\n", data.len());
-                        let mut chunk = size.as_bytes().chain(&data[..]).chain(&b"\r\n"[..]);
-                        conn.io.write_all_buf(&mut chunk).await?;
-                    }
-                    _ => conn.io.write_all(&data).await?,
-                }
+        let write_error = |e: io::Error| format!("writing the request: {e}");
+        conn.io.write_all(&out).await.map_err(write_error)?;
+        drop(out);
+        let mut sent = 0;
+        while let Some(data) = next_data(&mut body, framing, &mut sent).await? {
+            if let Outgoing::Chunked = framing {
+                // Size line, data and CRLF in one (vectored) write.
+                let size = format!("{:x}\r\n", data.len());
+                let mut chunk = size.as_bytes().chain(&data[..]).chain(&b"\r\n"[..]);
+                conn.io.write_all_buf(&mut chunk).await
+            } else {
+                conn.io.write_all(&data).await
             }
-            match framing {
-                Outgoing::Length(n) if sent != n => Err(io::Error::other(format!(
-                    "the request body ended after {sent} of {n} bytes"
-                ))),
-                Outgoing::Chunked => conn.io.write_all(b"0\r\n\r\n").await,
-                _ => Ok(()),
-            }
-        };
-        written
-            .await
-            .map_err(|e| format!("writing the request: {e}"))?;
+            .map_err(write_error)?;
+        }
+        if let Outgoing::Chunked = framing {
+            conn.io.write_all(b"0\r\n\r\n").await.map_err(write_error)?;
+        }
         self.answer_on(conn, head_request, close).await
     }
 
@@ -354,7 +322,7 @@ impl Pool {
                 }
                 *response.body_mut() = Body::full(data);
             }
-            Incoming::Length(0) | Incoming::Done => {
+            Incoming::Done => {
                 if reusable {
                     self.put(conn);
                 }
@@ -376,18 +344,7 @@ impl Pool {
 
 fn put_length(out: &mut BytesMut, n: u64) {
     out.put_slice(b"content-length: ");
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[i..]);
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
     out.put_slice(b"\r\n");
 }
 
@@ -396,6 +353,37 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The next data of a request body (`None` at its end), checked against the length stated
+/// for it; `sent` counts the bytes so far.
+async fn next_data(
+    body: &mut AppBody,
+    framing: Outgoing,
+    sent: &mut u64,
+) -> Result<Option<Bytes>, String> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the request body: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        *sent += data.len() as u64;
+        if let Outgoing::Length(n) = framing
+            && *sent > n
+        {
+            return Err(format!("the request body is longer than {n} bytes"));
+        }
+        return Ok(Some(data));
+    }
+    if let Outgoing::Length(n) = framing
+        && *sent != n
+    {
+        return Err(format!("the request body ended after {sent} of {n} bytes"));
+    }
+    Ok(None)
 }
 
 #[derive(Clone, Copy)]

@@ -358,23 +358,32 @@ impl AppChannel {
         if self.is_grpc() {
             return grpc::health_check(self, check.timeout).await;
         }
-        if let Some(pool) = &self.http1 {
-            let req = Request::new(empty_body());
-            return match tokio::time::timeout(check.timeout, pool.send(req, &check.path)).await {
-                Ok(Ok(resp)) => resp.status().is_success(),
-                _ => false,
-            };
-        }
-        let Ok(uri) = format!("{}{}", self.base, check.path).parse::<Uri>() else {
-            return false;
-        };
-        let Ok(req) = Request::get(uri).body(empty_body()) else {
-            return false;
-        };
-        match tokio::time::timeout(check.timeout, self.client.request(req)).await {
+        let req = Request::new(empty_body());
+        match tokio::time::timeout(check.timeout, self.request(req, &check.path)).await {
             Ok(Ok(resp)) => resp.status().is_success(),
             _ => false,
         }
+    }
+
+    /// Sends a request to an HTTP app through the client for its protocol.
+    async fn request(
+        &self,
+        mut req: Request<AppBody>,
+        path_and_query: &str,
+    ) -> Result<Response<AnswerBody>, String> {
+        if let Some(pool) = &self.http1 {
+            let resp = pool.send(req, path_and_query).await?;
+            return Ok(resp.map(|b| AnswerBody(Answer::Http1(b))));
+        }
+        *req.uri_mut() = format!("{}{}", self.base, path_and_query)
+            .parse::<Uri>()
+            .map_err(|e| format!("invalid path: {e}"))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| crate::error::error_chain(&e))?;
+        Ok(resp.map(|b| AnswerBody(Answer::Hyper(b))))
     }
 
     /// Refuses calls while health checks say the app is down, then takes a concurrency slot.
@@ -411,12 +420,6 @@ impl AppChannel {
         path_and_query: &str,
     ) -> Result<AppResponse, AppError> {
         let permit = self.admit().await?;
-        if self.http1.is_none() {
-            let uri: Uri = format!("{}{}", self.base, path_and_query)
-                .parse()
-                .map_err(|e| AppError::Transport(format!("invalid path: {e}")))?;
-            *req.uri_mut() = uri;
-        }
         if let Some(token) = &self.token {
             req.headers_mut().insert("dapr-api-token", token.clone());
         }
@@ -426,18 +429,7 @@ impl AppChannel {
                 .unwrap_or(0);
             (m, req.method().clone(), sent, std::time::Instant::now())
         });
-        let result = match &self.http1 {
-            Some(pool) => pool
-                .send(req, path_and_query)
-                .await
-                .map(|r| r.map(|b| AnswerBody(Answer::Http1(b)))),
-            None => self
-                .client
-                .request(req)
-                .await
-                .map(|r| r.map(|b| AnswerBody(Answer::Hyper(b))))
-                .map_err(|e| crate::error::error_chain(&e)),
-        };
+        let result = self.request(req, path_and_query).await;
         if let Some((m, method, sent, start)) = measure {
             let (status, received) = match &result {
                 Ok(r) => (
