@@ -67,8 +67,7 @@ pub async fn serve(
         move |tcp, _, mut stopped| {
             let (runtime, router) = (runtime.clone(), router.clone());
             async move {
-                // Other sidecars open with the HTTP/2 preface; anything else is served by
-                // hyper (HTTP/1.1, or HTTP/2 from other clients).
+                // Other sidecars open with the HTTP/2 preface; anything else is HTTP/1.1.
                 let mut first = [0u8; 3];
                 let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await;
                 if matches!(peeked, Ok(Ok(3))) && first == *b"PRI" {
@@ -77,8 +76,7 @@ pub async fn serve(
                     };
                     return crate::http2::serve_connection(tcp, Internal(runtime), stop).await;
                 }
-                let service = hyper_util::service::TowerToHyperService::new(router);
-                crate::http::server::serve_connection(tcp, service, stopped).await;
+                crate::http::h1::serve_connection(tcp, router, stopped).await;
             }
         },
     )

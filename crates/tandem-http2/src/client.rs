@@ -17,6 +17,7 @@
 //! untouched, so it can be sent elsewhere. A dropped answer body resets its stream.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -323,7 +324,7 @@ struct Conn<B> {
     open: Arc<AtomicBool>,
     /// Calls past the server's stream limit.
     waiting: VecDeque<Call<B>>,
-    streams: HashMap<u32, Stream<B>>,
+    streams: HashMap<u32, Stream<B>, BuildHasherDefault<crate::IdHasher>>,
     /// Streams whose request body is still being sent.
     sending: Vec<u32>,
     /// Streams whose answer head arrived during the current read.
@@ -382,7 +383,7 @@ where
             rx,
             open,
             waiting: VecDeque::new(),
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             sending: Vec::new(),
             arrived: Vec::new(),
             shared: Arc::new(Shared {

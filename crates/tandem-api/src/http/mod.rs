@@ -9,6 +9,7 @@ mod body;
 pub mod error;
 #[cfg(test)]
 mod fuzz;
+pub(crate) mod h1;
 mod health;
 mod invoke;
 mod json;
@@ -29,8 +30,9 @@ use http::{StatusCode, header};
 use tandem_runtime::Runtime;
 
 use crate::allowlist::{ApiRules, Group, HttpRules};
+pub use h1::RequestBody;
 pub use server::serve;
-use service::{ApiService, Observer, Templates};
+use service::{ApiService, Direct, Observer, Templates};
 
 /// Settings of the HTTP API server.
 #[derive(Clone, Debug)]
@@ -77,17 +79,17 @@ pub fn api<O: Observer>(
     observer: Option<O>,
 ) -> ApiService<O> {
     let tracer = runtime.tracer.clone();
-    let (router, templates) = routes(runtime, options);
+    let (router, templates, direct) = routes(runtime, options);
     let token = options
         .api_token
         .as_deref()
         .filter(|t| !t.is_empty())
         .map(Arc::<str>::from);
-    ApiService::new(router, templates, tracer, token, observer)
+    ApiService::new(router, templates, direct, tracer, token, observer)
 }
 
-/// The routes of the API and their templates.
-fn routes(runtime: Arc<Runtime>, options: &HttpOptions) -> (Router, Templates) {
+/// The routes of the API, their templates, and the hot routes served without the router.
+fn routes(runtime: Arc<Runtime>, options: &HttpOptions) -> (Router, Templates, Direct) {
     let state = ApiState {
         runtime,
         max_body_size: options.max_body_size,
@@ -133,7 +135,7 @@ fn routes(runtime: Arc<Runtime>, options: &HttpOptions) -> (Router, Templates) {
             .get(state::get_reserved)
             .delete(state::delete_reserved),
     );
-    r.add(
+    let state_get = r.add(
         STATE,
         "v1.0/state/{storeName}/{key}",
         "/v1.0/state/{store}/{key}",
@@ -218,7 +220,12 @@ fn routes(runtime: Arc<Runtime>, options: &HttpOptions) -> (Router, Templates) {
         // Without the invocation fallback, unknown routes get Go's plain not-found answer.
         r.router.fallback(not_found)
     };
-    (router.with_state(state), templates)
+    let direct = Direct {
+        state_get,
+        invoke: invoke_allowed,
+        state: state.clone(),
+    };
+    (router.with_state(state), templates, direct)
 }
 
 const fn group(name: &'static str, version: &'static str) -> Group {
@@ -241,11 +248,13 @@ impl Routes<'_> {
         dapr_path: &str,
         path: &'static str,
         handler: axum::routing::MethodRouter<ApiState>,
-    ) {
-        if self.rules.allows(group, dapr_path) {
-            self.router = std::mem::take(&mut self.router).route(path, handler);
-            self.templates.add(path);
+    ) -> bool {
+        if !self.rules.allows(group, dapr_path) {
+            return false;
         }
+        self.router = std::mem::take(&mut self.router).route(path, handler);
+        self.templates.add(path);
+        true
     }
 }
 

@@ -1,9 +1,9 @@
 //! The plain-TCP HTTP server under the HTTP API, the internal API and the metrics endpoint:
-//! HTTP/1.1 and h2c on one port (hyper's automatic protocol detection), `TCP_NODELAY` on
-//! every accepted socket, and a graceful drain.
+//! HTTP/1.1 and h2c on one port, `TCP_NODELAY` on every accepted socket, and a graceful
+//! drain. hyper still serves the internal API over TLS.
 //!
 //! The service is called directly for each request: no router-level layers or boxed
-//! middleware sit between hyper and it, so what a request costs is what the service does.
+//! middleware sit between the server and it, so what a request costs is what the service does.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,30 +15,61 @@ use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::Service;
 
+use super::h1::RequestBody;
+use crate::http2::RecvBody;
+
 /// Serves `service` on `listener` until `shutdown` resolves; then stops accepting, lets every
 /// open connection finish the requests it has in flight (HTTP/1.1 connections close after
 /// their current answer, HTTP/2 ones get a GOAWAY) and returns once they are all closed.
+///
+/// HTTP/1.1 is served by Tandem's own server ([`super::h1`]); a client that opens with the
+/// HTTP/2 preface (h2c with prior knowledge) by Tandem's HTTP/2 server.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    S: Service<http::Request<Incoming>, Response = Response<Body>, Error = Infallible>
+    S: Service<http::Request<RequestBody>, Response = Response<Body>, Error = Infallible>
+        + Service<http::Request<RecvBody>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
         + Sync
+        + Unpin
         + 'static,
-    S::Future: Send + 'static,
+    <S as Service<http::Request<RequestBody>>>::Future: Send + 'static,
+    <S as Service<http::Request<RecvBody>>>::Future: Send + Unpin + 'static,
 {
-    accept_loop(listener, shutdown, "HTTP server", move |tcp, _, stopped| {
-        serve_connection(tcp, TowerToHyperService::new(service.clone()), stopped)
-    })
+    accept_loop(
+        listener,
+        shutdown,
+        "HTTP server",
+        move |tcp, _, mut stopped| {
+            let service = service.clone();
+            async move {
+                // HTTP/1.1 requests never begin with `PRI`; the HTTP/2 preface does.
+                let mut first = [0u8; 3];
+                let peeked = tokio::select! {
+                    peeked = tcp.peek(&mut first) => peeked,
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                };
+                match peeked {
+                    Ok(3) if first == *b"PRI" => {
+                        let stop = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        crate::http2::serve_connection(tcp, service, stop).await;
+                    }
+                    Ok(n) if n > 0 => super::h1::serve_connection(tcp, service, stopped).await,
+                    _ => {}
+                }
+            }
+        },
+    )
     .await
 }
 

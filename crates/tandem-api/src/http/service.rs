@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::future::RouteFuture;
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use http::{HeaderMap, Method, StatusCode, Uri, header};
 use tandem_runtime::trace::Tracer;
 use tower::Service;
 
-use super::trace;
+use super::{ApiState, trace};
 
 /// What the sidecar records about each request (metrics, API logs).
 pub trait Observer: Send + Sync + 'static {
@@ -75,7 +76,60 @@ impl Templates {
     }
 }
 
+/// The hot routes served without the router, when `spec.api` lets them be registered: a
+/// key's `GET` and service invocation by path. Each is matched with a few string
+/// comparisons, and its handler is called directly: no route table walk, no path
+/// parameters, no extractors.
+pub(crate) struct Direct {
+    pub(crate) state_get: bool,
+    pub(crate) invoke: bool,
+    pub(crate) state: ApiState,
+}
+
+/// A route served directly.
+#[derive(Clone, Copy)]
+enum Hot {
+    StateGet,
+    Invoke,
+}
+
+impl Hot {
+    fn template(self) -> &'static str {
+        match self {
+            Hot::StateGet => "/v1.0/state/{store}/{key}",
+            Hot::Invoke => "/v1.0/invoke/{*rest}",
+        }
+    }
+}
+
+impl Direct {
+    /// The direct route of a request, when it has one and the router would have chosen the
+    /// same handler (anything unusual, such as empty segments, is left to the router).
+    fn route(&self, method: &Method, path: &str) -> Option<Hot> {
+        if self.state_get
+            && *method == Method::GET
+            && let Some(rest) = path.strip_prefix("/v1.0/state/")
+            && let Some((store, key)) = rest.split_once('/')
+            && !store.is_empty()
+            && !key.is_empty()
+            && !key.contains('/')
+            && key != "bulk"
+            && key != "transaction"
+        {
+            return Some(Hot::StateGet);
+        }
+        if self.invoke
+            && let Some(rest) = path.strip_prefix("/v1.0/invoke/")
+            && !rest.is_empty()
+        {
+            return Some(Hot::Invoke);
+        }
+        None
+    }
+}
+
 struct Shared<O> {
+    direct: Direct,
     tracer: Tracer,
     token: Option<Arc<str>>,
     templates: Templates,
@@ -101,6 +155,7 @@ impl<O: Observer> ApiService<O> {
     pub(super) fn new(
         router: Router,
         templates: Templates,
+        direct: Direct,
         tracer: Tracer,
         token: Option<Arc<str>>,
         observer: Option<O>,
@@ -113,6 +168,7 @@ impl<O: Observer> ApiService<O> {
         Self {
             router,
             shared: Arc::new(Shared {
+                direct,
                 tracer,
                 token,
                 templates,
@@ -139,11 +195,14 @@ where
     fn call(&mut self, req: http::Request<B>) -> ApiFuture<O> {
         let shared = &self.shared;
         let (mut parts, body) = req.into_parts();
+        let hot = shared.direct.route(&parts.method, parts.uri.path());
         let observed = shared.observer.as_ref().map(|o| {
-            let template = if o.wants_template() {
-                shared.templates.find(parts.uri.path())
-            } else {
+            let template = if !o.wants_template() {
                 None
+            } else if let Some(hot) = hot {
+                Some(hot.template())
+            } else {
+                shared.templates.find(parts.uri.path())
             };
             o.begin(&parts.method, &parts.uri, &parts.headers, template)
         });
@@ -170,9 +229,27 @@ where
             }
             parts.headers.remove("dapr-api-token");
         }
-        let req = http::Request::from_parts(parts, Body::new(body));
+        let routed = match hot {
+            Some(Hot::StateGet) => {
+                let api = shared.direct.state.clone();
+                Routed::Direct(Box::pin(async move {
+                    super::state::get(State(api), parts.uri)
+                        .await
+                        .into_response()
+                }))
+            }
+            Some(Hot::Invoke) => {
+                let api = shared.direct.state.clone();
+                let req = http::Request::from_parts(parts, Body::new(body));
+                Routed::Direct(Box::pin(super::invoke::handle(State(api), req)))
+            }
+            None => {
+                let req = http::Request::from_parts(parts, Body::new(body));
+                Routed::Router(self.router.call(req))
+            }
+        };
         ApiFuture {
-            routed: Some(self.router.call(req)),
+            routed: Some(routed),
             answer: None,
             traced,
             observed,
@@ -188,11 +265,34 @@ fn observed_by<O>(shared: &Arc<Shared<O>>) -> Option<Arc<Shared<O>>> {
 
 /// The answer of one request through [`ApiService`].
 pub struct ApiFuture<O: Observer> {
-    routed: Option<RouteFuture<Infallible>>,
+    routed: Option<Routed>,
     answer: Option<Response>,
     traced: Option<trace::Call>,
     observed: Option<O::Call>,
     shared: Option<Arc<Shared<O>>>,
+}
+
+/// A request on its way: through the router, or to a handler called directly.
+// The router's future stays inline: the whole future lives in the connection's task, and
+// boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Routed {
+    Router(RouteFuture<Infallible>),
+    Direct(Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
+impl Future for Routed {
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        match self.get_mut() {
+            Routed::Router(routed) => Pin::new(routed).poll(cx).map(|answer| match answer {
+                Ok(answer) => answer,
+                Err(never) => match never {},
+            }),
+            Routed::Direct(direct) => direct.as_mut().poll(cx),
+        }
+    }
 }
 
 impl<O: Observer> ApiFuture<O> {
@@ -216,7 +316,7 @@ impl<O: Observer> Future for ApiFuture<O> {
         let mut resp = match (&mut this.routed, this.answer.take()) {
             (_, Some(answer)) => answer,
             (Some(routed), None) => match Pin::new(routed).poll(cx) {
-                Poll::Ready(Ok(resp)) => resp,
+                Poll::Ready(resp) => resp,
                 Poll::Pending => return Poll::Pending,
             },
             (None, None) => panic!("ApiFuture polled after completion"),

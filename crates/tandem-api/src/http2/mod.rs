@@ -23,7 +23,7 @@ pub use tandem_http2::hpack;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -163,27 +163,7 @@ impl Wake for StreamWaker {
     }
 }
 
-/// Stream ids are distinct odd numbers: a multiplication spreads them well enough.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type Streams<F, B> = HashMap<u32, Stream<F, B>, BuildHasherDefault<IdHasher>>;
+type Streams<F, B> = HashMap<u32, Stream<F, B>, BuildHasherDefault<tandem_http2::IdHasher>>;
 
 /// A request whose head has arrived and that waits for the end of the current read to be
 /// dispatched, with the data that came with it.

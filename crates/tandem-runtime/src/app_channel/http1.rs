@@ -31,10 +31,11 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, SizeHint};
 use tandem_components::BoxError;
+use tandem_http1::{Framing, Spans, Step, has_token, put_length};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -46,14 +47,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_IDLE: usize = 1024;
 /// The largest answer head accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// The most header fields in an answer head.
-const MAX_FIELDS: usize = 100;
 /// Request bodies up to this size are written with the head and can be sent again.
 const BUFFERED_BODY: u64 = 64 * 1024;
-/// The longest chunk-size or trailer line accepted.
-const MAX_LINE: usize = 8 * 1024;
-/// How much room each read asks for.
-const READ_SIZE: usize = 16 * 1024;
 /// Connection attempts give up after this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -315,14 +310,14 @@ impl Pool {
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
         match head.framing {
-            Incoming::Length(n) if conn.buf.len() as u64 >= n => {
+            Framing::Length(n) if conn.buf.len() as u64 >= n => {
                 let data = conn.buf.split_to(n as usize).freeze();
                 if reusable {
                     self.put(conn);
                 }
                 *response.body_mut() = Body::full(data);
             }
-            Incoming::Done => {
+            Framing::Done => {
                 if reusable {
                     self.put(conn);
                 }
@@ -340,19 +335,6 @@ impl Pool {
         }
         response
     }
-}
-
-fn put_length(out: &mut BytesMut, n: u64) {
-    out.put_slice(b"content-length: ");
-    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
-    out.put_slice(b"\r\n");
-}
-
-/// Whether a comma-separated header value holds `token` (ASCII case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The next data of a request body (`None` at its end), checked against the length stated
@@ -393,36 +375,11 @@ enum Outgoing {
     Chunked,
 }
 
-/// How an answer's body is framed, and how much of it is left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Incoming {
-    /// No body, or none left.
-    Done,
-    /// This many bytes left.
-    Length(u64),
-    /// Chunked, at this point of a chunk.
-    Chunked(Chunk),
-    /// Until the app closes the connection.
-    UntilClose,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// This many bytes of chunk data left.
-    Data(u64),
-    /// Expecting the CRLF after a chunk's data.
-    DataEnd,
-    /// Reading the trailer section, up to its empty line.
-    Trailers,
-}
-
 struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
-    framing: Incoming,
+    framing: Framing,
     keep_alive: bool,
 }
 
@@ -458,10 +415,7 @@ impl Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-            self.buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        tandem_http1::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -507,12 +461,12 @@ impl Conn {
     /// interim head was skipped.
     fn parse_head(&mut self, head_request: bool) -> Result<Option<Head>, HeadError> {
         loop {
-            let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
+            let mut slots = [const { MaybeUninit::uninit() }; tandem_http1::MAX_FIELDS];
             let mut parsed = httparse::Response::new(&mut []);
             let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
                 &mut parsed,
                 &self.buf,
-                &mut fields,
+                &mut slots,
             ) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
@@ -524,20 +478,7 @@ impl Conn {
             } else {
                 Version::HTTP_11
             };
-            // Where each field's name and value sit in the head, so that the values can share
-            // the head's bytes instead of being copied.
-            let base = self.buf.as_ptr() as usize;
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
-            let count = parsed.headers.len();
-            for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-                // The buffer stays far below 4 GiB: a head is at most `MAX_HEAD` bytes.
-                *span = (
-                    (field.name.as_ptr() as usize - base) as u32,
-                    field.name.len() as u32,
-                    (field.value.as_ptr() as usize - base) as u32,
-                    field.value.len() as u32,
-                );
-            }
+            let spans = Spans::of(&self.buf, parsed.headers);
             let status = StatusCode::from_u16(code)
                 .map_err(|_| HeadError::Invalid(format!("status {code}")))?;
             if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
@@ -547,76 +488,35 @@ impl Conn {
                 }
                 continue;
             }
-            let mut keep_alive = version == Version::HTTP_11;
-            let mut chunked = None;
-            let mut length: Option<u64> = None;
             let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(count);
-            for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-                let (name_at, name_len) = (name_at as usize, name_len as usize);
-                let (value_at, value_len) = (value_at as usize, value_len as usize);
-                let raw_name = &head[name_at..name_at + name_len];
-                let raw_value = &head[value_at..value_at + value_len];
-                let name = HeaderName::from_bytes(raw_name).map_err(|_| {
-                    HeadError::Invalid(format!(
-                        "invalid header name {:?}",
-                        String::from_utf8_lossy(raw_name)
-                    ))
-                })?;
-                let value =
-                    HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-                        .map_err(|_| {
-                            HeadError::Invalid(format!("invalid value of header {name}"))
-                        })?;
-                if name == http::header::CONTENT_LENGTH {
-                    for v in raw_value.split(|&b| b == b',') {
-                        let n = std::str::from_utf8(v)
-                            .ok()
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                            .ok_or_else(|| HeadError::Invalid("invalid content-length".into()))?;
-                        if length.is_some_and(|l| l != n) {
-                            return Err(HeadError::Invalid("conflicting content-length".into()));
-                        }
-                        length = Some(n);
-                    }
-                } else if name == http::header::TRANSFER_ENCODING {
-                    // Chunked only when it is the last coding.
-                    chunked = Some(
-                        raw_value
-                            .rsplit(|&b| b == b',')
-                            .next()
-                            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked")),
-                    );
-                } else if name == http::header::CONNECTION {
-                    if has_token(raw_value, b"close") {
-                        keep_alive = false;
-                    } else if has_token(raw_value, b"keep-alive") {
-                        keep_alive = true;
-                    }
-                }
-                headers.append(name, value);
-            }
+            let fields = spans.decode(&head).map_err(HeadError::Invalid)?;
+            let mut keep_alive = if version == Version::HTTP_11 {
+                !fields.close
+            } else {
+                fields.keep_alive && !fields.close
+            };
+            let (chunked, length, headers) = (fields.chunked, fields.length, fields.headers);
             let framing = if head_request
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED
             {
-                Incoming::Done
+                Framing::Done
             } else if status == StatusCode::SWITCHING_PROTOCOLS {
                 // No upgrades on the app channel: the connection is not used again.
                 keep_alive = false;
-                Incoming::Done
+                Framing::Done
             } else if let Some(chunked) = chunked {
                 if chunked {
-                    Incoming::Chunked(Chunk::Size)
+                    Framing::Chunked(tandem_http1::Chunk::Size)
                 } else {
                     keep_alive = false;
-                    Incoming::UntilClose
+                    Framing::UntilClose
                 }
             } else if let Some(n) = length {
-                Incoming::Length(n)
+                Framing::Length(n)
             } else {
                 keep_alive = false;
-                Incoming::UntilClose
+                Framing::UntilClose
             };
             return Ok(Some(Head {
                 status,
@@ -642,7 +542,7 @@ enum State {
 struct Reader {
     /// `None` once the body ended.
     conn: Option<Conn>,
-    framing: Incoming,
+    framing: Framing,
     reusable: bool,
     pool: Arc<Pool>,
 }
@@ -667,85 +567,12 @@ impl std::fmt::Debug for Body {
     }
 }
 
-enum Step {
-    Data(Bytes),
-    End,
-    More,
-}
-
 impl Reader {
     /// The next step the buffered bytes allow.
-    fn step(&mut self) -> Result<Step, String> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(Step::End);
-        };
-        let buf = &mut conn.buf;
-        loop {
-            match self.framing {
-                Incoming::Done | Incoming::Length(0) => return Ok(Step::End),
-                Incoming::Length(n) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let take = (buf.len() as u64).min(n) as usize;
-                    self.framing = Incoming::Length(n - take as u64);
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
-                }
-                Incoming::UntilClose => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    return Ok(Step::Data(buf.split().freeze()));
-                }
-                Incoming::Chunked(Chunk::Size) => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(Step::More);
-                    };
-                    let size = line[..]
-                        .split(|&b| b == b';')
-                        .next()
-                        .map(<[u8]>::trim_ascii)
-                        .filter(|s| !s.is_empty() && s.len() <= 16)
-                        .and_then(|s| std::str::from_utf8(s).ok())
-                        .and_then(|s| u64::from_str_radix(s, 16).ok())
-                        .ok_or("invalid chunk size")?;
-                    self.framing = Incoming::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Incoming::Chunked(Chunk::Data(n)) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let take = (buf.len() as u64).min(n) as usize;
-                    let left = n - take as u64;
-                    self.framing = Incoming::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
-                }
-                Incoming::Chunked(Chunk::DataEnd) => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(Step::More);
-                    };
-                    if !line.is_empty() {
-                        return Err("missing CRLF after chunk data".into());
-                    }
-                    self.framing = Incoming::Chunked(Chunk::Size);
-                }
-                Incoming::Chunked(Chunk::Trailers) => {
-                    let Some(line) = take_line(buf)? else {
-                        return Ok(Step::More);
-                    };
-                    if line.is_empty() {
-                        self.framing = Incoming::Done;
-                    }
-                }
-            }
+    fn step(&mut self) -> Result<Step, &'static str> {
+        match self.conn.as_mut() {
+            Some(conn) => self.framing.step(&mut conn.buf),
+            None => Ok(Step::End),
         }
     }
 
@@ -756,22 +583,6 @@ impl Reader {
         {
             self.pool.put(conn);
         }
-    }
-}
-
-/// Takes one line (without its CRLF, or a bare LF) off `buf`; `None` when it is not complete.
-fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, String> {
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(end) => {
-            let mut line = buf.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
-            Ok(Some(line))
-        }
-        None if buf.len() > MAX_LINE => Err("chunk line too long".into()),
-        None => Ok(None),
     }
 }
 
@@ -804,8 +615,8 @@ impl hyper::body::Body for Body {
                 return Poll::Ready(None);
             };
             match ready!(conn.poll_fill(cx)) {
-                Ok(0) if reader.framing == Incoming::UntilClose => {
-                    reader.framing = Incoming::Done;
+                Ok(0) if reader.framing == Framing::UntilClose => {
+                    reader.framing = Framing::Done;
                     reader.reusable = false;
                     reader.conn = None;
                     return Poll::Ready(None);
@@ -838,8 +649,8 @@ impl hyper::body::Body for Body {
         match &self.state {
             State::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             State::Reading(reader) => match reader.framing {
-                Incoming::Length(n) if reader.conn.is_some() => SizeHint::with_exact(n),
-                Incoming::Done => SizeHint::with_exact(0),
+                Framing::Length(n) if reader.conn.is_some() => SizeHint::with_exact(n),
+                Framing::Done => SizeHint::with_exact(0),
                 _ => SizeHint::default(),
             },
         }

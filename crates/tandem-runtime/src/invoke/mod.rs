@@ -747,8 +747,12 @@ impl InvokeService {
                 .await
                 .map_err(|e| format!("name resolution failed: {e}"))?
                 .ok_or("no host found with the given ID")?;
-            let uri: Uri = format!("{scheme}://{}{path}", pick.address)
-                .parse()
+            let mut text =
+                String::with_capacity(scheme.len() + 3 + pick.address.len() + path.len());
+            for piece in [scheme, "://", &pick.address, path.as_str()] {
+                text.push_str(piece);
+            }
+            let uri = Uri::from_maybe_shared(bytes::Bytes::from(text))
                 .map_err(|e| format!("invalid address {}: {e}", pick.address))?;
             // Keep what a retry needs only when there is somewhere else to go.
             let spare = (pick.choices > 1 && attempt < MAX_ATTEMPTS).then(|| headers.clone());

@@ -43,7 +43,12 @@ impl Method {
         let cleaned = clean(&decoded);
         let path = match (&decoded, &cleaned) {
             // Nothing was escaped and nothing moved: the raw text is already a valid path.
-            (Cow::Borrowed(_), Cow::Borrowed(_)) => format!("/{raw}"),
+            (Cow::Borrowed(_), Cow::Borrowed(_)) => {
+                let mut path = String::with_capacity(raw.len() + 1);
+                path.push('/');
+                path.push_str(raw);
+                path
+            }
             _ => format!("/{}", utf8_percent_encode(&cleaned, PATH)),
         };
         Ok(Self {
