@@ -3,9 +3,11 @@
 //! The connection's task does all of the work itself: it reads a request head, hands the
 //! request to the service, and writes the answer; there is no dispatcher, channel or extra
 //! task between the socket and the service. A request whose body arrived with its head
-//! (the usual case for API calls) is handed over whole, as are bodies of up to 64 KiB that
-//! follow their head closely; longer ones, chunked ones and those sent after
-//! `100 Continue` stream from the socket as the service reads them.
+//! (the usual case for API calls) is handed over whole, as are other bodies of up to 64 KiB
+//! (read before the service is called); longer ones, chunked ones and those sent after
+//! `100 Continue` stream from the socket as the service reads them. A streamed body that
+//! the service leaves unread is read and dropped when it is at most 64 KiB; otherwise the
+//! connection closes after the answer.
 //!
 //! Requests: `Content-Length` or chunked framing (extensions and trailers read and dropped);
 //! `Transfer-Encoding` together with `Content-Length`, or ending in anything but `chunked`,
