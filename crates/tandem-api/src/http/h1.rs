@@ -136,7 +136,12 @@ pub(crate) async fn serve_connection<S, B>(
             Framing::Length(n) if n <= READ_AHEAD && !expect_continue => {
                 let Some(rd) = conn.rd.as_mut() else { return };
                 while (conn.buf.len() as u64) < n {
-                    match fill(rd, &mut conn.buf).await {
+                    let read = tokio::select! {
+                        biased;
+                        read = fill(rd, &mut conn.buf) => read,
+                        _ = &mut stop => return,
+                    };
+                    match read {
                         Ok(0) | Err(_) => return,
                         Ok(_) => {}
                     }
@@ -151,6 +156,7 @@ pub(crate) async fn serve_connection<S, B>(
                     framing,
                     continue_left: if expect_continue { CONTINUE.len() } else { 0 },
                     failed: false,
+                    gone_home: false,
                     home: Arc::new(Home::default()),
                 })))
             }
@@ -575,11 +581,23 @@ struct Reader {
     /// Bytes of `100 Continue` still to write before the body is waited for.
     continue_left: usize,
     failed: bool,
+    /// The read half went back to the connection (at the body's end, or on drop).
+    gone_home: bool,
     home: Arc<Home>,
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        self.go_home();
+    }
+}
+
+impl Reader {
+    /// Hands the read half and what is buffered back to the connection, once.
+    fn go_home(&mut self) {
+        if std::mem::replace(&mut self.gone_home, true) {
+            return;
+        }
         let left = Left {
             rd: self.rd.take(),
             buf: std::mem::take(&mut self.buf),
@@ -589,9 +607,7 @@ impl Drop for Reader {
         };
         *self.home.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(left);
     }
-}
 
-impl Reader {
     fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.failed = true;
         Poll::Ready(Some(Err(why.into())))
@@ -636,7 +652,11 @@ impl Body for RequestBody {
         loop {
             match reader.framing.step(&mut reader.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Step::End) => return Poll::Ready(None),
+                Ok(Step::End) => {
+                    // The connection can carry on before whoever holds the body drops it.
+                    reader.go_home();
+                    return Poll::Ready(None);
+                }
                 Ok(Step::More) => {}
                 Err(e) => return reader.fail(format!("invalid request body: {e}")),
             }

@@ -39,6 +39,19 @@ async fn echo(req: Request<RequestBody>) -> Result<Response<AxumBody>, Infallibl
         }
         "/ignore" => return Ok(answer.body(AxumBody::from("ignored")).unwrap()),
         "/hang" => std::future::pending::<()>().await,
+        "/hold" => {
+            // Reads the body to its end but keeps it for a while after answering.
+            let mut body = req.into_body();
+            let mut len = 0;
+            while let Some(frame) = body.frame().await {
+                len += frame.unwrap().into_data().map_or(0, |d| d.len());
+            }
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                drop(body);
+            });
+            return Ok(answer.body(AxumBody::from(len.to_string())).unwrap());
+        }
         _ => {}
     }
     let body = match req.into_body().collect().await {
@@ -387,6 +400,14 @@ async fn long_bodies_stream_and_unread_ones_close_the_connection() {
         let req = Request::put("/echo").body(Full::new(big.clone())).unwrap();
         let answer = sender.send_request(req).await.unwrap();
         assert_eq!(answer.into_body().collect().await.unwrap().to_bytes(), big);
+    }
+    // A body read to its end but still held after the answer leaves the connection usable.
+    for _ in 0..2 {
+        let req = Request::put("/hold").body(Full::new(big.clone())).unwrap();
+        let answer = sender.send_request(req).await.unwrap();
+        assert!(!answer.headers().contains_key("connection"));
+        let got = answer.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(got, big.len().to_string().as_bytes());
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
