@@ -25,6 +25,7 @@
 //! `connection: close`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -90,15 +91,8 @@ pub(crate) async fn serve_connection<S, B>(
                     Err(refusal) => return conn.refuse(refusal.0, &refusal.1).await,
                 }
             }
-            let Some(rd) = conn.rd.as_mut() else { return };
-            let read = tokio::select! {
-                biased;
-                read = fill(rd, &mut conn.buf) => read,
-                _ = &mut stop => return,
-            };
-            match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            if !conn.read_more(stop.as_mut()).await {
+                return;
             }
         };
 
@@ -134,16 +128,9 @@ pub(crate) async fn serve_connection<S, B>(
                 RequestBody::full(conn.buf.split_to(n as usize).freeze())
             }
             Framing::Length(n) if n <= READ_AHEAD && !expect_continue => {
-                let Some(rd) = conn.rd.as_mut() else { return };
                 while (conn.buf.len() as u64) < n {
-                    let read = tokio::select! {
-                        biased;
-                        read = fill(rd, &mut conn.buf) => read,
-                        _ = &mut stop => return,
-                    };
-                    match read {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+                    if !conn.read_more(stop.as_mut()).await {
+                        return;
                     }
                 }
                 RequestBody::full(conn.buf.split_to(n as usize).freeze())
@@ -151,12 +138,13 @@ pub(crate) async fn serve_connection<S, B>(
             framing => {
                 let Some(rd) = conn.rd.take() else { return };
                 RequestBody(Kind::Stream(Box::new(Reader {
-                    rd: Some(rd),
-                    buf: std::mem::take(&mut conn.buf),
-                    framing,
-                    continue_left: if expect_continue { CONTINUE.len() } else { 0 },
-                    failed: false,
-                    gone_home: false,
+                    side: Some(ReadSide {
+                        rd,
+                        buf: std::mem::take(&mut conn.buf),
+                        framing,
+                        continue_left: if expect_continue { CONTINUE.len() } else { 0 },
+                        failed: false,
+                    }),
                     home: Arc::new(Home::default()),
                 })))
             }
@@ -195,8 +183,7 @@ pub(crate) async fn serve_connection<S, B>(
             // can still be read and dropped.
             let left = home.0.lock().unwrap_or_else(|e| e.into_inner()).take();
             let carry_on = left.as_ref().is_some_and(|left| {
-                left.rd.is_some()
-                    && !left.failed
+                !left.failed
                     && match left.framing {
                         Framing::Done | Framing::Length(0) => true,
                         // Unread, and never asked for: the client may not send it at all.
@@ -206,10 +193,10 @@ pub(crate) async fn serve_connection<S, B>(
                     }
             });
             match left {
-                Some(Left {
+                Some(ReadSide {
                     rd, buf, framing, ..
                 }) if carry_on => {
-                    conn.rd = rd;
+                    conn.rd = Some(rd);
                     conn.buf = buf;
                     if let Framing::Length(n) = framing {
                         unread = Some(n).filter(|n| *n > 0);
@@ -251,6 +238,19 @@ struct Conn {
 }
 
 impl Conn {
+    /// Reads more of the request into `buf`; `false` when the client closed the connection
+    /// or it failed, or when `stop` resolved first.
+    async fn read_more(&mut self, stop: Pin<&mut impl Future>) -> bool {
+        let Some(rd) = self.rd.as_mut() else {
+            return false;
+        };
+        tokio::select! {
+            biased;
+            read = fill(rd, &mut self.buf) => matches!(read, Ok(n) if n > 0),
+            _ = stop => false,
+        }
+    }
+
     /// Answers a bad request and ends the connection (the write half closes on drop).
     async fn refuse(mut self, status: StatusCode, why: &str) {
         tracing::debug!(%status, why, "HTTP server: refused a request");
@@ -562,27 +562,23 @@ impl RequestBody {
     }
 }
 
-/// Where a streaming body leaves the connection's read half when it ends or is dropped.
+/// Where a streaming body leaves the connection's read side when it ends or is dropped.
 #[derive(Default)]
-struct Home(Mutex<Option<Left>>);
+struct Home(Mutex<Option<ReadSide>>);
 
-struct Left {
-    rd: Option<OwnedReadHalf>,
-    buf: BytesMut,
-    framing: Framing,
-    continue_left: usize,
-    failed: bool,
-}
-
-struct Reader {
-    rd: Option<OwnedReadHalf>,
+/// The connection's read half and what a streaming body needs to read from it.
+struct ReadSide {
+    rd: OwnedReadHalf,
     buf: BytesMut,
     framing: Framing,
     /// Bytes of `100 Continue` still to write before the body is waited for.
     continue_left: usize,
     failed: bool,
-    /// The read half went back to the connection (at the body's end, or on drop).
-    gone_home: bool,
+}
+
+struct Reader {
+    /// `None` once it went back to the connection (at the body's end, or on drop).
+    side: Option<ReadSide>,
     home: Arc<Home>,
 }
 
@@ -593,21 +589,15 @@ impl Drop for Reader {
 }
 
 impl Reader {
-    /// Hands the read half and what is buffered back to the connection, once.
+    /// Hands the read side back to the connection, once.
     fn go_home(&mut self) {
-        if std::mem::replace(&mut self.gone_home, true) {
-            return;
+        if let Some(side) = self.side.take() {
+            *self.home.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(side);
         }
-        let left = Left {
-            rd: self.rd.take(),
-            buf: std::mem::take(&mut self.buf),
-            framing: self.framing,
-            continue_left: self.continue_left,
-            failed: self.failed,
-        };
-        *self.home.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(left);
     }
+}
 
+impl ReadSide {
     fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.failed = true;
         Poll::Ready(Some(Err(why.into())))
@@ -615,10 +605,7 @@ impl Reader {
 
     /// Writes what is left of `100 Continue`.
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(rd) = self.rd.as_ref() else {
-            return Poll::Ready(Ok(()));
-        };
-        let io: &TcpStream = rd.as_ref();
+        let io: &TcpStream = self.rd.as_ref();
         while self.continue_left > 0 {
             let from = CONTINUE.len() - self.continue_left;
             match io.try_write(&CONTINUE[from..]) {
@@ -646,11 +633,11 @@ impl Body for RequestBody {
             Kind::Full(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Stream(reader) => reader,
         };
-        if reader.failed {
+        let Some(side) = reader.side.as_mut().filter(|side| !side.failed) else {
             return Poll::Ready(None);
-        }
+        };
         loop {
-            match reader.framing.step(&mut reader.buf) {
+            match side.framing.step(&mut side.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::End) => {
                     // The connection can carry on before whoever holds the body drops it.
@@ -658,23 +645,20 @@ impl Body for RequestBody {
                     return Poll::Ready(None);
                 }
                 Ok(Step::More) => {}
-                Err(e) => return reader.fail(format!("invalid request body: {e}")),
+                Err(e) => return side.fail(format!("invalid request body: {e}")),
             }
-            if reader.continue_left > 0
-                && let Err(e) = ready!(reader.poll_continue(cx))
+            if side.continue_left > 0
+                && let Err(e) = ready!(side.poll_continue(cx))
             {
-                return reader.fail(format!("writing 100 Continue: {e}"));
+                return side.fail(format!("writing 100 Continue: {e}"));
             }
-            let Some(rd) = reader.rd.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match ready!(poll_fill(rd, &mut reader.buf, cx)) {
+            match ready!(poll_fill(&mut side.rd, &mut side.buf, cx)) {
                 Ok(0) => {
-                    return reader
+                    return side
                         .fail("the client closed the connection before the body ended".into());
                 }
                 Ok(_) => {}
-                Err(e) => return reader.fail(format!("reading the request body: {e}")),
+                Err(e) => return side.fail(format!("reading the request body: {e}")),
             }
         }
     }
@@ -682,17 +666,23 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Full(data) => data.is_none(),
-            Kind::Stream(reader) => reader.failed || reader.framing.exact() == Some(0),
+            Kind::Stream(reader) => reader
+                .side
+                .as_ref()
+                .is_none_or(|side| side.failed || side.framing.exact() == Some(0)),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.0 {
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Kind::Stream(reader) => reader
-                .framing
-                .exact()
-                .map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Stream(reader) => match &reader.side {
+                Some(side) => side
+                    .framing
+                    .exact()
+                    .map_or_else(SizeHint::default, SizeHint::with_exact),
+                None => SizeHint::with_exact(0),
+            },
         }
     }
 }
