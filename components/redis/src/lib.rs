@@ -18,6 +18,9 @@
 //! - `client` (private): the connection — one multiplexed, self-reconnecting connection
 //!   (`redis::aio::ConnectionManager`) opened lazily, one to the master the sentinels name, or
 //!   a cluster connection — and the retry rules.
+//! - `reads` (private): on a plain-TCP single node, state reads go out on a lean multiplexed
+//!   connection of their own (commands encoded straight into its write buffer, replies read
+//!   straight into items); anything unusual falls back to the shared connection.
 //!
 //! # What works
 //!
@@ -35,7 +38,7 @@
 //! | `useEntraID` / `useAzureAD` | **rejected** at start-up: not supported in this build |
 //! | `redisMaxRetries`, `redisMinRetryInterval`, `redisMaxRetryInterval` (and legacy `maxRetries`, `maxRetryBackoff`) | retries of reads on broken connections (see [`RedisMetadata::max_retries`]) |
 //! | `dialTimeout`, `readTimeout` | connection and reply timeouts (`readTimeout` is also the `BLOCK` of a subscription's `XREADGROUP`) |
-//! | `writeTimeout`, `poolSize`, `poolTimeout`, `minIdleConns`, `idleTimeout`, `maxConnAge`, `idleCheckFrequency` | accepted and validated, no effect (no pool: one multiplexed connection) |
+//! | `writeTimeout`, `poolSize`, `poolTimeout`, `minIdleConns`, `idleTimeout`, `maxConnAge`, `idleCheckFrequency` | accepted and validated, no effect (no pool: multiplexed connections) |
 //! | `ttlInSeconds` | default TTL of every write |
 //! | `queryIndexes` | accepted, ignored: no query API (Dapr's needs RediSearch) |
 //! | `actorStateStore`, `keyPrefix` | read by the runtime |
@@ -53,6 +56,7 @@ pub mod binding;
 mod client;
 pub mod metadata;
 pub mod pubsub;
+mod reads;
 pub mod state;
 
 pub use binding::RedisBinding;

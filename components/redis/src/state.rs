@@ -52,6 +52,7 @@ use tandem_components::{Error, Metadata, Result};
 
 use crate::client::{Client, Idempotence};
 use crate::metadata::{MAX_TTL_SECONDS, RedisMetadata};
+use crate::reads::Reads;
 
 /// The one write script: ETag checks and writes for a list of operations.
 ///
@@ -132,6 +133,8 @@ return 0
 /// layout and semantics, and [`RedisMetadata`] for the settings.
 pub struct RedisStateStore {
     client: Client,
+    /// The connection of its own for reads, on a plain-TCP single node.
+    reads: Option<Reads>,
     default_ttl: Option<i64>,
     script: Script,
 }
@@ -155,6 +158,7 @@ impl RedisStateStore {
         tracing::debug!(component = %metadata.name, mode = ?settings.redis_type, sentinel = settings.failover, tls = settings.enable_tls, "state.redis ready");
         Ok(Self {
             client,
+            reads: Reads::new(&settings),
             default_ttl: settings.default_ttl,
             script: Script::new(WRITE_SCRIPT),
         })
@@ -266,7 +270,14 @@ impl RedisStateStore {
                 }
             }
         } else {
-            out = self.read_group(what, keys).await?;
+            let lean = match &self.reads {
+                Some(reads) if !keys.is_empty() => reads.read(what, keys).await,
+                _ => None,
+            };
+            out = match lean {
+                Some(reads) => reads?,
+                None => self.read_group(what, keys).await?,
+            };
         }
         // Keys that are not hashes: Dapr's fallback to a plain GET (rare, so not batched).
         for (i, key) in keys.iter().enumerate() {
@@ -328,7 +339,7 @@ impl RedisStateStore {
             Ok(Value::BulkString(bytes)) => Ok(Some(StateItem {
                 value: Bytes::from(bytes),
                 etag: None,
-                metadata: expiry_metadata(pttl, SystemTime::now()),
+                metadata: expiry_metadata(pttl_ms(pttl), SystemTime::now()),
             })),
             Ok(Value::Nil) => Ok(None),
             Ok(_) => Err(ReadError::Other(
@@ -402,10 +413,11 @@ fn check_ttl(secs: i64) -> Result<i64> {
 }
 
 /// What reading one key gave.
-type KeyRead = std::result::Result<Option<StateItem>, ReadError>;
+pub(crate) type KeyRead = std::result::Result<Option<StateItem>, ReadError>;
 
 /// Why one key of a read failed.
-enum ReadError {
+#[derive(Debug)]
+pub(crate) enum ReadError {
     /// `WRONGTYPE`: the key is not a hash (answered by a plain `GET`).
     NotAHash,
     /// Anything else, reported for that key.
@@ -439,7 +451,7 @@ fn hash_item(fields: Value, pttl: RedisResult<Value>, now: SystemTime) -> KeyRea
             Ok(Some(StateItem {
                 value: Bytes::from(data),
                 etag: Some(ETag::from(version)),
-                metadata: expiry_metadata(pttl, now),
+                metadata: expiry_metadata(pttl_ms(pttl), now),
             }))
         }
         _ => Err(ReadError::Other(
@@ -448,10 +460,19 @@ fn hash_item(fields: Value, pttl: RedisResult<Value>, now: SystemTime) -> KeyRea
     }
 }
 
-/// `ttlExpireTime` when `PTTL` reports an expiry; whole seconds, as Dapr formats it.
-fn expiry_metadata(pttl: RedisResult<Value>, now: SystemTime) -> HashMap<String, String> {
+/// The milliseconds of a `PTTL` reply, if it is a number.
+fn pttl_ms(pttl: RedisResult<Value>) -> Option<i64> {
+    match pttl {
+        Ok(Value::Int(ms)) => Some(ms),
+        _ => None,
+    }
+}
+
+/// `ttlExpireTime` when `PTTL` reported an expiry (`pttl` milliseconds, negative for none);
+/// whole seconds, as Dapr formats it.
+pub(crate) fn expiry_metadata(pttl: Option<i64>, now: SystemTime) -> HashMap<String, String> {
     let mut metadata = HashMap::new();
-    if let Ok(Value::Int(ms)) = pttl
+    if let Some(ms) = pttl
         && let Ok(ms) = u64::try_from(ms)
     {
         let at = now + Duration::from_millis(ms);
