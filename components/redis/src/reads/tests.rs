@@ -266,7 +266,11 @@ async fn calls_in_flight_get_their_own_replies() {
     let keys: Vec<String> = (0..40).map(|i| key(&format!("many-{i}"))).collect();
     let value = |i: usize| -> Vec<u8> {
         // Every fifth value is large enough to arrive over several reads.
-        let len = if i.is_multiple_of(5) { 200_000 + i } else { 10 + i };
+        let len = if i.is_multiple_of(5) {
+            200_000 + i
+        } else {
+            10 + i
+        };
         (0..len).map(|j| ((i * 7 + j) % 251) as u8).collect()
     };
     for (i, k) in keys.iter().enumerate() {
