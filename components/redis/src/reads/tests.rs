@@ -399,10 +399,20 @@ async fn dropped_and_timed_out_calls_leave_the_connection_in_step() {
     let keys = [a.as_str()];
     let cut = tokio::time::timeout(Duration::from_millis(30), reads.read("get", &keys)).await;
     assert!(cut.is_err(), "answered during the pause");
-    let outcome = reads.read("get", &[&b]).await.expect("lean");
-    let err = outcome.expect_err("timed out");
-    assert!(err.to_string().contains("timed out"), "{err}");
-    assert!(started.elapsed() < Duration::from_millis(400), "{err}");
+    // Three calls in flight time out, none before `readTimeout`.
+    let waiting = Instant::now();
+    let (one, other, both) = ([b.as_str()], [a.as_str()], [b.as_str(), a.as_str()]);
+    let (x, y, z) = tokio::join!(
+        reads.read("get", &one),
+        reads.read("get", &other),
+        reads.read("get", &both),
+    );
+    for outcome in [x, y, z] {
+        let err = outcome.expect("lean").expect_err("timed out");
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+    assert!(waiting.elapsed() >= Duration::from_millis(140));
+    assert!(started.elapsed() < Duration::from_millis(400));
 
     // After the pause the dropped and timed-out calls' replies are read and dropped: the
     // next calls get their own, on the same connection.
