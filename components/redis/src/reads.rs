@@ -25,7 +25,8 @@
 //!   next read asks for a new one. A reply that is an error other than `WRONGTYPE` also sends
 //!   its read the shared way, whose error it then reports. Only a reply that does not come
 //!   within `readTimeout` fails the read here, as it would there (trying again would double
-//!   the wait).
+//!   the wait); the connection is then closed, as Dapr's Go client closes a connection after
+//!   a time-out, since every reply queued behind the late one is late too.
 //! - **Cancellation is safe.** A call that is dropped (its client went away) leaves its slot
 //!   behind; its replies are read and dropped, so the connection stays in step.
 
@@ -74,10 +75,17 @@ pub(crate) struct Reads {
     logins: usize,
     dial_timeout: Duration,
     read_timeout: Option<Duration>,
+    /// What the background dial shares.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     /// The open connection, if any.
-    pipe: Arc<ArcSwapOption<Pipe>>,
+    pipe: ArcSwapOption<Pipe>,
     /// Whether a dial is under way (or pausing after a failure).
-    dialing: Arc<AtomicBool>,
+    dialing: AtomicBool,
+    /// Set when the store is dropped, so that a dial finishing later closes its connection.
+    dropped: AtomicBool,
 }
 
 /// What a call and the connection's task share.
@@ -159,8 +167,11 @@ impl Reads {
             logins,
             dial_timeout: md.dial_timeout,
             read_timeout: md.read_timeout,
-            pipe: Arc::new(ArcSwapOption::empty()),
-            dialing: Arc::new(AtomicBool::new(false)),
+            shared: Arc::new(Shared {
+                pipe: ArcSwapOption::empty(),
+                dialing: AtomicBool::new(false),
+                dropped: AtomicBool::new(false),
+            }),
         })
     }
 
@@ -171,11 +182,15 @@ impl Reads {
         what: &'static str,
         keys: &[&str],
     ) -> Option<Result<Vec<KeyRead>>> {
-        let answer = self.send(keys)?;
+        let (pipe, answer) = self.send(keys)?;
         let answer = match self.read_timeout {
             Some(limit) => match tokio::time::timeout(limit, answer).await {
                 Ok(answer) => answer,
                 Err(_) => {
+                    // Replies come in order: the connection is stuck behind this one. Close
+                    // it (as Dapr's Go client does after a time-out); the next read opens
+                    // another.
+                    pipe.close();
                     let err = RedisError::from(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "timed out waiting for the reply",
@@ -189,9 +204,10 @@ impl Reads {
         answer.ok().flatten().map(Ok)
     }
 
-    /// Queues the commands for `keys`; `None` when there is no open connection.
-    fn send(&self, keys: &[&str]) -> Option<oneshot::Receiver<Answer>> {
-        let current = self.pipe.load();
+    /// Queues the commands for `keys` on the connection it returns; `None` when there is no
+    /// open connection.
+    fn send(&self, keys: &[&str]) -> Option<(Arc<Pipe>, oneshot::Receiver<Answer>)> {
+        let current = self.shared.pipe.load();
         let Some(pipe) = current.as_ref() else {
             self.dial();
             return None;
@@ -202,7 +218,7 @@ impl Reads {
             drop(q);
             let failed = Arc::clone(pipe);
             drop(current);
-            self.pipe.rcu(|now| match now {
+            self.shared.pipe.rcu(|now| match now {
                 Some(p) if Arc::ptr_eq(p, &failed) => None,
                 other => other.clone(),
             });
@@ -222,12 +238,12 @@ impl Reads {
         if first {
             pipe.wake.wake();
         }
-        Some(slot)
+        Some((Arc::clone(pipe), slot))
     }
 
     /// Opens a connection in the background, unless one is being opened.
     fn dial(&self) {
-        if self.dialing.swap(true, Ordering::AcqRel) {
+        if self.shared.dialing.swap(true, Ordering::AcqRel) {
             return;
         }
         let dialer = Dialer {
@@ -237,7 +253,7 @@ impl Reads {
             logins: self.logins,
             timeout: self.dial_timeout,
         };
-        let (slot, dialing) = (Arc::clone(&self.pipe), Arc::clone(&self.dialing));
+        let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             match dialer.open().await {
                 Ok(stream) => {
@@ -252,14 +268,20 @@ impl Reads {
                         wake: AtomicWaker::new(),
                         local,
                     });
-                    slot.store(Some(Arc::clone(&pipe)));
-                    dialing.store(false, Ordering::Release);
+                    shared.pipe.store(Some(Arc::clone(&pipe)));
+                    shared.dialing.store(false, Ordering::Release);
+                    // The store sets `dropped` before it takes the connection out: either it
+                    // saw this one, or this sees `dropped`.
+                    if shared.dropped.load(Ordering::SeqCst) {
+                        pipe.close();
+                    }
+                    drop(shared);
                     Driver::new(pipe, stream).run().await;
                 }
                 Err(err) => {
                     tracing::debug!(error = %err, "state.redis read connection: dial failed");
                     tokio::time::sleep(DIAL_PAUSE).await;
-                    dialing.store(false, Ordering::Release);
+                    shared.dialing.store(false, Ordering::Release);
                 }
             }
         });
@@ -268,19 +290,24 @@ impl Reads {
     /// Whether a connection is open.
     #[cfg(test)]
     fn is_open(&self) -> bool {
-        self.pipe.load().as_ref().is_some_and(|p| p.queue().open)
+        self.shared
+            .pipe
+            .load()
+            .as_ref()
+            .is_some_and(|p| p.queue().open)
     }
 
     /// The open connection's local address.
     #[cfg(test)]
     fn local(&self) -> Option<SocketAddr> {
-        self.pipe.load().as_ref().and_then(|p| p.local)
+        self.shared.pipe.load().as_ref().and_then(|p| p.local)
     }
 }
 
 impl Drop for Reads {
     fn drop(&mut self) {
-        if let Some(pipe) = self.pipe.swap(None) {
+        self.shared.dropped.store(true, Ordering::SeqCst);
+        if let Some(pipe) = self.shared.pipe.swap(None) {
             pipe.close();
         }
     }

@@ -374,33 +374,52 @@ async fn a_killed_connection_falls_back_and_is_replaced() {
 }
 
 /// `CLIENT PAUSE` holds every reply back: a call dropped mid-way leaves the connection in
-/// step, and one that outlives `readTimeout` fails with a time-out.
+/// step.
 #[tokio::test]
-async fn dropped_and_timed_out_calls_leave_the_connection_in_step() {
-    let Some(reads) = reads(&[("readTimeout", "150ms")]) else {
-        return;
-    };
+async fn a_dropped_call_leaves_the_connection_in_step() {
+    let Some(reads) = reads(&[]) else { return };
+    let _alone = PAUSING.lock().await;
     let mut conn = direct(0).await;
-    let (a, b) = (key("paused-a"), key("paused-b"));
+    let (a, b) = (key("dropped-a"), key("dropped-b"));
     state_hash(&mut conn, &a, b"a", "1").await;
     state_hash(&mut conn, &b, b"b", "2").await;
     warm(&reads).await;
     assert!(reads.read("get", &[&a]).await.is_some());
     let addr = client_addr(&reads, &mut conn).await;
 
-    redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(400)
-        .arg("ALL")
-        .exec_async(&mut conn)
-        .await
-        .unwrap();
-    let started = Instant::now();
+    pause(&mut conn, 200).await;
     let keys = [a.as_str()];
     let cut = tokio::time::timeout(Duration::from_millis(30), reads.read("get", &keys)).await;
     assert!(cut.is_err(), "answered during the pause");
-    // Three calls in flight time out, none before `readTimeout`.
-    let waiting = Instant::now();
+    // The dropped call's replies are read and dropped: the next calls get their own, on the
+    // same connection.
+    for _ in 0..3 {
+        let got = reads.read("get", &[&b, &a]).await.unwrap().unwrap();
+        assert_eq!(item(&got[0]).value.as_ref(), b"b");
+        assert_eq!(item(&got[1]).value.as_ref(), b"a");
+    }
+    assert_eq!(client_addr(&reads, &mut conn).await, addr);
+    delete(&mut conn, &[&a, &b]).await;
+}
+
+/// Calls that outlive `readTimeout` fail with a time-out, and the connection they waited on
+/// is closed; reads work again on a new one.
+#[tokio::test]
+async fn timed_out_calls_close_the_connection() {
+    let Some(reads) = reads(&[("readTimeout", "150ms")]) else {
+        return;
+    };
+    let _alone = PAUSING.lock().await;
+    let mut conn = direct(0).await;
+    let (a, b) = (key("late-a"), key("late-b"));
+    state_hash(&mut conn, &a, b"a", "1").await;
+    state_hash(&mut conn, &b, b"b", "2").await;
+    warm(&reads).await;
+    assert!(reads.read("get", &[&a]).await.is_some());
+    let addr = client_addr(&reads, &mut conn).await;
+
+    pause(&mut conn, 400).await;
+    let started = Instant::now();
     let (one, other, both) = ([b.as_str()], [a.as_str()], [b.as_str(), a.as_str()]);
     let (x, y, z) = tokio::join!(
         reads.read("get", &one),
@@ -411,19 +430,34 @@ async fn dropped_and_timed_out_calls_leave_the_connection_in_step() {
         let err = outcome.expect("lean").expect_err("timed out");
         assert!(err.to_string().contains("timed out"), "{err}");
     }
-    assert!(waiting.elapsed() >= Duration::from_millis(140));
+    assert!(started.elapsed() >= Duration::from_millis(140));
     assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(!reads.is_open());
+    // Meanwhile reads go the shared way.
+    assert!(reads.read("get", &[&a]).await.is_none());
 
-    // After the pause the dropped and timed-out calls' replies are read and dropped: the
-    // next calls get their own, on the same connection.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    for _ in 0..3 {
-        let got = reads.read("get", &[&b, &a]).await.unwrap().unwrap();
-        assert_eq!(item(&got[0]).value.as_ref(), b"b");
-        assert_eq!(item(&got[1]).value.as_ref(), b"a");
-    }
-    assert_eq!(client_addr(&reads, &mut conn).await, addr);
+    warm(&reads).await;
+    let got = reads.read("get", &[&b, &a]).await.unwrap().unwrap();
+    assert_eq!(item(&got[0]).value.as_ref(), b"b");
+    assert_eq!(item(&got[1]).value.as_ref(), b"a");
+    assert_ne!(client_addr(&reads, &mut conn).await, addr);
     delete(&mut conn, &[&a, &b]).await;
+}
+
+/// Taken by the tests that pause Redis, so that one's pause does not upset the other's
+/// timing.
+static PAUSING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds back every client's replies for `ms` milliseconds.
+async fn pause(conn: &mut MultiplexedConnection, ms: u64) {
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("ALL")
+        .exec_async(conn)
+        .await
+        .unwrap();
 }
 
 /// Dropping the store closes its read connection.
