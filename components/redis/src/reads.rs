@@ -91,8 +91,11 @@ struct Shared {
 /// What a call and the connection's task share.
 struct Pipe {
     queue: Mutex<Queue>,
-    /// Wakes the connection's task when the queue's bytes go from none to some.
+    /// Wakes the connection's task when the queue's bytes go from none to some, or when the
+    /// connection is closed.
     wake: AtomicWaker,
+    /// Set by [`Pipe::close`]: the task ends, even while its write is blocked.
+    closed: AtomicBool,
     /// The connection's local address (for logs).
     local: Option<SocketAddr>,
 }
@@ -122,6 +125,7 @@ impl Pipe {
 
     /// No more calls; the task ends.
     fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         let calls = {
             let mut q = self.queue();
             q.open = false;
@@ -266,6 +270,7 @@ impl Reads {
                             open: true,
                         }),
                         wake: AtomicWaker::new(),
+                        closed: AtomicBool::new(false),
                         local,
                     });
                     shared.pipe.store(Some(Arc::clone(&pipe)));
@@ -400,13 +405,14 @@ impl Driver {
     /// Runs until the connection fails (an error) or the store is dropped (`Ok`).
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            // Register before looking, so that a call queued (or a close) after the look
+            // wakes the task.
+            self.pipe.wake.register(cx.waker());
+            if self.pipe.closed.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(()));
+            }
             if self.pending.is_empty() {
-                // Register before looking, so that a call queued after the look wakes the task.
-                self.pipe.wake.register(cx.waker());
                 let mut q = self.pipe.queue();
-                if !q.open {
-                    return Poll::Ready(Ok(()));
-                }
                 std::mem::swap(&mut q.out, &mut self.pending);
                 self.calls.extend(q.calls.drain(..));
                 drop(q);
