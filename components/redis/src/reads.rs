@@ -45,7 +45,6 @@ use arc_swap::ArcSwapOption;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use redis::RedisError;
-use tandem_components::state::{ETag, StateItem};
 use tandem_components::{Error, Result};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,7 +53,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::client::Failure;
 use crate::metadata::{RedisMetadata, RedisType};
-use crate::state::{KeyRead, ReadError, expiry_metadata};
+use crate::state::{KeyRead, ReadError, state_item};
 
 /// The capacity the buffers start with, and keep between calls.
 const BUFFER: usize = 4096;
@@ -67,13 +66,7 @@ const DIAL_PAUSE: Duration = Duration::from_secs(1);
 
 /// The read connection of one store.
 pub(crate) struct Reads {
-    host: String,
-    port: u16,
-    /// `AUTH` and `SELECT`, encoded, sent on every new connection.
-    login: Vec<u8>,
-    /// How many `+OK` replies `login` gets.
-    logins: usize,
-    dial_timeout: Duration,
+    dialer: Arc<Dialer>,
     read_timeout: Option<Duration>,
     /// What the background dial shares.
     shared: Arc<Shared>,
@@ -94,7 +87,9 @@ struct Pipe {
     /// Wakes the connection's task when the queue's bytes go from none to some, or when the
     /// connection is closed.
     wake: AtomicWaker,
-    /// Set by [`Pipe::close`]: the task ends, even while its write is blocked.
+    /// Set by [`Pipe::close`]: no more calls, and the task ends, even while its write is
+    /// blocked. Calls read it under the queue's lock, which `close` takes after setting it:
+    /// a call queued before that is dropped with the queue (its caller goes the shared way).
     closed: AtomicBool,
     /// The connection's local address (for logs).
     local: Option<SocketAddr>,
@@ -105,8 +100,6 @@ struct Queue {
     out: Vec<u8>,
     /// Their calls, in the same order.
     calls: VecDeque<Call>,
-    /// Cleared when the connection failed or the store was dropped: no more calls.
-    open: bool,
 }
 
 /// A call waiting for its replies.
@@ -126,11 +119,7 @@ impl Pipe {
     /// No more calls; the task ends.
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        let calls = {
-            let mut q = self.queue();
-            q.open = false;
-            std::mem::take(&mut q.calls)
-        };
+        let calls = std::mem::take(&mut self.queue().calls);
         drop(calls);
         self.wake.wake();
     }
@@ -165,11 +154,13 @@ impl Reads {
             logins += 1;
         }
         Some(Self {
-            host: host.host.clone(),
-            port: host.port,
-            login,
-            logins,
-            dial_timeout: md.dial_timeout,
+            dialer: Arc::new(Dialer {
+                host: host.host.clone(),
+                port: host.port,
+                login,
+                logins,
+                timeout: md.dial_timeout,
+            }),
             read_timeout: md.read_timeout,
             shared: Arc::new(Shared {
                 pipe: ArcSwapOption::empty(),
@@ -218,7 +209,7 @@ impl Reads {
         };
         let (answer, slot) = oneshot::channel();
         let mut q = pipe.queue();
-        if !q.open {
+        if pipe.closed.load(Ordering::Acquire) {
             drop(q);
             let failed = Arc::clone(pipe);
             drop(current);
@@ -250,13 +241,7 @@ impl Reads {
         if self.shared.dialing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let dialer = Dialer {
-            host: self.host.clone(),
-            port: self.port,
-            login: self.login.clone(),
-            logins: self.logins,
-            timeout: self.dial_timeout,
-        };
+        let dialer = Arc::clone(&self.dialer);
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             match dialer.open().await {
@@ -267,7 +252,6 @@ impl Reads {
                         queue: Mutex::new(Queue {
                             out: Vec::with_capacity(BUFFER),
                             calls: VecDeque::new(),
-                            open: true,
                         }),
                         wake: AtomicWaker::new(),
                         closed: AtomicBool::new(false),
@@ -299,7 +283,7 @@ impl Reads {
             .pipe
             .load()
             .as_ref()
-            .is_some_and(|p| p.queue().open)
+            .is_some_and(|p| !p.closed.load(Ordering::Acquire))
     }
 
     /// The open connection's local address.
@@ -322,7 +306,9 @@ impl Drop for Reads {
 struct Dialer {
     host: String,
     port: u16,
+    /// `AUTH` and `SELECT`, encoded, sent on every new connection.
     login: Vec<u8>,
+    /// How many `+OK` replies `login` gets.
     logins: usize,
     timeout: Duration,
 }
@@ -378,6 +364,8 @@ struct Driver {
     /// The calls whose commands were taken from the queue, oldest first.
     calls: VecDeque<Call>,
     buf: BytesMut,
+    /// The oldest call's replies parsed so far (kept for its capacity).
+    replies: Vec<Replies>,
 }
 
 impl Driver {
@@ -389,6 +377,7 @@ impl Driver {
             written: 0,
             calls: VecDeque::new(),
             buf: BytesMut::with_capacity(BUFFER),
+            replies: Vec::new(),
         }
     }
 
@@ -461,21 +450,21 @@ impl Driver {
     fn answer(&mut self) -> io::Result<()> {
         let mut at = 0;
         while let Some(call) = self.calls.front() {
-            let mut replies = Vec::with_capacity(call.keys);
+            self.replies.clear();
             let mut next = at;
-            while replies.len() < call.keys {
+            while self.replies.len() < call.keys {
                 match key_replies(&self.buf, next)? {
                     Some((r, after)) => {
-                        replies.push(r);
+                        self.replies.push(r);
                         next = after;
                     }
                     None => break,
                 }
             }
-            if replies.len() < call.keys {
+            if self.replies.len() < call.keys {
                 break;
             }
-            let answer = items(&self.buf, &replies);
+            let answer = items(&self.buf, &self.replies);
             at = next;
             if let Some(call) = self.calls.pop_front() {
                 // The caller may have gone: its replies are dropped.
@@ -508,19 +497,12 @@ fn items(buf: &[u8], replies: &[Replies]) -> Answer {
         .iter()
         .map(|r| match &r.fields {
             Fields::Error(_) => Err(ReadError::NotAHash),
-            Fields::Pair(None, None) => Ok(None),
-            Fields::Pair(Some(data), Some(version)) => {
-                let version = std::str::from_utf8(&buf[version.clone()])
-                    .map_err(|_| ReadError::Other("the version field is not text".into()))?;
-                Ok(Some(StateItem {
-                    etag: Some(ETag::from(version.to_owned())),
-                    value: Bytes::copy_from_slice(&buf[data.clone()]),
-                    metadata: expiry_metadata(r.pttl, now),
-                }))
-            }
-            Fields::Pair(..) => Err(ReadError::Other(
-                "required hash field 'data' or 'version' was not found".into(),
-            )),
+            Fields::Pair(data, version) => state_item(
+                data.clone().map(|d| Bytes::copy_from_slice(&buf[d])),
+                version.clone().map(|v| &buf[v]),
+                r.pttl,
+                now,
+            ),
         })
         .collect();
     Some(reads)

@@ -442,21 +442,43 @@ fn hash_item(fields: Value, pttl: RedisResult<Value>, now: SystemTime) -> KeyRea
     let Value::Array(fields) = fields else {
         return Err(ReadError::Other("unexpected reply to HMGET".into()));
     };
+    let field = |v: Option<Value>| match v {
+        Some(Value::Nil) => Ok(None),
+        Some(Value::BulkString(bytes)) => Ok(Some(bytes)),
+        _ => Err(ReadError::Other(MISSING_FIELD.into())),
+    };
     let mut fields = fields.into_iter();
-    match (fields.next(), fields.next()) {
-        (Some(Value::Nil), Some(Value::Nil)) => Ok(None),
-        (Some(Value::BulkString(data)), Some(Value::BulkString(version))) => {
-            let version = String::from_utf8(version)
+    let (data, version) = (field(fields.next())?, field(fields.next())?);
+    state_item(
+        data.map(Bytes::from),
+        version.as_deref(),
+        pttl_ms(pttl),
+        now,
+    )
+}
+
+const MISSING_FIELD: &str = "required hash field 'data' or 'version' was not found";
+
+/// The item of a state hash from its `data` and `version` fields (each nil or bytes) and its
+/// `PTTL` (milliseconds): none when both are nil, an error when only one is.
+pub(crate) fn state_item(
+    data: Option<Bytes>,
+    version: Option<&[u8]>,
+    pttl: Option<i64>,
+    now: SystemTime,
+) -> KeyRead {
+    match (data, version) {
+        (None, None) => Ok(None),
+        (Some(data), Some(version)) => {
+            let version = std::str::from_utf8(version)
                 .map_err(|_| ReadError::Other("the version field is not text".into()))?;
             Ok(Some(StateItem {
-                value: Bytes::from(data),
-                etag: Some(ETag::from(version)),
-                metadata: expiry_metadata(pttl_ms(pttl), now),
+                value: data,
+                etag: Some(ETag::from(version.to_owned())),
+                metadata: expiry_metadata(pttl, now),
             }))
         }
-        _ => Err(ReadError::Other(
-            "required hash field 'data' or 'version' was not found".into(),
-        )),
+        _ => Err(ReadError::Other(MISSING_FIELD.into())),
     }
 }
 

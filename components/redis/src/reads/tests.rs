@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
 use tandem_components::Metadata;
-use tandem_components::state::TTL_EXPIRE_TIME_KEY;
+use tandem_components::state::{ETag, StateItem, TTL_EXPIRE_TIME_KEY};
 use tandem_testkit::services;
 
 use super::*;
@@ -116,10 +116,10 @@ fn only_plain_single_nodes_get_a_read_connection() {
     ]))
     .unwrap();
     assert_eq!(
-        reads.login,
+        reads.dialer.login,
         b"*3\r\n$4\r\nAUTH\r\n$1\r\nu\r\n$1\r\np\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n4\r\n"
     );
-    assert_eq!(reads.logins, 2);
+    assert_eq!(reads.dialer.logins, 2);
 }
 
 fn reads(extra: &[(&str, &str)]) -> Option<Reads> {
