@@ -246,7 +246,9 @@ dapr_api! {
             &self,
             request: Request<rt::GetStateRequest>,
         ) -> Result<Response<rt::GetStateResponse>, Status> {
-            state::get(&self.runtime, request).await
+            state::get(&self.runtime, request.into_inner())
+                .await
+                .map(Response::new)
         }
 
         async fn get_bulk_state(

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use http::{HeaderMap, Uri};
@@ -31,7 +30,7 @@ use tonic::metadata::MetadataMap;
 use tower::Service;
 
 use super::error::http_status_error;
-use super::unary::{self, Rpc};
+use super::unary::{self, Rpc, UnaryBody};
 use super::{ApiToken, DaprApi, names, trace};
 use crate::allowlist::GrpcFilter;
 
@@ -83,7 +82,69 @@ impl<O> Clone for GrpcService<O> {
     }
 }
 
+/// An answer of the gRPC API.
+type Response = http::Response<GrpcBody>;
+
 type UnaryFuture = Pin<Box<dyn Future<Output = (Response, u64)> + Send>>;
+
+/// The body of a gRPC API answer: a lean unary answer as it was made, any other boxed.
+pub struct GrpcBody(Inner);
+
+enum Inner {
+    Unary(UnaryBody),
+    Boxed(Body),
+}
+
+impl GrpcBody {
+    pub(super) fn unary(body: UnaryBody) -> Self {
+        Self(Inner::Unary(body))
+    }
+
+    fn boxed(body: Body) -> Self {
+        Self(Inner::Boxed(body))
+    }
+}
+
+/// Empty (what tonic's trailers-only answers carry).
+impl Default for GrpcBody {
+    fn default() -> Self {
+        Self::unary(UnaryBody {
+            data: None,
+            trailers: false,
+        })
+    }
+}
+
+impl http_body::Body for GrpcBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        match &mut self.get_mut().0 {
+            Inner::Unary(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(|never| match never {}))),
+            Inner::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Unary(b) => b.is_end_stream(),
+            Inner::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.0 {
+            Inner::Unary(b) => b.size_hint(),
+            Inner::Boxed(b) => b.size_hint(),
+        }
+    }
+}
 
 enum Path {
     /// Answered before any handler.
@@ -91,7 +152,7 @@ enum Path {
     /// The lean unary path: the answer and the request message's size.
     Unary(UnaryFuture),
     /// Tonic's service or the proxy.
-    Routed(RouteFuture<Infallible>),
+    Routed(Box<RouteFuture<Infallible>>),
 }
 
 impl<O, B> Service<http::Request<B>> for GrpcService<O>
@@ -119,17 +180,21 @@ where
             path: Path::Answered(None),
             deadline: grpc_timeout(&parts.headers).map(|t| Box::pin(tokio::time::sleep(t))),
             traced: None,
-            observed: None,
-            shared: None,
+            // The shared state is kept only when an observer needs it at the end.
+            shared: observed.as_ref().map(|_| shared.clone()),
+            observed,
             received: None,
         };
-        future.traced = match trace::begin(&shared.tracer, &parts.uri, &mut parts.headers) {
-            Ok(t) => t,
-            Err(refused) => {
-                future.path = Path::Answered(Some(refused.answer()));
-                return future.observing(observed, shared);
-            }
-        };
+        let rpc = unary::served(&parts);
+        let propagates = rpc.is_none_or(Rpc::propagates);
+        future.traced =
+            match trace::begin(&shared.tracer, &parts.uri, &mut parts.headers, propagates) {
+                Ok(t) => t,
+                Err(refused) => {
+                    future.path = Path::Answered(Some(refused.answer()));
+                    return future;
+                }
+            };
         if let Some(filter) = &shared.filter
             && filter.blocks(parts.uri.path())
         {
@@ -139,13 +204,13 @@ where
                 MetadataMap::new(),
             );
             future.path = Path::Answered(Some(status.into_http()));
-            return future.observing(observed, shared);
+            return future;
         }
-        let req = http::Request::from_parts(parts, Body::new(body));
-        future.path = match unary::served(&req) {
-            Some(rpc) => Path::Unary(unary_call(shared, rpc, req)),
+        future.path = match rpc {
+            Some(rpc) => Path::Unary(unary_call(shared, rpc, parts, body)),
             None => {
-                let req = if observed.is_some() {
+                let req = http::Request::from_parts(parts, Body::new(body));
+                let req = if future.observed.is_some() {
                     // Counted as it is read, for the record at the end.
                     let counter = Arc::new(RpcBytes::default());
                     future.received = Some(counter.clone());
@@ -153,17 +218,28 @@ where
                 } else {
                     req
                 };
-                Path::Routed(self.routes.call(req))
+                // Boxed: axum's future holds the whole request, and a routed call is rare
+                // enough that keeping every call's future small matters more.
+                Path::Routed(Box::new(self.routes.call(req)))
             }
         };
-        future.observing(observed, shared)
+        future
     }
 }
 
-fn unary_call<O>(shared: &Arc<Shared<O>>, rpc: Rpc, req: http::Request<Body>) -> UnaryFuture {
+fn unary_call<O, B>(
+    shared: &Arc<Shared<O>>,
+    rpc: Rpc,
+    parts: http::request::Parts,
+    body: B,
+) -> UnaryFuture
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let api = shared.api.clone();
     let token = shared.token.clone();
-    Box::pin(unary::handle(api, token, rpc, req))
+    Box::pin(unary::handle(api, token, rpc, parts, body))
 }
 
 /// Bytes seen in each direction of one routed call.
@@ -200,16 +276,6 @@ pub struct GrpcFuture<O: GrpcObserver> {
     received: Option<Arc<RpcBytes>>,
 }
 
-impl<O: GrpcObserver> GrpcFuture<O> {
-    fn observing(mut self, observed: Option<O::Call>, shared: &Arc<Shared<O>>) -> Self {
-        if observed.is_some() {
-            self.shared = Some(shared.clone());
-            self.observed = observed;
-        }
-        self
-    }
-}
-
 impl<O: GrpcObserver> Future for GrpcFuture<O> {
     type Output = Result<Response, Infallible>;
 
@@ -228,8 +294,8 @@ impl<O: GrpcObserver> Future for GrpcFuture<O> {
                     None => return Poll::Pending,
                 },
             },
-            Path::Routed(fut) => match Pin::new(fut).poll(cx) {
-                Poll::Ready(Ok(resp)) => (resp, None),
+            Path::Routed(fut) => match Pin::new(&mut **fut).poll(cx) {
+                Poll::Ready(Ok(resp)) => (resp.map(GrpcBody::boxed), None),
                 Poll::Pending => match expired(&mut this.deadline, cx) {
                     Some(resp) => (resp, None),
                     None => return Poll::Pending,
@@ -295,7 +361,10 @@ impl<O: GrpcObserver> Future for GrpcFuture<O> {
             }
             frame
         });
-        Poll::Ready(Ok(Response::from_parts(parts, Body::new(body))))
+        Poll::Ready(Ok(Response::from_parts(
+            parts,
+            GrpcBody::boxed(Body::new(body)),
+        )))
     }
 }
 

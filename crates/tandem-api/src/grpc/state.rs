@@ -30,12 +30,12 @@ fn consistency_text(value: i32) -> &'static str {
 pub(super) use tandem_runtime::state::save_item_from_proto as save_item;
 use tandem_runtime::state::{proto_etag as etag, proto_options as options};
 
-/// `GetState`: a missing key is an empty answer, not an error.
+/// `GetState`: a missing key is an empty answer, not an error. It takes and answers bare
+/// messages: it needs no metadata, and the lean unary path calls it without tonic's wrappers.
 pub(super) async fn get(
     rt: &Runtime,
-    req: Request<rt::GetStateRequest>,
-) -> Result<rt::GetStateResponse> {
-    let req = req.into_inner();
+    req: rt::GetStateRequest,
+) -> std::result::Result<rt::GetStateResponse, Status> {
     let item = rt
         .state
         .get(
@@ -47,13 +47,13 @@ pub(super) async fn get(
         .await
         .map_err(to_status)?;
     let Some(item) = item else {
-        return Ok(Response::new(rt::GetStateResponse::default()));
+        return Ok(rt::GetStateResponse::default());
     };
-    Ok(Response::new(rt::GetStateResponse {
+    Ok(rt::GetStateResponse {
         data: item.value.into(),
         etag: item.etag.map(|e| e.as_str().to_owned()).unwrap_or_default(),
         metadata: item.metadata,
-    }))
+    })
 }
 
 /// `GetBulkState`: one item per key, per-key failures in `error`.

@@ -3,13 +3,12 @@
 //! Every call (the lean unary path, tonic's service, gRPC proxying) gets a span named after
 //! its method (`/dapr.proto.runtime.v1.Dapr/GetState`), a child of the caller's
 //! `grpc-trace-bin` or `traceparent` metadata; both are rewritten to the span's context, so
-//! the handlers propagate it. Answers other than `InvokeService` carry `grpc-trace-bin`, like
+//! the handlers propagate it (reads, which hand nothing on, skip the rewrite). Answers other than `InvokeService` carry `grpc-trace-bin`, like
 //! daprd's. Invalid `baggage` metadata is refused with `INVALID_ARGUMENT`.
 //!
 //! [`begin`] runs before the call and [`Call::end`] on the answer, both inside the gRPC API's
 //! one outer service ([`super::service`]).
 
-use axum::response::Response;
 use http::{HeaderMap, Uri};
 use tandem_runtime::trace::{Span, SpanKind, SpanName, Tracer, names, valid_baggage};
 use tonic::Status;
@@ -27,17 +26,19 @@ pub(super) struct InvalidBaggage;
 
 impl InvalidBaggage {
     /// The answer: `INVALID_ARGUMENT`.
-    pub(super) fn answer(self) -> Response {
+    pub(super) fn answer<B: Default>(self) -> http::Response<B> {
         Status::invalid_argument("invalid baggage header").into_http()
     }
 }
 
-/// Starts the span of a call (rewriting its trace metadata); `Ok(None)` when the call is
-/// not traced, `Err` with the answer when its `baggage` is invalid.
+/// Starts the span of a call; `Ok(None)` when the call is not traced, `Err` with the answer
+/// when its `baggage` is invalid. The call's trace metadata is rewritten to the span's
+/// context when the call `propagates` it; a call that does not (a read) leaves it alone.
 pub(super) fn begin(
     tracer: &Tracer,
     uri: &Uri,
     headers: &mut HeaderMap,
+    propagates: bool,
 ) -> Result<Option<Call>, InvalidBaggage> {
     let bad_baggage = headers
         .get_all(&names::BAGGAGE)
@@ -47,9 +48,13 @@ pub(super) fn begin(
         return Err(InvalidBaggage);
     }
     let path = uri.path();
-    let Some(span) =
-        tracer.start_from_headers(headers, SpanKind::Client, || path.to_owned().into())
-    else {
+    let name = || path.to_owned().into();
+    let span = if propagates {
+        tracer.start_from_headers(headers, SpanKind::Client, name)
+    } else {
+        tracer.start_child_of_headers(headers, SpanKind::Client, name)
+    };
+    let Some(span) = span else {
         return Ok(None);
     };
     let described = span.recording().then(|| path.to_owned());
@@ -62,7 +67,7 @@ pub(super) fn begin(
 
 impl Call {
     /// Ends the span with the answer and writes `grpc-trace-bin` into it.
-    pub(super) fn end(self, resp: &mut Response) {
+    pub(super) fn end<B>(self, resp: &mut http::Response<B>) {
         let Call {
             mut span,
             invoke,

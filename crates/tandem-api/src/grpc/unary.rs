@@ -18,10 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::body::Body;
-use axum::extract::Request;
-use axum::response::Response;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use dapr::dapr::proto::runtime::v1::dapr_server::Dapr;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method};
@@ -32,7 +29,11 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
+use super::service::GrpcBody;
 use super::{ApiToken, DaprApi, names};
+
+/// An answer of this path.
+type Response = http::Response<GrpcBody>;
 
 const SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.Dapr/";
 
@@ -69,13 +70,22 @@ impl Rpc {
     }
 }
 
-/// The RPC when this path serves `req`: a POST of an uncompressed gRPC message to one of
-/// the listed methods.
-pub(super) fn served(req: &Request) -> Option<Rpc> {
-    if req.method() != Method::POST {
+impl Rpc {
+    /// Whether the call may hand the caller's trace context on (to an app, a broker, a
+    /// binding, or a transaction's outbox). Reads never do, so tracing leaves their request
+    /// metadata alone.
+    pub(super) fn propagates(self) -> bool {
+        !matches!(self, Self::GetState | Self::GetBulkState | Self::GetSecret)
+    }
+}
+
+/// The RPC when this path serves a request with this head: a POST of an uncompressed gRPC
+/// message to one of the listed methods.
+pub(super) fn served(req: &http::request::Parts) -> Option<Rpc> {
+    if req.method != Method::POST {
         return None;
     }
-    let headers = req.headers();
+    let headers = &req.headers;
     let grpc = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -86,17 +96,21 @@ pub(super) fn served(req: &Request) -> Option<Rpc> {
     if !grpc || compressed {
         return None;
     }
-    Rpc::from_path(req.uri().path())
+    Rpc::from_path(req.uri.path())
 }
 
 /// Answers one call; also returns the size of the request body read.
-pub(super) async fn handle(
+pub(super) async fn handle<B>(
     api: Arc<DaprApi>,
     token: Option<ApiToken>,
     rpc: Rpc,
-    req: Request,
-) -> (Response, u64) {
-    let (parts, body) = req.into_parts();
+    parts: http::request::Parts,
+    body: B,
+) -> (Response, u64)
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let mut metadata = MetadataMap::from_headers(parts.headers);
     if let Some(mut token) = token {
         match token.call(GrpcRequest::from_parts(
@@ -122,7 +136,7 @@ pub(super) async fn handle(
         limit,
     };
     let answer = match rpc {
-        Rpc::GetState => call.run(|a, r| a.get_state(r)).await,
+        Rpc::GetState => call.run_bare(|a, r| super::state::get(&a.runtime, r)).await,
         Rpc::GetBulkState => call.run(|a, r| a.get_bulk_state(r)).await,
         Rpc::SaveState => call.run(|a, r| a.save_state(r)).await,
         Rpc::DeleteState => call.run(|a, r| a.delete_state(r)).await,
@@ -138,7 +152,11 @@ pub(super) async fn handle(
 
 /// Reads the request body: exactly one uncompressed, length-prefixed message of at most
 /// `limit` bytes. Answers the statuses tonic answers for the same faults.
-async fn read_message(body: Body, limit: usize) -> Result<Bytes, Status> {
+async fn read_message<B>(body: B, limit: usize) -> Result<Bytes, Status>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     let mut data = read_body(body, limit.saturating_add(5))
         .await
         .map_err(|e| match e {
@@ -180,22 +198,32 @@ async fn read_message(body: Body, limit: usize) -> Result<Bytes, Status> {
             "Expected one message in a unary request, got more.",
         ));
     }
-    Ok(data.split_off(5))
+    // Past the prefix in place: `split_off` would clone, and a first clone of a buffer
+    // allocates a shared count for it.
+    data.advance(5);
+    Ok(data)
 }
 
 enum BodyError {
     TooLarge,
-    Read(axum::Error),
+    Read(axum::BoxError),
 }
 
 /// The whole body, at most `max` bytes. A small message comes in one DATA frame, which is
-/// kept as it is; only a body in several frames is copied into one buffer.
-async fn read_body(mut body: Body, max: usize) -> Result<Bytes, BodyError> {
+/// kept as it is; only a body in several frames is copied into one buffer. The body is read
+/// as the server made it (not boxed).
+async fn read_body<B>(body: B, max: usize) -> Result<Bytes, BodyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    let mut body = std::pin::pin!(body);
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+        let frame = frame.map_err(|e| BodyError::Read(e.into()))?;
+        let Ok(data) = frame.into_data() else {
             continue;
         };
         total = total.saturating_add(data.len());
@@ -250,32 +278,57 @@ impl<'a> Call<'a> {
             .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
         let request = GrpcRequest::from_parts(self.metadata, self.extensions, message);
         let (metadata, answer, extensions) = method(self.api, request).await?.into_parts();
-        let len = answer.encoded_len();
-        if len > self.limit {
-            return Err(too_large("encoded", Some(len), self.limit));
-        }
-        let mut buf = BytesMut::with_capacity(5 + len);
-        buf.put_u8(0);
-        buf.put_u32(len as u32);
-        answer
-            .encode(&mut buf)
-            .map_err(|e| Status::internal(format!("failed to encode the answer: {e}")))?;
-        let mut response = Response::new(Body::new(UnaryBody {
-            data: Some(buf.freeze()),
-            trailers: true,
-        }));
+        let mut response = answer_with(&answer, self.limit)?;
         *response.extensions_mut() = extensions;
         let headers = response.headers_mut();
         *headers = metadata.into_headers();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         Ok(response)
     }
+
+    /// Decodes the request as `Q` and answers what `handler` makes of it, for handlers that
+    /// take and answer bare messages (no metadata either way, no boxed future): the request's
+    /// metadata is dropped unread.
+    async fn run_bare<Q, P, F, Fut>(self, handler: F) -> Result<Response, Status>
+    where
+        Q: Message + Default,
+        P: Message,
+        F: FnOnce(&'a DaprApi, Q) -> Fut,
+        Fut: Future<Output = Result<P, Status>> + 'a,
+    {
+        let message = Q::decode(self.message)
+            .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
+        let answer = handler(self.api, message).await?;
+        let mut response = answer_with(&answer, self.limit)?;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        Ok(response)
+    }
+}
+
+/// The answer carrying `message`, unless it is over `limit` bytes.
+fn answer_with(message: &impl Message, limit: usize) -> Result<Response, Status> {
+    let len = message.encoded_len();
+    if len > limit {
+        return Err(too_large("encoded", Some(len), limit));
+    }
+    let mut buf = BytesMut::with_capacity(5 + len);
+    buf.put_u8(0);
+    buf.put_u32(len as u32);
+    message
+        .encode(&mut buf)
+        .map_err(|e| Status::internal(format!("failed to encode the answer: {e}")))?;
+    Ok(Response::new(GrpcBody::unary(UnaryBody {
+        data: Some(buf.freeze()),
+        trailers: true,
+    })))
 }
 
 /// A unary answer: one DATA frame, then `grpc-status: 0`.
-struct UnaryBody {
-    data: Option<Bytes>,
-    trailers: bool,
+pub(super) struct UnaryBody {
+    pub(super) data: Option<Bytes>,
+    pub(super) trailers: bool,
 }
 
 impl http_body::Body for UnaryBody {
@@ -312,6 +365,9 @@ mod tests {
     use dapr::dapr::proto::runtime::v1 as rt;
     use tonic::Code;
     use tower::ServiceExt;
+
+    use axum::body::Body;
+    use axum::extract::Request;
 
     use super::*;
     use crate::grpc::service::GrpcService;

@@ -208,8 +208,12 @@ impl SpanContext {
     /// The `grpc-trace-bin` form (base64, as it travels in HTTP/2 headers).
     /// Marked sensitive, like [`Self::header_value`].
     pub fn binary_header_value(&self) -> HeaderValue {
-        let mut v = HeaderValue::try_from(BIN_B64.encode(self.binary()))
-            .expect("base64 is a valid header value");
+        // 29 bytes are 39 characters unpadded; encoded on the stack, copied once.
+        let mut text = [0u8; 39];
+        let len = BIN_B64
+            .encode_slice(self.binary(), &mut text)
+            .expect("39 bytes hold 29 in base64");
+        let mut v = HeaderValue::from_bytes(&text[..len]).expect("base64 is a valid header value");
         v.set_sensitive(true);
         v
     }
@@ -504,14 +508,25 @@ impl Tracer {
         kind: SpanKind,
         name: impl FnOnce() -> Cow<'static, str>,
     ) -> Option<Span> {
+        let span = self.start_child_of_headers(headers, kind, name)?;
+        span.context.inject(headers);
+        Some(span)
+    }
+
+    /// Starts a span whose parent comes from `headers`, leaving them as they are: for work
+    /// that hands no trace context on. `None` when tracing is off.
+    pub fn start_child_of_headers(
+        &self,
+        headers: &HeaderMap,
+        kind: SpanKind,
+        name: impl FnOnce() -> Cow<'static, str>,
+    ) -> Option<Span> {
         self.inner.as_ref()?;
         let parent = SpanContext::from_headers(headers);
         let tracestate = headers
             .get(&names::TRACESTATE)
             .and_then(|v| v.to_str().ok());
-        let span = self.start_span(parent.as_ref(), tracestate, kind, name)?;
-        span.context.inject(headers);
-        Some(span)
+        self.start_span(parent.as_ref(), tracestate, kind, name)
     }
 }
 
