@@ -3,8 +3,9 @@
 //! Every call (the lean unary path, tonic's service, gRPC proxying) gets a span named after
 //! its method (`/dapr.proto.runtime.v1.Dapr/GetState`), a child of the caller's
 //! `grpc-trace-bin` or `traceparent` metadata; both are rewritten to the span's context, so
-//! the handlers propagate it (reads, which hand nothing on, skip the rewrite). Answers other than `InvokeService` carry `grpc-trace-bin`, like
-//! daprd's. Invalid `baggage` metadata is refused with `INVALID_ARGUMENT`.
+//! the handlers propagate it (reads, which hand nothing on, skip the rewrite). Answers other
+//! than `InvokeService` carry `grpc-trace-bin`, like daprd's. Invalid `baggage` metadata is
+//! refused with `INVALID_ARGUMENT`.
 //!
 //! [`begin`] runs before the call and [`Call::end`] on the answer, both inside the gRPC API's
 //! one outer service ([`super::service`]).

@@ -68,12 +68,10 @@ impl Rpc {
             _ => return None,
         })
     }
-}
 
-impl Rpc {
-    /// Whether the call may hand the caller's trace context on (to an app, a broker, a
-    /// binding, or a transaction's outbox). Reads never do, so tracing leaves their request
-    /// metadata alone.
+    /// Whether the call may hand the caller's trace context on (to an app, a broker or a
+    /// binding). Reads never do, so tracing leaves their request metadata alone; every other
+    /// call keeps the rewrite.
     pub(super) fn propagates(self) -> bool {
         !matches!(self, Self::GetState | Self::GetBulkState | Self::GetSecret)
     }
@@ -361,13 +359,12 @@ impl http_body::Body for UnaryBody {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::extract::Request;
     use dapr::dapr::proto::common::v1::StateItem;
     use dapr::dapr::proto::runtime::v1 as rt;
     use tonic::Code;
     use tower::ServiceExt;
-
-    use axum::body::Body;
-    use axum::extract::Request;
 
     use super::*;
     use crate::grpc::service::GrpcService;
