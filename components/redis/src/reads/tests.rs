@@ -373,6 +373,22 @@ async fn a_killed_connection_falls_back_and_is_replaced() {
     delete(&mut conn, &[&k]).await;
 }
 
+/// Two state hashes, `<case>-a` = `a` and `<case>-b` = `b`, the first read once on the read
+/// connection; also the address of that connection.
+async fn two_hashes_read(
+    reads: &Reads,
+    conn: &mut MultiplexedConnection,
+    case: &str,
+) -> (String, String, String) {
+    let (a, b) = (key(&format!("{case}-a")), key(&format!("{case}-b")));
+    state_hash(conn, &a, b"a", "1").await;
+    state_hash(conn, &b, b"b", "2").await;
+    warm(reads).await;
+    assert!(reads.read("get", &[&a]).await.is_some());
+    let addr = client_addr(reads, conn).await;
+    (a, b, addr)
+}
+
 /// `CLIENT PAUSE` holds every reply back: a call dropped mid-way leaves the connection in
 /// step.
 #[tokio::test]
@@ -380,12 +396,7 @@ async fn a_dropped_call_leaves_the_connection_in_step() {
     let Some(reads) = reads(&[]) else { return };
     let _alone = PAUSING.lock().await;
     let mut conn = direct(0).await;
-    let (a, b) = (key("dropped-a"), key("dropped-b"));
-    state_hash(&mut conn, &a, b"a", "1").await;
-    state_hash(&mut conn, &b, b"b", "2").await;
-    warm(&reads).await;
-    assert!(reads.read("get", &[&a]).await.is_some());
-    let addr = client_addr(&reads, &mut conn).await;
+    let (a, b, addr) = two_hashes_read(&reads, &mut conn, "dropped").await;
 
     pause(&mut conn, 200).await;
     let keys = [a.as_str()];
@@ -411,12 +422,7 @@ async fn timed_out_calls_close_the_connection() {
     };
     let _alone = PAUSING.lock().await;
     let mut conn = direct(0).await;
-    let (a, b) = (key("late-a"), key("late-b"));
-    state_hash(&mut conn, &a, b"a", "1").await;
-    state_hash(&mut conn, &b, b"b", "2").await;
-    warm(&reads).await;
-    assert!(reads.read("get", &[&a]).await.is_some());
-    let addr = client_addr(&reads, &mut conn).await;
+    let (a, b, addr) = two_hashes_read(&reads, &mut conn, "late").await;
 
     pause(&mut conn, 400).await;
     let started = Instant::now();
