@@ -4,6 +4,7 @@
 
 mod api_log;
 mod cli;
+mod heap;
 mod injector;
 #[cfg(feature = "kubernetes")]
 mod kubernetes;
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
+    heap::tune();
     let args = cli::normalize_args(std::env::args());
     let invoked_as = args
         .first()

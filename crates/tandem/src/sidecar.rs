@@ -354,8 +354,10 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
 
 /// A moment after readiness, gives back the pages of code and read-only data that only
 /// start-up used (see [`resident`](crate::resident)): an idle sidecar keeps about 10 MiB less
-/// mapped, and one that serves requests maps back in only the code they run. Reading
-/// `/proc/self/smaps` takes well under a millisecond, so it runs on the async worker.
+/// mapped, and one that serves requests maps back in only the code they run. Then the free
+/// memory start-up left in the heap goes back to the kernel ([`heap`](crate::heap)). Reading
+/// `/proc/self/smaps` and trimming the heap take well under a millisecond each, so they run
+/// on the async worker.
 fn release_start_up_pages() {
     tokio::spawn(async {
         tokio::time::sleep(crate::resident::RELEASE_AFTER).await;
@@ -363,6 +365,12 @@ fn release_start_up_pages() {
             Ok(kib) => debug!(kib, "pages only start-up used given back to the page cache"),
             Err(e) => debug!(error = %e, "cannot list this process's mappings"),
         }
+        let started = std::time::Instant::now();
+        crate::heap::give_back();
+        debug!(
+            micros = started.elapsed().as_micros() as u64,
+            "free heap memory given back"
+        );
     });
 }
 
