@@ -7,8 +7,8 @@
 //! buffer, freed whenever the last request or answer sharing one is sent) keep the top of the
 //! heap going up and down across that threshold: the heap shrinks, then grows again, and
 //! every page it grows by is faulted in and zeroed by the kernel once more. In a closed loop
-//! of service invocations the callee sidecar made one `brk` call per nine calls, and about
-//! 7 % of its CPU time went to `brk` and the page faults after it.
+//! of service invocations the callee sidecar made one `brk` call for every five to nine calls,
+//! and about 7 % of its CPU time went to `brk` and the page faults after it.
 //!
 //! At start-up the sidecar fixes the thresholds where glibc's own adjustment would take them
 //! after one such free: blocks of up to 1 MiB come from the heap, and the heap keeps up to
