@@ -18,9 +18,11 @@
 //! `MALLOC_MMAP_THRESHOLD_`) win: then nothing is changed. Other C libraries are left alone.
 
 /// Blocks at least this large are mapped on their own rather than taken from the heap.
-pub(crate) const MMAP_THRESHOLD: i32 = 1 << 20;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 1 << 20;
 /// Free space at the top of the heap past this is given back to the kernel.
-pub(crate) const TRIM_THRESHOLD: i32 = 2 << 20;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TRIM_THRESHOLD: i32 = 2 << 20;
 
 /// Whether the thresholds are Tandem's to set: not when the user's environment sets either
 /// of them. `var` looks an environment variable up.
