@@ -44,15 +44,15 @@ pub fn memory_pubsub(name: &str) -> String {
     component(name, "pubsub.in-memory", "v1", &[])
 }
 
-/// `pubsub.redis` at `host`, streams trimmed to about 10 000 entries.
-pub fn redis_pubsub(name: &str, host: &str, concurrency: usize) -> String {
+/// `pubsub.redis` at `host`, streams trimmed to about `max_len` entries.
+pub fn redis_pubsub(name: &str, host: &str, concurrency: usize, max_len: u64) -> String {
     component(
         name,
         "pubsub.redis",
         "v1",
         &[
             ("redisHost", host),
-            ("maxLenApprox", "10000"),
+            ("maxLenApprox", &max_len.to_string()),
             ("concurrency", &concurrency.to_string()),
         ],
     )

@@ -54,7 +54,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
     let mut spec = SidecarSpec::new("bench-publisher")
         .resource(
             "redispubsub.yaml",
-            resources::redis_pubsub("redispubsub", &s.redis, 10),
+            resources::redis_pubsub("redispubsub", &s.redis, 10, 10_000),
         )
         .resource("mempubsub.yaml", resources::memory_pubsub("mempubsub"));
     spec.wrapper = s.wrapper();

@@ -155,7 +155,14 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
         .resource("mempubsub.yaml", resources::memory_pubsub("mempubsub"))
         .resource(
             "redispubsub.yaml",
-            resources::redis_pubsub("redispubsub", &s.redis, REDIS_SLOTS),
+            // Every message is published before the subscriber's gate opens: the stream
+            // must hold them all, or trimming would drop some and the count never arrive.
+            resources::redis_pubsub(
+                "redispubsub",
+                &s.redis,
+                REDIS_SLOTS,
+                (2 * s.messages).max(10_000),
+            ),
         );
     spec.app_port = Some(app.port);
     spec.args = vec!["--app-max-concurrency".into(), MEMORY_SLOTS.to_string()];
