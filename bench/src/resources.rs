@@ -44,6 +44,10 @@ pub fn memory_pubsub(name: &str) -> String {
     component(name, "pubsub.in-memory", "v1", &[])
 }
 
+/// How many entries the benchmark's Redis streams keep (about): the component's
+/// `maxLenApprox` and the direct path's `XADD … MAXLEN ~`.
+pub const STREAM_MAX_LEN: u64 = 10_000;
+
 /// `pubsub.redis` at `host`, streams trimmed to about `max_len` entries.
 pub fn redis_pubsub(name: &str, host: &str, concurrency: usize, max_len: u64) -> String {
     component(

@@ -191,7 +191,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
         )
         .resource(
             "redispubsub.yaml",
-            resources::redis_pubsub("redispubsub", &s.redis, 10, 10_000),
+            resources::redis_pubsub("redispubsub", &s.redis, 10, resources::STREAM_MAX_LEN),
         )
         .resource(
             "secrets.yaml",

@@ -54,7 +54,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
     let mut spec = SidecarSpec::new("bench-publisher")
         .resource(
             "redispubsub.yaml",
-            resources::redis_pubsub("redispubsub", &s.redis, 10, 10_000),
+            resources::redis_pubsub("redispubsub", &s.redis, 10, resources::STREAM_MAX_LEN),
         )
         .resource("mempubsub.yaml", resources::memory_pubsub("mempubsub"));
     spec.wrapper = s.wrapper();
@@ -77,7 +77,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
                     .arg(&topic)
                     .arg("MAXLEN")
                     .arg("~")
-                    .arg(10_000)
+                    .arg(resources::STREAM_MAX_LEN)
                     .arg("*")
                     .arg("data")
                     .arg(entry.as_ref())

@@ -161,7 +161,7 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
                 "redispubsub",
                 &s.redis,
                 REDIS_SLOTS,
-                (2 * s.messages).max(10_000),
+                (2 * s.messages).max(resources::STREAM_MAX_LEN),
             ),
         );
     spec.app_port = Some(app.port);
