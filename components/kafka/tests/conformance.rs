@@ -103,7 +103,7 @@ use tandem_components::conformance::pubsub::{
     subscribe, subscribe_req,
 };
 use tandem_components::pubsub::{Delivery, Message};
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 
 fn text(msg: &Message) -> String {
     String::from_utf8_lossy(&msg.data).into_owned()
@@ -521,7 +521,7 @@ async fn sasl_failures_are_errors() {
 /// attaches by itself and publishing works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_at_start_up() {
-    let port = free_port();
+    let port = quiet_port();
     let Some(broker) = Tansu::start_with(&[], Some(port)) else {
         return;
     };
@@ -563,7 +563,7 @@ async fn broker_down_at_start_up() {
 /// the publisher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_goes_away_and_comes_back() {
-    let port = free_port();
+    let port = quiet_port();
     let Some(broker) = Tansu::start_with(&[], Some(port)) else {
         return;
     };

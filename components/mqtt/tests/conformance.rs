@@ -19,7 +19,7 @@ use tandem_components::conformance::unique_key;
 use tandem_components::pubsub::{Delivery, Message, PubSub};
 use tandem_components::{Error, Metadata};
 use tandem_mqtt::MqttPubSub;
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 use tandem_testkit::services;
 use tokio::sync::mpsc;
 
@@ -277,7 +277,7 @@ async fn broker_down_at_start_up() {
     if !services::require("Mosquitto", ADDR) {
         return;
     }
-    let port = free_port();
+    let port = quiet_port();
     let ps = MqttPubSub::build(&metadata(
         &format!("tcp://127.0.0.1:{port}"),
         &unique_key("late"),

@@ -28,7 +28,7 @@ use tandem_components::pubsub::{
 use tandem_components::{Metadata, Result};
 use tandem_nats::JetStreamPubSub;
 use tandem_nats::pubsub::consumer_name;
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 use tandem_testkit::services;
 use tokio::sync::{OnceCell, mpsc};
 
@@ -489,7 +489,7 @@ async fn server_down_at_start_up() {
         return;
     }
     stream_ready().await;
-    let port = free_port();
+    let port = quiet_port();
     let ps = JetStreamPubSub::build(&metadata(
         &format!("nats://127.0.0.1:{port}"),
         &[("concurrencyMode", "parallel")],
@@ -538,7 +538,7 @@ mod tempdir {
 
 impl OwnServer {
     fn start(token: &str) -> Option<Self> {
-        let port = free_port();
+        let port = quiet_port();
         let dir = std::env::temp_dir().join(unique_key("nats-own"));
         std::fs::create_dir_all(&dir).ok()?;
         let child = Command::new("nats-server")

@@ -99,7 +99,7 @@ mod postgres {
         DeleteRequest, ETag, GetRequest, RequestMetadata, SetRequest, TransactionOperation,
         TransactionRequest,
     };
-    use tandem_testkit::proxy::{TcpProxy, free_port};
+    use tandem_testkit::proxy::{TcpProxy, quiet_port};
     use tokio_postgres::NoTls;
 
     async fn client() -> tokio_postgres::Client {
@@ -638,7 +638,7 @@ mod postgres {
             return;
         }
         for layout in ["v1", "v2"] {
-            let port = free_port();
+            let port = quiet_port();
             let conn =
                 format!("host=127.0.0.1 port={port} user=postgres password=hunter2 database=test");
             let m = Metadata::new("pg", "conformance")

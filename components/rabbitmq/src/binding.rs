@@ -47,7 +47,7 @@ use tandem_components::{Error, Metadata, Result};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::consumer::{Reader, Source, Words};
-use crate::link::{Link, Publisher};
+use crate::link::{Link, Live, Lost, Publisher};
 use crate::message::{lookup, short, with_request_properties};
 use crate::metadata::RabbitBindingMetadata;
 
@@ -163,17 +163,22 @@ enum Sent {
 
 impl RabbitBinding {
     /// Declares the queue if this channel has not yet, publishes and waits for the confirm.
-    async fn send_once(&self, publisher: &Publisher, props: &BasicProperties, data: &[u8]) -> Sent {
+    async fn send_once(
+        &self,
+        live: &Live,
+        publisher: &Publisher,
+        props: &BasicProperties,
+        data: &[u8],
+    ) -> Sent {
         let queue = &self.queue;
         if !publisher.declared(queue.name.as_str()) {
-            if let Err(e) = queue.declare(&publisher.channel).await {
+            if let Err(e) = live.guard(queue.declare(&publisher.channel)).await {
                 return Sent::Failed(e);
             }
             publisher.mark_declared(queue.name.as_str());
         }
-        let confirm = match publisher
-            .channel
-            .basic_publish(
+        let confirm = match live
+            .guard(publisher.channel.basic_publish(
                 "".into(),
                 queue.name.clone(),
                 BasicPublishOptions {
@@ -182,13 +187,13 @@ impl RabbitBinding {
                 },
                 data,
                 props.clone(),
-            )
+            ))
             .await
         {
             Ok(c) => c,
             Err(e) => return Sent::Failed(e),
         };
-        match confirm.await {
+        match live.guard(confirm).await {
             Ok(Confirmation::Ack(Some(_))) => Sent::Returned,
             Ok(Confirmation::Nack(_)) => Sent::Nacked,
             Ok(_) => Sent::Confirmed,
@@ -209,7 +214,7 @@ impl OutputBinding for RabbitBinding {
         let mut publisher = live.publisher();
         let mut retried = false;
         loop {
-            let failure = match self.send_once(&publisher, &props, &req.data).await {
+            let failure = match self.send_once(&live, &publisher, &props, &req.data).await {
                 Sent::Confirmed => return Ok(InvokeResponse::default()),
                 Sent::Nacked => {
                     return Err(Error::backend(
@@ -306,13 +311,18 @@ impl Source for Input {
             .await
     }
 
-    fn dispatch(&self, delivery: lapin::message::Delivery, permit: OwnedSemaphorePermit) {
+    fn dispatch(
+        &self,
+        delivery: lapin::message::Delivery,
+        permit: OwnedSemaphorePermit,
+        lost: Lost,
+    ) {
         tokio::spawn(deliver(
             delivery,
             self.handler.clone(),
             self.refusals.clone(),
             self.component.clone(),
-            permit,
+            (permit, lost),
         ));
     }
 }
@@ -324,7 +334,7 @@ async fn deliver(
     handler: Arc<dyn EventHandler>,
     refusals: Arc<AtomicU32>,
     component: Arc<str>,
-    _permit: OwnedSemaphorePermit,
+    (_permit, lost): (OwnedSemaphorePermit, Lost),
 ) {
     let lapin::message::Delivery {
         data,
@@ -339,7 +349,7 @@ async fn deliver(
     let settled = match handler.handle(event).await {
         Ok(_) => {
             refusals.store(0, Ordering::Relaxed);
-            acker.ack(BasicAckOptions::default()).await
+            lost.guard(acker.ack(BasicAckOptions::default())).await
         }
         Err(why) => {
             let n = refusals.fetch_add(1, Ordering::Relaxed);
@@ -348,12 +358,11 @@ async fn deliver(
                 .min(MAX_REQUEUE_PAUSE);
             tracing::debug!(component = %component, error = %why, retry_in = ?pause, "the app did not accept a rabbitmq event; it goes back to the queue");
             tokio::time::sleep(pause).await;
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+            lost.guard(acker.nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            }))
+            .await
         }
     };
     if let Err(e) = settled {

@@ -15,7 +15,7 @@ use tandem_components::pubsub::Subscription;
 use tandem_components::{Error, Result};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
-use crate::link::{Link, LinkState, Live};
+use crate::link::{Link, LinkState, Live, Lost};
 
 /// Extra time starting waits, beyond one connection attempt, for the consumer to start.
 const ATTACH_WAIT: Duration = Duration::from_secs(10);
@@ -47,8 +47,9 @@ pub(crate) trait Source: Send + Sync + 'static {
     /// Declares the queue (and whatever else it needs) on `channel`, sets the prefetch and
     /// starts the consumer.
     fn attach(&self, channel: &Channel) -> impl Future<Output = lapin::Result<Consumer>> + Send;
-    /// Hands one message on (in a task of its own), holding `permit` until it is settled.
-    fn dispatch(&self, delivery: Delivery, permit: OwnedSemaphorePermit);
+    /// Hands one message on (in a task of its own), holding `permit` until it is settled;
+    /// settling is [`Lost::guard`]ed by `lost`.
+    fn dispatch(&self, delivery: Delivery, permit: OwnedSemaphorePermit, lost: Lost);
 }
 
 /// How one reader is set up.
@@ -209,11 +210,12 @@ impl<S: Source> Running<S> {
         attached_once: &mut bool,
     ) -> Ended {
         let r = &self.reader;
-        let channel = match live.conn.create_channel().await {
+        let lost = live.lost();
+        let channel = match lost.guard(live.conn.create_channel()).await {
             Ok(c) => c,
             Err(e) => return Ended::Lost(e.to_string()),
         };
-        let mut consumer = match r.source.attach(&channel).await {
+        let mut consumer = match lost.guard(r.source.attach(&channel)).await {
             Ok(consumer) => consumer,
             Err(e) if e.is_amqp_soft_error() && live.connected() => return Ended::Refused(e),
             Err(e) => return Ended::Lost(e.to_string()),
@@ -239,9 +241,10 @@ impl<S: Source> Running<S> {
                 biased;
                 _ = stopped(&mut self.stop) => break None,
                 next = poll_fn(|cx| Pin::new(&mut consumer).poll_next(cx)) => next,
+                () = lost.wait() => break Some("the connection was lost".to_owned()),
             };
             match next {
-                Some(Ok(delivery)) => self.reader.source.dispatch(delivery, permit),
+                Some(Ok(delivery)) => self.reader.source.dispatch(delivery, permit, lost.clone()),
                 Some(Err(e)) => break Some(e.to_string()),
                 None => break Some("the broker cancelled the consumer".to_owned()),
             }

@@ -8,7 +8,7 @@
 //! or subscription that saw the connection fail, or the component going away); nothing polls.
 
 use std::collections::HashSet;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -66,6 +66,47 @@ pub(crate) struct Live {
     publisher: ArcSwap<Publisher>,
     /// Serialises re-opening the publisher channel.
     reopen: tokio::sync::Mutex<()>,
+    /// Set once this connection is gone (broken, or closed with the component).
+    gone: watch::Sender<bool>,
+}
+
+/// Fails broker operations of one connection once that connection is gone.
+///
+/// lapin can leave an operation pending for ever when it is started just as its connection
+/// breaks: the request reaches the connection's queue after the I/O loop stopped reading it,
+/// and nothing resolves it. A publish, a declaration or an acknowledgement would then hang,
+/// and so would closing a subscription that waits for its acknowledgements. Every broker
+/// round trip therefore runs [`Lost::guard`]ed: it ends with the connection at the latest.
+#[derive(Clone)]
+pub(crate) struct Lost(watch::Receiver<bool>);
+
+impl Lost {
+    /// Runs `op`, or fails it once the connection is gone, whichever comes first.
+    pub(crate) async fn guard<T>(
+        &self,
+        op: impl Future<Output = lapin::Result<T>>,
+    ) -> lapin::Result<T> {
+        let mut gone = self.0.clone();
+        tokio::select! {
+            biased;
+            done = op => done,
+            // A dropped sender means the connection is gone too.
+            _ = gone.wait_for(|gone| *gone) => Err(connection_lost()),
+        }
+    }
+
+    /// Resolves once the connection is gone.
+    pub(crate) async fn wait(&self) {
+        let _ = self.0.clone().wait_for(|gone| *gone).await;
+    }
+}
+
+fn connection_lost() -> lapin::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the connection to rabbitmq was lost",
+    )
+    .into()
 }
 
 /// The publishing channel (in confirm mode) and the exchanges declared on it.
@@ -117,6 +158,19 @@ impl Live {
         self.conn.status().connected()
     }
 
+    /// What ends this connection's operations once it is gone.
+    pub(crate) fn lost(&self) -> Lost {
+        Lost(self.gone.subscribe())
+    }
+
+    /// Runs one broker operation on this connection (see [`Lost`]).
+    pub(crate) async fn guard<T>(
+        &self,
+        op: impl Future<Output = lapin::Result<T>>,
+    ) -> lapin::Result<T> {
+        self.lost().guard(op).await
+    }
+
     /// The current publisher.
     pub(crate) fn publisher(&self) -> Arc<Publisher> {
         self.publisher.load_full()
@@ -131,7 +185,11 @@ impl Live {
         if !Arc::ptr_eq(&current, failed) {
             return Ok(current);
         }
-        let fresh = Arc::new(Publisher::open(&self.conn).await.map_err(Error::backend)?);
+        let fresh = Arc::new(
+            self.guard(Publisher::open(&self.conn))
+                .await
+                .map_err(Error::backend)?,
+        );
         self.publisher.store(fresh.clone());
         Ok(fresh)
     }
@@ -261,9 +319,12 @@ async fn run(
                     generation,
                     publisher: ArcSwap::from_pointee(publisher),
                     reopen: tokio::sync::Mutex::new(()),
+                    gone: watch::Sender::new(false),
                 });
                 shared.state.send_replace(LinkState::Up(live.clone()));
-                match watch_connection(&shared, &live, &mut events, &mut closed).await {
+                let ended = watch_connection(&shared, &live, &mut events, &mut closed).await;
+                live.gone.send_replace(true);
+                match ended {
                     Some(reason) => {
                         tracing::warn!(component = %component, reason = %reason, wait = ?settings.reconnect_wait, "rabbitmq connection lost; reconnecting");
                         shared
@@ -343,6 +404,43 @@ fn backoff(base: Duration, failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_guarded_operation_ends_with_its_connection() {
+        let (gone, rx) = watch::channel(false);
+        let lost = Lost(rx);
+        let op = lost.guard(std::future::pending::<lapin::Result<()>>());
+        tokio::pin!(op);
+        let short = Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(short, &mut op).await.is_err(),
+            "pending while the connection lives"
+        );
+        gone.send_replace(true);
+        let err = tokio::time::timeout(Duration::from_secs(5), op)
+            .await
+            .expect("ends once the connection is gone")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("connection to rabbitmq was lost"),
+            "{err}"
+        );
+        // What finished first keeps its outcome.
+        assert_eq!(lost.guard(async { Ok(7) }).await.unwrap(), 7);
+
+        // A connection dropped without a word counts as gone.
+        let (gone, rx) = watch::channel(false);
+        let lost = Lost(rx);
+        drop(gone);
+        let ended = tokio::time::timeout(
+            short,
+            lost.guard(std::future::pending::<lapin::Result<()>>()),
+        );
+        assert!(ended.await.expect("ends at once").is_err());
+        tokio::time::timeout(short, lost.wait())
+            .await
+            .expect("wait ends too");
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -68,7 +68,7 @@ use tandem_components::{Error, Metadata, Result};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::consumer::{Reader, Source, Words};
-use crate::link::{Link, Publisher};
+use crate::link::{Link, Lost, Publisher};
 use crate::message::{lookup, short, with_request_properties};
 use crate::metadata::{ConcurrencyMode, ExchangeKind, RabbitMetadata};
 
@@ -120,8 +120,8 @@ impl RabbitPubSub {
         let mut publisher = live.publisher();
         let mut retried = false;
         loop {
-            let failure = match send_one(&publisher, out, &self.settings).await {
-                Ok(confirm) => match confirm.await {
+            let failure = match live.guard(send_one(&publisher, out, &self.settings)).await {
+                Ok(confirm) => match live.guard(confirm).await {
                     Ok(Confirmation::Nack(_)) => return Err(nacked()),
                     Ok(_) => return Ok(()),
                     Err(e) => e,
@@ -251,11 +251,11 @@ impl PubSub for RabbitPubSub {
     async fn bulk_publish(&self, reqs: Vec<PublishRequest>) -> Vec<Result<()>> {
         enum Slot {
             Done(Result<()>),
-            Sent(Outgoing, PublisherConfirm),
+            Sent(Outgoing, PublisherConfirm, Lost),
             Again(Outgoing),
         }
         let live = self.link.live(self.settings.connect_timeout).await;
-        let publisher = live.as_ref().ok().map(|l| l.publisher());
+        let publisher = live.as_ref().ok().map(|l| (l, l.publisher()));
         let mut slots = Vec::with_capacity(reqs.len());
         for req in reqs {
             let out = match Outgoing::new(req, &self.settings) {
@@ -266,8 +266,8 @@ impl PubSub for RabbitPubSub {
                 }
             };
             slots.push(match &publisher {
-                Some(p) => match send_one(p, &out, &self.settings).await {
-                    Ok(confirm) => Slot::Sent(out, confirm),
+                Some((live, p)) => match live.guard(send_one(p, &out, &self.settings)).await {
+                    Ok(confirm) => Slot::Sent(out, confirm, live.lost()),
                     Err(_) => Slot::Again(out),
                 },
                 None => Slot::Again(out),
@@ -277,7 +277,7 @@ impl PubSub for RabbitPubSub {
         for slot in slots {
             results.push(match slot {
                 Slot::Done(r) => r,
-                Slot::Sent(out, confirm) => match confirm.await {
+                Slot::Sent(out, confirm, lost) => match lost.guard(confirm).await {
                     Ok(Confirmation::Nack(_)) => Err(nacked()),
                     Ok(_) => Ok(()),
                     Err(_) => self.send(&out).await,
@@ -541,13 +541,18 @@ impl Source for Topology {
             .await
     }
 
-    fn dispatch(&self, delivery: lapin::message::Delivery, permit: OwnedSemaphorePermit) {
+    fn dispatch(
+        &self,
+        delivery: lapin::message::Delivery,
+        permit: OwnedSemaphorePermit,
+        lost: Lost,
+    ) {
         tokio::spawn(handle(
             delivery,
             self.plan.topic.clone(),
             self.handler.clone(),
             self.settings.clone(),
-            permit,
+            (permit, lost),
         ));
     }
 }
@@ -558,7 +563,7 @@ async fn handle(
     topic: String,
     handler: Arc<dyn MessageHandler>,
     settings: Arc<RabbitMetadata>,
-    _permit: OwnedSemaphorePermit,
+    (_permit, lost): (OwnedSemaphorePermit, Lost),
 ) {
     let lapin::message::Delivery {
         data,
@@ -584,14 +589,13 @@ async fn handle(
         return;
     }
     let settled = match verdict {
-        Delivery::Ack => acker.ack(BasicAckOptions::default()).await,
+        Delivery::Ack => lost.guard(acker.ack(BasicAckOptions::default())).await,
         Delivery::Retry => {
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+            lost.guard(acker.nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            }))
+            .await
         }
     };
     if let Err(e) = settled {

@@ -382,7 +382,7 @@ async fn ttl_rules() {
 /// A store built while nothing listens answers quickly with a backend error.
 #[tokio::test]
 async fn unreachable_redis_fails_fast() {
-    let port = tandem_testkit::proxy::free_port();
+    let port = tandem_testkit::proxy::quiet_port();
     let host = format!("127.0.0.1:{port}");
     let store = RedisStateStore::build(&metadata(&[("redisHost", host.as_str())]))
         .await

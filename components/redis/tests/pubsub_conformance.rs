@@ -19,7 +19,7 @@ use tandem_components::conformance::pubsub::{
 use tandem_components::conformance::unique_key;
 use tandem_components::pubsub::{Delivery, PubSub};
 use tandem_redis::RedisPubSub;
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 use tandem_testkit::services;
 
 const ADDR: &str = "127.0.0.1:6379";
@@ -260,7 +260,7 @@ async fn the_subscription_survives_a_lost_connection() {
     if !services::require("Redis", ADDR) {
         return;
     }
-    let port = free_port();
+    let port = quiet_port();
     let target = ADDR.parse().unwrap();
     let proxy = TcpProxy::start(port, target).await.expect("proxy");
     let via_proxy = format!("127.0.0.1:{port}");

@@ -10,7 +10,7 @@ use tandem_components::secrets::SecretStore;
 use tandem_components::state::RequestMetadata;
 use tandem_components::{Error, Metadata};
 use tandem_testkit::openbao::{OpenBao, ROOT_TOKEN};
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 use tandem_vault::VaultSecretStore;
 
 fn meta(addr: &str) -> Metadata {
@@ -262,7 +262,7 @@ async fn vault_down_then_back() {
     bao.kv2_put("secret", &format!("{p}/s"), json!({"v": "ok"}))
         .await;
     let target = format!("127.0.0.1:{}", bao.port).parse().unwrap();
-    let port = free_port();
+    let port = quiet_port();
     // Down at start-up: the store builds, calls fail as backend errors.
     let s =
         Arc::new(store(meta(&format!("http://127.0.0.1:{port}")).with("vaultKVPrefix", &p)).await);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{assert_error, client, start, tandem};
 use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 use tandem_testkit::services;
 
 const MARIADB: &str = "127.0.0.1:3306";
@@ -299,7 +299,7 @@ async fn starts_while_the_database_is_down_and_recovers() {
     if !services::require("MariaDB", MARIADB) {
         return;
     }
-    let port = free_port();
+    let port = quiet_port();
     let app = unique_app_id("down");
     let yaml = mysql_store(port, "  - name: timeoutInSeconds\n    value: \"3\"\n");
     let sc = start(tandem().app_id(&app).resource("state.yaml", &yaml)).await;

@@ -9,7 +9,7 @@ mod common;
 
 use common::{assert_error, client, start, tandem};
 use serde_json::{Value, json};
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 use tandem_testkit::services;
 use tokio_postgres::NoTls;
 
@@ -586,7 +586,7 @@ async fn database_down_at_start_and_back() {
     if !services::require("PostgreSQL", ADDR) {
         return;
     }
-    let port = free_port();
+    let port = quiet_port();
     let table = unique("e2e_down");
     let prefix = format!("{}_", unique("e2e_down"));
     let meta = unique("e2e_down_meta");

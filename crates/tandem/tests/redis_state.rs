@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{assert_error, client, start, tandem};
 use serde_json::{Value, json};
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 use tandem_testkit::services;
 
 const REDIS: &str = "127.0.0.1:6379";
@@ -374,7 +374,7 @@ async fn starts_while_redis_is_down_and_follows_it_coming_and_going() {
         return;
     }
     let target = REDIS.parse().unwrap();
-    let port = free_port();
+    let port = quiet_port();
     let app = unique_app_id("resilience");
     let sc = start(
         tandem()

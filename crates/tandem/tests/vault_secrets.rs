@@ -17,7 +17,7 @@ use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use serde_json::{Value, json};
 use tandem_testkit::Sidecar;
 use tandem_testkit::openbao::{OpenBao, ROOT_TOKEN};
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -335,7 +335,7 @@ async fn vault_down_then_back() {
     let p = prefix("down");
     seed(&bao, &p).await;
     let target = format!("127.0.0.1:{}", bao.port).parse().unwrap();
-    let port = free_port();
+    let port = quiet_port();
     // Vault is not there when the sidecar starts: the sidecar starts anyway.
     let sc = start(tandem().resource(
         "vault.yaml",

@@ -52,8 +52,22 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     /// Starts forwarding `127.0.0.1:port` to `target`.
+    ///
+    /// A proxy stopped a moment ago on the same port may still hold it: its listener closes
+    /// when the runtime next polls its aborted task. Binding is tried again for a while.
     pub async fn start(port: u16, target: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)).await {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                bound => break bound?,
+            }
+        };
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let tracked = conns.clone();
         let accept = tokio::spawn(async move {

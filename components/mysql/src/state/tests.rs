@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU32;
 use std::time::Instant;
 
 use tandem_components::state::{StateOptions, TransactionOperation};
-use tandem_testkit::proxy::{TcpProxy, free_port};
+use tandem_testkit::proxy::{TcpProxy, quiet_port};
 
 use super::*;
 
@@ -460,7 +460,7 @@ async fn builds_while_the_server_is_down_and_recovers() {
     if !server_up() {
         return;
     }
-    let port = free_port();
+    let port = quiet_port();
     let (meta, table, meta_table) = fresh(&format!(
         "root:@tcp(127.0.0.1:{port})/?allowNativePasswords=true"
     ));
