@@ -115,6 +115,43 @@ async fn health_endpoints() {
     .await;
 }
 
+/// A client that opens a connection to the HTTP API and sends no request, or only part of
+/// one, is let go after daprd's `ReadHeaderTimeout` (10 s); others are served meanwhile.
+#[tokio::test]
+async fn clients_that_send_no_whole_request_head_are_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sc = start(tandem().app_id("heads")).await;
+    let started = std::time::Instant::now();
+    let silent = tokio::net::TcpStream::connect(("127.0.0.1", sc.http_port))
+        .await
+        .unwrap();
+    let mut partial = tokio::net::TcpStream::connect(("127.0.0.1", sc.http_port))
+        .await
+        .unwrap();
+    partial
+        .write_all(b"GET /v1.0/healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let resp = client().get(sc.url("/v1.0/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    for (what, mut tcp) in [("silent", silent), ("partial", partial)] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("the {what} connection was kept open"));
+        assert!(
+            matches!(read, Ok(0)) || read.is_err(),
+            "the {what} connection got an answer: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "the {what} connection was let go after {:?}, before the 10 s allowed",
+            started.elapsed()
+        );
+    }
+}
+
 #[tokio::test]
 async fn api_token_is_enforced() {
     let sc = start(

@@ -19,6 +19,11 @@
 //! delimited for HTTP/1.0); no body for `HEAD`, `1xx`, `204` and `304`; `date` added when
 //! missing. A short body is written with its head in one write.
 //!
+//! A request head must arrive whole within [`HEAD_TIMEOUT`] (daprd's `ReadHeaderTimeout`),
+//! counted from when serving the connection begins for its first request and from the
+//! head's first byte for the next ones; otherwise the connection closes without an answer.
+//! An idle connection between requests has no limit.
+//!
 //! While a request whose body is already read is in the service, the socket is watched:
 //! when the client goes away, the call is dropped (cancelled). When the server stops, an
 //! idle connection closes at once and a busy one after its answer, which says
@@ -54,6 +59,8 @@ const DRAIN: u64 = 64 * 1024;
 /// vectored writes.
 const COPY: usize = 16 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// How long a request head may take to arrive, as daprd's HTTP server allows.
+pub(crate) const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves HTTP/1.1 on `tcp` until the client closes it, it fails, or `stopped` turns true
 /// (at once when idle, after the answer in progress otherwise).
@@ -76,6 +83,8 @@ pub(crate) async fn serve_connection<S, B>(
         buf: BytesMut::with_capacity(tandem_http1::READ_SIZE),
         out: BytesMut::with_capacity(1024),
     };
+    // The first head is due within HEAD_TIMEOUT of the connection's start.
+    let mut due = Some(tokio::time::Instant::now() + HEAD_TIMEOUT);
     loop {
         // The next request's head; while none has begun, the server's stop ends the connection.
         let head = loop {
@@ -90,11 +99,26 @@ pub(crate) async fn serve_connection<S, B>(
                     Ok(None) => {}
                     Err(refusal) => return conn.refuse(refusal.0, &refusal.1).await,
                 }
+                // A head has begun: it is due within HEAD_TIMEOUT (the clock is read only
+                // when a head comes in more than one read).
+                due.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
             }
-            if !conn.read_more(stop.as_mut()).await {
-                return;
+            let more = match due {
+                Some(due) => tokio::time::timeout_at(due, conn.read_more(stop.as_mut())).await,
+                None => Ok(conn.read_more(stop.as_mut()).await),
+            };
+            match more {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(_) => {
+                    tracing::debug!(
+                        "HTTP server: closed a connection whose request head took longer than {HEAD_TIMEOUT:?}"
+                    );
+                    return;
+                }
             }
         };
+        due = None;
 
         let Head {
             method,

@@ -51,10 +51,14 @@ where
         move |tcp, _, mut stopped| {
             let service = service.clone();
             async move {
-                // HTTP/1.1 requests never begin with `PRI`; the HTTP/2 preface does.
+                // HTTP/1.1 requests never begin with `PRI`; the HTTP/2 preface does. A client
+                // that sends nothing is let go after the time a request head may take.
                 let mut first = [0u8; 3];
                 let peeked = tokio::select! {
-                    peeked = tcp.peek(&mut first) => peeked,
+                    peeked = tokio::time::timeout(super::h1::HEAD_TIMEOUT, tcp.peek(&mut first)) => match peeked {
+                        Ok(peeked) => peeked,
+                        Err(_) => return,
+                    },
                     _ = stopped.wait_for(|stop| *stop) => return,
                 };
                 match peeked {

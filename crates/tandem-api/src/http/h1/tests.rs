@@ -493,3 +493,48 @@ async fn stopping_closes_idle_connections_and_busy_ones_after_their_answer() {
         "{all}"
     );
 }
+
+/// A request head must arrive within `HEAD_TIMEOUT` (daprd's `ReadHeaderTimeout`): counted
+/// from the connection's start for its first request, from the head's first byte for the
+/// next ones, and not restarted by each piece. An idle connection between requests stays.
+#[tokio::test(start_paused = true)]
+async fn slow_request_heads_are_cut_off_and_idle_connections_are_not() {
+    let (port, _stop, _) = server().await;
+    let second = Duration::from_secs(1);
+    let mut buf = [0u8; 256];
+
+    // Nothing at all: closed once the time has passed, and not before.
+    let mut silent = raw(port).await;
+    let early = tokio::time::timeout(HEAD_TIMEOUT - second, silent.read(&mut buf)).await;
+    assert!(early.is_err(), "closed too early: {early:?}");
+    let later = tokio::time::timeout(2 * second, silent.read(&mut buf)).await;
+    assert!(matches!(later, Ok(Ok(0))), "not closed: {later:?}");
+
+    // A head in pieces, all within the time: served.
+    let mut patient = raw(port).await;
+    for piece in ["GET /pieces HT", "TP/1.1\r\nHo", "st: x\r\n", "\r\n"] {
+        patient.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(3 * second).await;
+    }
+    let all = read_answers(&mut patient, 1).await;
+    assert!(all.contains("x-echo-uri: /pieces"), "{all}");
+
+    // Idle between requests for a minute: still served.
+    tokio::time::sleep(60 * second).await;
+    patient
+        .write_all(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let all = read_answers(&mut patient, 1).await;
+    assert!(all.contains("x-echo-uri: /again"), "{all}");
+
+    // The next head, in pieces that keep coming but add up to too long: cut off without an
+    // answer, the time counted from its first byte.
+    tokio::time::sleep(60 * second).await;
+    for piece in ["GET /slow HT", "TP/1.1\r\nHo", "st: x\r\n"] {
+        patient.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(4 * second).await;
+    }
+    let cut = tokio::time::timeout(2 * second, patient.read(&mut buf)).await;
+    assert!(matches!(cut, Ok(Ok(0))), "not cut off: {cut:?}");
+}
