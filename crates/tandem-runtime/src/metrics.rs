@@ -412,7 +412,9 @@ impl Encoder<'_> {
             }
             match (merged.get_mut(&text), value) {
                 (Some(Value::Counter(a)), Value::Counter(b)) => *a += b,
-                (Some(Value::Gauge(a)), Value::Gauge(b)) => *a += b,
+                // Series that the rules (or several circuit breakers of one target) make
+                // alike: counts add up, a gauge keeps the highest value.
+                (Some(Value::Gauge(a)), Value::Gauge(b)) => *a = a.max(b),
                 (Some(Value::Hist(a)), Value::Hist(b)) => a.merge(&b),
                 (_, value) => {
                     merged.insert(text, value);
@@ -500,6 +502,15 @@ impl Encoder<'_> {
             &[],
             vec![(Vec::new(), Value::Hist(h.snapshot()))],
         );
+    }
+
+    /// Writes a gauge family from already-gathered rows (label values, value).
+    pub fn gauge_rows(&mut self, name: &str, help: &str, rows: Vec<(Vec<(&str, String)>, f64)>) {
+        let rows = rows
+            .into_iter()
+            .map(|(l, v)| (l, Value::Gauge(v)))
+            .collect();
+        self.family(name, "gauge", help, &[], rows);
     }
 
     /// Writes a family from already-gathered rows (label values, count).
@@ -1063,10 +1074,11 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// Writes `dapr_resiliency_loaded`, `dapr_resiliency_count` and
-    /// `dapr_resiliency_activations_total` from the policies' own counters.
+    /// Writes `dapr_resiliency_loaded`, `dapr_resiliency_count`,
+    /// `dapr_resiliency_activations_total` and `dapr_resiliency_cb_state` from the policies'
+    /// own counters.
     pub fn encode_resiliency(&self, enc: &mut Encoder<'_>, r: &crate::resiliency::Resiliency) {
-        use crate::resiliency::BREAKER_STATES;
+        use crate::resiliency::{BREAKER_STATES, NO_STATE};
         let ns = || ("namespace", self.namespace.clone());
         let loaded = r
             .loaded()
@@ -1080,6 +1092,7 @@ impl Metrics {
         );
         let mut applied = Vec::new();
         let mut activated = Vec::new();
+        let mut breakers = Vec::new();
         r.for_each_policy(|p, has_breaker| {
             let st = p.stats();
             let row = |policy: &str, status: &str, n: u64| {
@@ -1115,6 +1128,16 @@ impl Metrics {
                         activated.push(row("circuitbreaker", state, n));
                     }
                 }
+                // As daprd: once a call went through the breaker, one series per state, the
+                // one it was last seen in at 1.
+                let last = st.breaker_state.load(Ordering::Relaxed);
+                if last != NO_STATE {
+                    let last = BREAKER_STATES.get(usize::from(last)).copied();
+                    for state in CB_STATE_ORDER {
+                        let (labels, _) = row("circuitbreaker", state, 0);
+                        breakers.push((labels, if last == Some(state) { 1.0 } else { 0.0 }));
+                    }
+                }
             }
         });
         enc.counter_rows(
@@ -1127,8 +1150,16 @@ impl Metrics {
             "The number of times a resiliency policy was activated: a timeout fired, a retry was made, a circuit breaker changed state.",
             activated,
         );
+        enc.gauge_rows(
+            "dapr_resiliency_cb_state",
+            "A resiliency policy's current circuit breaker state: 1 on the series of the state it is in, 0 on the others.",
+            breakers,
+        );
     }
 }
+
+/// The `status` values of `dapr_resiliency_cb_state`, in daprd's order.
+const CB_STATE_ORDER: [&str; 4] = ["closed", "half-open", "open", "unknown"];
 
 fn bool_str(b: bool) -> &'static str {
     if b { "true" } else { "false" }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -259,9 +259,10 @@ fn breaker_index(state: BreakerState) -> usize {
     }
 }
 
-/// What a policy did, for `dapr_resiliency_count` (policy applied to a call) and
-/// `dapr_resiliency_activations_total` (timeout fired, retry made, breaker changed state).
-#[derive(Debug, Default)]
+/// What a policy did, for `dapr_resiliency_count` (policy applied to a call),
+/// `dapr_resiliency_activations_total` (timeout fired, retry made, breaker changed state) and
+/// `dapr_resiliency_cb_state` (the breaker's state as last seen).
+#[derive(Debug)]
 pub struct PolicyStats {
     /// The Resiliency resource that defined the policy.
     pub resiliency: String,
@@ -281,6 +282,29 @@ pub struct PolicyStats {
     pub breaker_applied: [AtomicU64; 3],
     /// Breaker state changes, by the new state.
     pub breaker_activated: [AtomicU64; 3],
+    /// The breaker's state when a call last went through it or it last changed state
+    /// ([`breaker_index`] order), for `dapr_resiliency_cb_state`; [`NO_STATE`] before that.
+    pub breaker_state: AtomicU8,
+}
+
+/// [`PolicyStats::breaker_state`] before the breaker saw any call.
+pub const NO_STATE: u8 = u8::MAX;
+
+impl Default for PolicyStats {
+    fn default() -> Self {
+        Self {
+            resiliency: String::new(),
+            target: String::new(),
+            direction: "",
+            timeout_applied: AtomicU64::new(0),
+            timeout_activated: AtomicU64::new(0),
+            retry_applied: AtomicU64::new(0),
+            retry_activated: AtomicU64::new(0),
+            breaker_applied: Default::default(),
+            breaker_activated: Default::default(),
+            breaker_state: AtomicU8::new(NO_STATE),
+        }
+    }
 }
 
 impl Policy {
@@ -377,7 +401,9 @@ impl Policy {
             stats.retry_applied.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(b) = breaker {
-            stats.breaker_applied[breaker_index(b.state())].fetch_add(1, Ordering::Relaxed);
+            let state = breaker_index(b.state());
+            stats.breaker_applied[state].fetch_add(1, Ordering::Relaxed);
+            stats.breaker_state.store(state as u8, Ordering::Relaxed);
         }
         let mut attempt = 0u64;
         loop {
@@ -446,7 +472,11 @@ impl Policy {
     fn note_breaker(&self, breaker: &Breaker, before: Option<BreakerState>) {
         let now = breaker.state();
         if before != Some(now) {
-            self.stats.breaker_activated[breaker_index(now)].fetch_add(1, Ordering::Relaxed);
+            let state = breaker_index(now);
+            self.stats.breaker_activated[state].fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .breaker_state
+                .store(state as u8, Ordering::Relaxed);
         }
     }
 }

@@ -516,6 +516,74 @@ async fn building_blocks_invocation_and_resiliency_are_measured() {
     drop(callee);
 }
 
+/// `dapr_resiliency_cb_state`: once a call went through a circuit breaker, one series per
+/// state, 1 on the state it is in; it follows the breaker open and closed again.
+#[tokio::test]
+async fn circuit_breaker_state_is_a_gauge_per_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = MockApp::start("guarded").await;
+    let port = free_port();
+    let sc = start(
+        metered("guarded", port)
+            .app_port(app.port())
+            .name_resolution_db(dir.path().join("nr.db"))
+            .resource(
+                "resiliency.yaml",
+                r#"apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: guard
+spec:
+  policies:
+    circuitBreakers:
+      cb:
+        maxRequests: 1
+        timeout: 1s
+        trip: consecutiveFailures >= 2
+  targets:
+    apps:
+      guarded:
+        circuitBreaker: cb
+"#,
+            ),
+    )
+    .await;
+    let http = client();
+    let call = |status: u16| {
+        http.get(sc.url("/v1.0/invoke/guarded/method/op"))
+            .header("mock-status", status.to_string())
+            .send()
+    };
+    let states = |text: &str| {
+        ["closed", "half-open", "open", "unknown"].map(|state| {
+            let series = format!(
+                "dapr_resiliency_cb_state{{app_id=\"guarded\",name=\"guard\",policy=\"circuitbreaker\",namespace=\"\",flow_direction=\"outbound\",target=\"app_guarded\",status=\"{state}\"}}"
+            );
+            value(text, &series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        })
+    };
+
+    // No call through the breaker yet: no series.
+    let (_, text) = scrape(port, "/").await;
+    assert!(!text.contains("dapr_resiliency_cb_state{"), "{text}");
+
+    assert_eq!(call(200).await.unwrap().status(), 200);
+    let (_, text) = scrape(port, "/").await;
+    assert_eq!(states(&text), ["1", "0", "0", "0"]);
+
+    // Two failures trip it.
+    assert_eq!(call(500).await.unwrap().status(), 500);
+    assert_eq!(call(500).await.unwrap().status(), 500);
+    let (_, text) = scrape(port, "/").await;
+    assert_eq!(states(&text), ["0", "0", "1", "0"]);
+
+    // After its timeout a trial call succeeds and closes it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(call(200).await.unwrap().status(), 200);
+    let (_, text) = scrape(port, "/").await;
+    assert_eq!(states(&text), ["1", "0", "0", "0"]);
+}
+
 #[tokio::test]
 async fn distinct_raw_urls_do_not_add_series() {
     let port = free_port();
