@@ -590,6 +590,8 @@ pub struct Metrics {
     grpc_client: Family<Histogram>,
     grpc_client_sent: Family<Histogram>,
     grpc_client_received: Family<Histogram>,
+    http_health: Family<Histogram>,
+    grpc_health: Family<Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -681,6 +683,8 @@ impl Metrics {
             grpc_client: Family::new(&["grpc_client_method", "grpc_client_status"]),
             grpc_client_sent: Family::new(&["grpc_client_method"]),
             grpc_client_received: Family::new(&["grpc_client_method"]),
+            http_health: Family::new(&["status"]),
+            grpc_health: Family::new(&["grpc_client_status"]),
         })
     }
 
@@ -895,6 +899,21 @@ impl Metrics {
         }
     }
 
+    /// An app health probe over HTTP ended with `status` (the answer's status code; `500`
+    /// when there was no answer, as daprd records it).
+    pub fn http_health_probe(&self, status: &str, start: Instant) {
+        if self.enabled {
+            self.observe(&self.http_health, &[status], start);
+        }
+    }
+
+    /// An app health probe over gRPC ended with `code` (a gRPC status code).
+    pub fn grpc_health_probe(&self, code: i32, start: Instant) {
+        if self.enabled {
+            self.observe(&self.grpc_health, &[grpc_code_name(code)], start);
+        }
+    }
+
     /// An encoder writing to `out` with this sidecar's `app_id` label and rules.
     pub fn encoder<'a>(&'a self, out: &'a mut String) -> Encoder<'a> {
         Encoder {
@@ -1069,6 +1088,30 @@ impl Metrics {
             "The response sizes of gRPC calls to the app.",
             &[],
             &self.grpc_client_received,
+        );
+        enc.counts(
+            "dapr_http_healthprobes_completed_count",
+            "The number of app health probes over HTTP completed.",
+            &[],
+            &self.http_health,
+        );
+        enc.histograms(
+            "dapr_http_healthprobes_roundtrip_latency",
+            "The latency of app health probes over HTTP, in milliseconds.",
+            &[],
+            &self.http_health,
+        );
+        enc.counts(
+            "dapr_grpc_io_healthprobes_completed_count",
+            "The number of app health probes over gRPC completed.",
+            &[],
+            &self.grpc_health,
+        );
+        enc.histograms(
+            "dapr_grpc_io_healthprobes_roundtrip_latency",
+            "The latency of app health probes over gRPC, in milliseconds.",
+            &[],
+            &self.grpc_health,
         );
     }
 }

@@ -584,6 +584,96 @@ spec:
     assert_eq!(states(&text), ["1", "0", "0", "0"]);
 }
 
+/// Scrapes until `done` holds for the text (up to 15 s).
+async fn scrape_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, text) = scrape(port, "/").await;
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}; last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A counter's value as a number (0 when the series is missing).
+fn number(text: &str, series: &str) -> u64 {
+    value(text, series).map_or(0, |v| v.parse().unwrap())
+}
+
+/// App health probes over HTTP are counted by the status the app answered, with their
+/// latency, and not among the sidecar's other calls to the app.
+#[tokio::test]
+async fn http_health_probes_are_measured_by_status() {
+    let app = Subscriber::start(json!([])).await;
+    let port = free_port();
+    let _sc = start(
+        metered("probed", port)
+            .arg("--app-port")
+            .arg(app.port.to_string())
+            .arg("--enable-app-health-check")
+            .arg("--app-health-probe-interval")
+            .arg("1"),
+    )
+    .await;
+    let series =
+        |family: &str, status: &str| format!("{family}{{app_id=\"probed\",status=\"{status}\"}}");
+    let ok = series("dapr_http_healthprobes_completed_count", "200");
+    let text = scrape_until(port, "no successful probe counted", |t| number(t, &ok) >= 1).await;
+    assert!(
+        number(
+            &text,
+            &series("dapr_http_healthprobes_roundtrip_latency_count", "200")
+        ) >= 1,
+        "{text}"
+    );
+    assert!(!text.contains("path=\"/healthz\""), "{text}");
+
+    app.set_healthy(false);
+    let failed = series("dapr_http_healthprobes_completed_count", "500");
+    scrape_until(port, "no failed probe counted", |t| number(t, &failed) >= 1).await;
+}
+
+/// App health probes over gRPC are counted by gRPC status, not as calls to the app.
+#[tokio::test]
+async fn grpc_health_probes_are_measured_by_status() {
+    let app = tandem_testkit::grpc_app::GrpcApp::start(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _sc = start(
+        metered("probed-grpc", port)
+            .app_port(app.port)
+            .arg("--app-protocol")
+            .arg("grpc")
+            .name_resolution_db(dir.path().join("nr.db"))
+            .arg("--enable-app-health-check")
+            .arg("--app-health-probe-interval")
+            .arg("1"),
+    )
+    .await;
+    let series = |family: &str, status: &str| {
+        format!("{family}{{app_id=\"probed-grpc\",grpc_client_status=\"{status}\"}}")
+    };
+    let ok = series("dapr_grpc_io_healthprobes_completed_count", "OK");
+    let text = scrape_until(port, "no successful probe counted", |t| number(t, &ok) >= 1).await;
+    assert!(
+        number(
+            &text,
+            &series("dapr_grpc_io_healthprobes_roundtrip_latency_count", "OK")
+        ) >= 1,
+        "{text}"
+    );
+    assert!(!text.contains("HealthCheck/HealthCheck"), "{text}");
+
+    app.set_healthy(false);
+    let failed = series("dapr_grpc_io_healthprobes_completed_count", "UNAVAILABLE");
+    scrape_until(port, "no failed probe counted", |t| number(t, &failed) >= 1).await;
+}
+
 #[tokio::test]
 async fn distinct_raw_urls_do_not_add_series() {
     let port = free_port();

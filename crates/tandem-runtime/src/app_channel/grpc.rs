@@ -618,13 +618,15 @@ pub(crate) async fn binding_event(
         })
 }
 
-/// One `AppCallbackHealthCheck/HealthCheck` probe (no API token, like HTTP probes).
-pub(crate) async fn health_check(ch: &AppChannel, timeout: Duration) -> bool {
+/// One `AppCallbackHealthCheck/HealthCheck` probe (no API token, like HTTP probes): its
+/// status code, `DEADLINE_EXCEEDED` when it took longer than `timeout`.
+pub(crate) async fn health_check(ch: &AppChannel, timeout: Duration) -> Code {
     let mut client = AppCallbackHealthCheckClient::with_origin(transport(ch), origin(ch));
-    matches!(
-        tokio::time::timeout(timeout, client.health_check(tonic::Request::new(()))).await,
-        Ok(Ok(_))
-    )
+    match tokio::time::timeout(timeout, client.health_check(tonic::Request::new(()))).await {
+        Ok(Ok(_)) => Code::Ok,
+        Ok(Err(status)) => status.code(),
+        Err(_) => Code::DeadlineExceeded,
+    }
 }
 
 #[cfg(test)]

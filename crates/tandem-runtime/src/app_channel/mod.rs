@@ -354,15 +354,26 @@ impl AppChannel {
         }
     }
 
+    /// One probe, recorded in `dapr_http_healthprobes_*` / `dapr_grpc_io_healthprobes_*`.
     async fn probe(&self, check: &HealthCheck) -> bool {
+        let start = std::time::Instant::now();
         if self.is_grpc() {
-            return grpc::health_check(self, check.timeout).await;
+            let code = grpc::health_check(self, check.timeout).await;
+            if let Some(m) = self.metrics() {
+                m.grpc_health_probe(code as i32, start);
+            }
+            return code == tonic::Code::Ok;
         }
         let req = Request::new(empty_body());
-        match tokio::time::timeout(check.timeout, self.request(req, &check.path)).await {
-            Ok(Ok(resp)) => resp.status().is_success(),
-            _ => false,
+        let status = match tokio::time::timeout(check.timeout, self.request(req, &check.path)).await
+        {
+            Ok(Ok(resp)) => resp.status(),
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if let Some(m) = self.metrics() {
+            m.http_health_probe(status.as_str(), start);
         }
+        status.is_success()
     }
 
     /// Sends a request to an HTTP app through the client for its protocol.
