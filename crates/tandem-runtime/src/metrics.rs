@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -592,6 +592,86 @@ pub struct Metrics {
     grpc_client_received: Family<Histogram>,
     http_health: Family<Histogram>,
     grpc_health: Family<Histogram>,
+    /// `recordErrorCodes`: `dapr_error_code_total` is exported.
+    error_codes: bool,
+}
+
+/// `dapr_error_code_total` (error code, category): one per process, as daprd's, counted
+/// where an API error is rendered ([`record_error_code`]) once a sidecar's Configuration
+/// says `recordErrorCodes: true`.
+static ERROR_CODES: OnceLock<Family<AtomicU64>> = OnceLock::new();
+
+/// Counts one API error answered with `code` in `dapr_error_code_total`, when
+/// `recordErrorCodes` is on. As daprd, only the codes of its error table count, each with
+/// its category.
+pub fn record_error_code(code: &str) {
+    if let Some(family) = ERROR_CODES.get()
+        && let Some(category) = error_category(code)
+    {
+        Metrics::count(family, &[code, category]);
+    }
+}
+
+/// The category daprd's error table gives `code` (`None` for codes outside it).
+pub fn error_category(code: &str) -> Option<&'static str> {
+    Some(match code {
+        _ if code.starts_with("ERR_ACTOR_") => "actor",
+        "ERR_GET_WORKFLOW"
+        | "ERR_START_WORKFLOW"
+        | "ERR_PAUSE_WORKFLOW"
+        | "ERR_RESUME_WORKFLOW"
+        | "ERR_TERMINATE_WORKFLOW"
+        | "ERR_PURGE_WORKFLOW"
+        | "ERR_RAISE_EVENT_WORKFLOW" => "workflow",
+        _ if code.starts_with("ERR_WORKFLOW_") || code.starts_with("ERR_INSTANCE_ID_") => {
+            "workflow"
+        }
+        "ERR_NOT_SUPPORTED_STATE_OPERATION" => "state",
+        _ if code.starts_with("ERR_STATE_") => "state",
+        _ if code.starts_with("ERR_CONFIGURATION_") => "configuration",
+        "ERR_CRYPTO"
+        | "ERR_CRYPTO_KEY"
+        | "ERR_CRYPTO_PROVIDER_NOT_FOUND"
+        | "ERR_CRYPTO_PROVIDERS_NOT_CONFIGURED" => "crypto",
+        "ERR_SECRET_GET"
+        | "ERR_SECRET_STORE_NOT_FOUND"
+        | "ERR_SECRET_STORES_NOT_CONFIGURED"
+        | "ERR_PERMISSION_DENIED" => "secret",
+        "ERR_PUBSUB_EMPTY"
+        | "ERR_PUBSUB_NOT_FOUND"
+        | "ERR_PUBSUB_NOT_CONFIGURED"
+        | "ERR_TOPIC_NAME_EMPTY"
+        | "ERR_PUBSUB_FORBIDDEN"
+        | "ERR_PUBSUB_PUBLISH_MESSAGE"
+        | "ERR_PUBSUB_REQUEST_METADATA"
+        | "ERR_PUBSUB_CLOUD_EVENTS_SER"
+        | "ERR_PUBSUB_EVENTS_SER"
+        | "ERR_PUBLISH_OUTBOX" => "pubsub",
+        "ERR_CONVERSATION_INVALID_PARMS"
+        | "ERR_CONVERSATION_INVOKE"
+        | "ERR_CONVERSATION_MISSING_INPUTS"
+        | "ERR_CONVERSATION_NOT_FOUND" => "conversation",
+        "ERR_DIRECT_INVOKE" => "service-invocation",
+        "ERR_INVOKE_OUTPUT_BINDING" => "binding",
+        "ERR_LOCK_STORE_NOT_CONFIGURED"
+        | "ERR_LOCK_STORE_NOT_FOUND"
+        | "ERR_TRY_LOCK"
+        | "ERR_UNLOCK" => "lock",
+        "ERR_HEALTH_NOT_READY" | "ERR_HEALTH_APPID_NOT_MATCH" | "ERR_OUTBOUND_HEALTH_NOT_READY" => {
+            "health"
+        }
+        "ERR_API_UNIMPLEMENTED"
+        | "ERR_APP_CHANNEL_NIL"
+        | "ERR_BAD_REQUEST"
+        | "ERR_BODY_READ"
+        | "ERR_INTERNAL"
+        | "ERR_MALFORMED_REQUEST"
+        | "ERR_MALFORMED_REQUEST_DATA"
+        | "ERR_MALFORMED_RESPONSE"
+        | "ERROR" => "common",
+        _ if code.starts_with("DAPR_SCHEDULER_") => "job",
+        _ => return None,
+    })
 }
 
 impl std::fmt::Debug for Metrics {
@@ -652,6 +732,9 @@ impl Metrics {
                 });
             }
         }
+        if spec.record_error_codes {
+            ERROR_CODES.get_or_init(|| Family::new(&["error_code", "category"]));
+        }
         Ok(Self {
             enabled: true,
             app_id: app_id.to_owned(),
@@ -685,6 +768,7 @@ impl Metrics {
             grpc_client_received: Family::new(&["grpc_client_method"]),
             http_health: Family::new(&["status"]),
             grpc_health: Family::new(&["grpc_client_status"]),
+            error_codes: spec.record_error_codes,
         })
     }
 
@@ -1089,6 +1173,14 @@ impl Metrics {
             &[],
             &self.grpc_client_received,
         );
+        if let Some(family) = ERROR_CODES.get().filter(|_| self.error_codes) {
+            enc.counters(
+                "dapr_error_code_total",
+                "The number of times an error with a specific error code was answered.",
+                &[],
+                family,
+            );
+        }
         enc.counts(
             "dapr_http_healthprobes_completed_count",
             "The number of app health probes over HTTP completed.",
@@ -1241,6 +1333,26 @@ pub fn grpc_code_name(code: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_have_daprs_categories() {
+        for (code, category) in [
+            ("ERR_STATE_GET", Some("state")),
+            ("ERR_NOT_SUPPORTED_STATE_OPERATION", Some("state")),
+            ("ERR_ACTOR_INSTANCE_MISSING", Some("actor")),
+            ("ERR_INSTANCE_ID_NOT_FOUND", Some("workflow")),
+            ("ERR_PUBSUB_NOT_FOUND", Some("pubsub")),
+            ("ERR_DIRECT_INVOKE", Some("service-invocation")),
+            ("ERR_INVOKE_OUTPUT_BINDING", Some("binding")),
+            ("ERR_SECRET_STORES_NOT_CONFIGURED", Some("secret")),
+            ("ERR_HEALTH_NOT_READY", Some("health")),
+            ("ERR_MALFORMED_REQUEST", Some("common")),
+            ("DAPR_SCHEDULER_GET_JOB", Some("job")),
+            ("ERR_NOT_IN_DAPRS_TABLE", None),
+        ] {
+            assert_eq!(error_category(code), category, "{code}");
+        }
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_with_sum_and_count() {

@@ -674,6 +674,82 @@ async fn grpc_health_probes_are_measured_by_status() {
     scrape_until(port, "no failed probe counted", |t| number(t, &failed) >= 1).await;
 }
 
+/// With `recordErrorCodes: true`, API errors over HTTP and gRPC are counted in
+/// `dapr_error_code_total` by code and category; without it the family is absent.
+#[tokio::test]
+async fn error_codes_are_counted_when_the_configuration_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: cfg\nspec:\n  metric:\n    recordErrorCodes: true\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let sc = start(
+        metered("erring", port)
+            .resource("store.yaml", IN_MEMORY)
+            .arg("--config")
+            .arg(config.display().to_string()),
+    )
+    .await;
+    let http = client();
+    let r = http
+        .get(sc.url("/v1.0/state/nosuchstore/k"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(sc.url("/v1.0/state/statestore"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let mut grpc = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc_port))
+        .await
+        .unwrap();
+    let err = grpc
+        .get_state(pb::GetStateRequest {
+            store_name: "nosuchstore".into(),
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    let (_, text) = scrape(port, "/").await;
+    let series = |code: &str, category: &str| {
+        format!(
+            "dapr_error_code_total{{app_id=\"erring\",error_code=\"{code}\",category=\"{category}\"}}"
+        )
+    };
+    assert_eq!(
+        value(&text, &series("ERR_STATE_STORE_NOT_FOUND", "state")).as_deref(),
+        Some("2"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, &series("ERR_MALFORMED_REQUEST", "common")).as_deref(),
+        Some("1"),
+        "{text}"
+    );
+
+    // Not asked for: not counted.
+    let quiet_port = free_port();
+    let quiet = start(metered("quiet", quiet_port).resource("store.yaml", IN_MEMORY)).await;
+    let r = http
+        .get(quiet.url("/v1.0/state/nosuchstore/k"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, text) = scrape(quiet_port, "/").await;
+    assert!(!text.contains("dapr_error_code_total"), "{text}");
+}
+
 #[tokio::test]
 async fn distinct_raw_urls_do_not_add_series() {
     let port = free_port();
