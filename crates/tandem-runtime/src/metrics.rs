@@ -1213,7 +1213,7 @@ impl Metrics {
     /// `dapr_resiliency_activations_total` and `dapr_resiliency_cb_state` from the policies'
     /// own counters.
     pub fn encode_resiliency(&self, enc: &mut Encoder<'_>, r: &crate::resiliency::Resiliency) {
-        use crate::resiliency::{BREAKER_STATES, NO_STATE};
+        use crate::resiliency::BREAKER_STATES;
         let ns = || ("namespace", self.namespace.clone());
         let loaded = r
             .loaded()
@@ -1265,9 +1265,8 @@ impl Metrics {
                 }
                 // As daprd: once a call went through the breaker, one series per state, the
                 // one it was last seen in at 1.
-                let last = st.breaker_state.load(Ordering::Relaxed);
-                if last != NO_STATE {
-                    let last = BREAKER_STATES.get(usize::from(last)).copied();
+                if let Some(last) = st.breaker_seen() {
+                    let last = BREAKER_STATES.get(last).copied();
                     for state in CB_STATE_ORDER {
                         let (labels, _) = row("circuitbreaker", state, 0);
                         breakers.push((labels, if last == Some(state) { 1.0 } else { 0.0 }));

@@ -262,7 +262,7 @@ fn breaker_index(state: BreakerState) -> usize {
 /// What a policy did, for `dapr_resiliency_count` (policy applied to a call),
 /// `dapr_resiliency_activations_total` (timeout fired, retry made, breaker changed state) and
 /// `dapr_resiliency_cb_state` (the breaker's state as last seen).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct PolicyStats {
     /// The Resiliency resource that defined the policy.
     pub resiliency: String,
@@ -282,28 +282,20 @@ pub struct PolicyStats {
     pub breaker_applied: [AtomicU64; 3],
     /// Breaker state changes, by the new state.
     pub breaker_activated: [AtomicU64; 3],
-    /// The breaker's state when a call last went through it or it last changed state
-    /// ([`breaker_index`] order), for `dapr_resiliency_cb_state`; [`NO_STATE`] before that.
-    pub breaker_state: AtomicU8,
+    /// The breaker's state when a call last went through it or it last changed state, as
+    /// its [`breaker_index`] plus one, for `dapr_resiliency_cb_state`; 0 before that.
+    breaker_state: AtomicU8,
 }
 
-/// [`PolicyStats::breaker_state`] before the breaker saw any call.
-pub const NO_STATE: u8 = u8::MAX;
+impl PolicyStats {
+    /// The breaker's state as last seen (`None` before any call went through it), as an
+    /// index into [`BREAKER_STATES`].
+    pub fn breaker_seen(&self) -> Option<usize> {
+        usize::from(self.breaker_state.load(Ordering::Relaxed)).checked_sub(1)
+    }
 
-impl Default for PolicyStats {
-    fn default() -> Self {
-        Self {
-            resiliency: String::new(),
-            target: String::new(),
-            direction: "",
-            timeout_applied: AtomicU64::new(0),
-            timeout_activated: AtomicU64::new(0),
-            retry_applied: AtomicU64::new(0),
-            retry_activated: AtomicU64::new(0),
-            breaker_applied: Default::default(),
-            breaker_activated: Default::default(),
-            breaker_state: AtomicU8::new(NO_STATE),
-        }
+    fn saw_breaker(&self, state: usize) {
+        self.breaker_state.store(state as u8 + 1, Ordering::Relaxed);
     }
 }
 
@@ -403,7 +395,7 @@ impl Policy {
         if let Some(b) = breaker {
             let state = breaker_index(b.state());
             stats.breaker_applied[state].fetch_add(1, Ordering::Relaxed);
-            stats.breaker_state.store(state as u8, Ordering::Relaxed);
+            stats.saw_breaker(state);
         }
         let mut attempt = 0u64;
         loop {
@@ -474,9 +466,7 @@ impl Policy {
         if before != Some(now) {
             let state = breaker_index(now);
             self.stats.breaker_activated[state].fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .breaker_state
-                .store(state as u8, Ordering::Relaxed);
+            self.stats.saw_breaker(state);
         }
     }
 }
