@@ -414,7 +414,7 @@ async fn a_dropped_call_leaves_the_connection_in_step() {
 }
 
 /// Calls that outlive `readTimeout` fail with a time-out, and the connection they waited on
-/// is closed; reads work again on a new one.
+/// is closed (calls still waiting on it go the shared way); reads work again on a new one.
 #[tokio::test]
 async fn timed_out_calls_close_the_connection() {
     let Some(reads) = reads(&[("readTimeout", "150ms")]) else {
@@ -432,10 +432,17 @@ async fn timed_out_calls_close_the_connection() {
         reads.read("get", &other),
         reads.read("get", &both),
     );
+    // The first call to time out closes the connection; a call whose own deadline had not
+    // yet come when that happened is handed back to go the shared way instead.
+    let mut timed_out = 0;
     for outcome in [x, y, z] {
-        let err = outcome.expect("lean").expect_err("timed out");
-        assert!(err.to_string().contains("timed out"), "{err}");
+        if let Some(outcome) = outcome {
+            let err = outcome.expect_err("timed out");
+            assert!(err.to_string().contains("timed out"), "{err}");
+            timed_out += 1;
+        }
     }
+    assert!(timed_out >= 1, "no call timed out");
     assert!(started.elapsed() >= Duration::from_millis(140));
     assert!(started.elapsed() < Duration::from_millis(400));
     assert!(!reads.is_open());
