@@ -9,6 +9,10 @@
 //! - `GET /stats`: `{"count": n}`; `POST /reset` sets the count to 0;
 //! - `POST /gate/close`, `POST /gate/open`.
 //!
+//! With `--relay-to N` it is a plain TCP relay instead: every connection it accepts is joined
+//! to a new connection to port `N` and bytes are copied both ways, unread. Two of them in a row
+//! are the cheapest proxy pair there can be, the floor for the invocation's two sidecars.
+//!
 //! It prints `port <n>` on stdout once listening. One thread (a current-thread runtime):
 //! the app should cost as little CPU as possible on a 2-core machine.
 
@@ -23,7 +27,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 struct State {
@@ -33,9 +37,11 @@ struct State {
     gate: watch::Sender<bool>,
 }
 
-/// Runs the app until killed. `args`: `--port N`, `--delay-ms N`, `--subscribe JSON`.
+/// Runs the app until killed. `args`: `--port N`, `--delay-ms N`, `--subscribe JSON`,
+/// `--relay-to N`.
 pub fn main(args: &[String]) -> Result<(), String> {
     let mut port = 0u16;
+    let mut relay_to = None;
     let mut delay_ms = 0u64;
     let mut subscribe = "[]".to_owned();
     let mut it = args.iter();
@@ -45,6 +51,9 @@ pub fn main(args: &[String]) -> Result<(), String> {
             "--port" => port = val()?.parse().map_err(|_| "--port takes a number")?,
             "--delay-ms" => delay_ms = val()?.parse().map_err(|_| "--delay-ms takes a number")?,
             "--subscribe" => subscribe = val()?,
+            "--relay-to" => {
+                relay_to = Some(val()?.parse().map_err(|_| "--relay-to takes a port")?);
+            }
             other => return Err(format!("app: unknown flag {other}")),
         }
     }
@@ -52,15 +61,41 @@ pub fn main(args: &[String]) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(serve(port, delay_ms, subscribe))
+    match relay_to {
+        Some(to) => rt.block_on(relay(port, to)),
+        None => rt.block_on(serve(port, delay_ms, subscribe)),
+    }
 }
 
-async fn serve(port: u16, delay_ms: u64, subscribe: String) -> Result<(), String> {
+async fn listen(port: u16) -> Result<TcpListener, String> {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .map_err(|e| format!("app: cannot listen on {port}: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     println!("port {port}");
+    Ok(listener)
+}
+
+/// Joins every accepted connection to a new one to `to`, copying bytes both ways.
+async fn relay(port: u16, to: u16) -> Result<(), String> {
+    let listener = listen(port).await?;
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", to)).await else {
+                return;
+            };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        });
+    }
+}
+
+async fn serve(port: u16, delay_ms: u64, subscribe: String) -> Result<(), String> {
+    let listener = listen(port).await?;
     let state = Arc::new(State {
         subscribe: Bytes::from(subscribe),
         delay: Duration::from_millis(delay_ms),

@@ -259,6 +259,8 @@ pub struct App {
     _child: Child,
     /// Its port.
     pub port: u16,
+    /// Its process id (that of the wrapper, where there is one).
+    pub pid: u32,
 }
 
 impl App {
@@ -299,6 +301,7 @@ impl App {
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| format!("unexpected app output {line:?}"))?;
         Ok(App {
+            pid: child.id().unwrap_or(0),
             _child: child,
             port,
         })

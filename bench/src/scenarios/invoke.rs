@@ -5,6 +5,12 @@
 //! name-resolution database so that they find each other. Direct: `POST /echo` to the app.
 //! Via Tandem: `POST /v1.0/invoke/bench-echo/method/echo` to the caller sidecar. Both over
 //! HTTP/1.1 keep-alive, with the same payload; the echoed body is checked.
+//!
+//! A third path measures the floor for any pair of proxies between the two: `POST /echo`
+//! through two plain TCP relays in a row (`tandem-bench app --relay-to`, one thread each like
+//! a sidecar on two CPUs), processes that copy bytes without reading them. On a machine whose
+//! cores the four processes share, what the relays reach is about the most a sidecar pair
+//! could, whatever its code.
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -12,7 +18,7 @@ use std::sync::Arc;
 use super::measure;
 use crate::load::{Op, op};
 use crate::procs::{App, Sidecar, SidecarSpec};
-use crate::report::Report;
+use crate::report::{PathRow, Report};
 use crate::settings::Settings;
 
 /// The callee's app-id.
@@ -95,6 +101,38 @@ pub fn echo_op(port: u16, path: &str, body: Bytes) -> Op {
     })
 }
 
+/// `POST /echo` to the app through two TCP relays in a row.
+async fn relay_floor(s: &Settings, scenario: &str, app: u16, body: &Bytes) -> PathRow {
+    const PATH: &str = "two TCP relays (floor)";
+    let relays = async {
+        let second = App::start(0, &["--relay-to".into(), app.to_string()], &s.wrapper()).await?;
+        let first = App::start(
+            0,
+            &["--relay-to".into(), second.port.to_string()],
+            &s.wrapper(),
+        )
+        .await?;
+        Ok::<_, String>((first, second))
+    };
+    match relays.await {
+        Ok((first, second)) => {
+            measure(
+                s,
+                scenario,
+                PATH,
+                echo_op(first.port, "/echo", body.clone()),
+                &[first.pid, second.pid],
+            )
+            .await
+        }
+        Err(e) => {
+            let mut row = PathRow::new(scenario, PATH);
+            row.error = Some(e);
+            row
+        }
+    }
+}
+
 /// The invocation path through the caller sidecar.
 pub fn via_path() -> String {
     format!("/v1.0/invoke/{CALLEE}/method/echo")
@@ -114,6 +152,8 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
         &[],
     )
     .await;
+    let mut relayed = relay_floor(s, &scenario, pair.app.port, &body).await;
+    relayed.compare_with(&direct);
     let mut via = measure(
         s,
         &scenario,
@@ -123,11 +163,12 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
     )
     .await;
     via.compare_with(&direct);
-    let failed: Vec<String> = [&direct, &via]
+    let failed: Vec<String> = [&direct, &relayed, &via]
         .iter()
         .filter_map(|r| r.error.clone())
         .collect();
     report.paths.push(direct);
+    report.paths.push(relayed);
     report.paths.push(via);
     let logs = format!("{}\n{}", pair.caller.log(), pair.callee.log());
     pair.caller.stop().await?;
