@@ -16,6 +16,7 @@
 //! could not be made, or closed before the call was written) comes back with its body
 //! untouched, so it can be sent elsewhere. A dropped answer body resets its stream.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::io;
@@ -1057,7 +1058,7 @@ struct AnswerHead {
 }
 
 impl AnswerHead {
-    fn add(&mut self, f: &Field) {
+    fn add(&mut self, f: Cow<'_, Field>) {
         let Some(value) = &f.value else {
             self.malformed = true;
             return;
@@ -1070,8 +1071,11 @@ impl AnswerHead {
                 _ => self.malformed = true,
             },
             Name::Pseudo(_) | Name::Invalid(_) => self.malformed = true,
-            Name::Header(name) => {
-                self.headers.append(name.clone(), value.clone());
+            Name::Header(_) => {
+                let Field { name, value, .. } = f.into_owned();
+                if let (Name::Header(name), Some(value)) = (name, value) {
+                    self.headers.append(name, value);
+                }
             }
         }
     }

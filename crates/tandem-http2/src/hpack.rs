@@ -11,6 +11,7 @@
 //! and `grpc-status: 0` cost one byte each from the second answer on), and sensitive values
 //! are sent never-indexed. It never Huffman-encodes.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::LazyLock;
 
@@ -302,16 +303,22 @@ impl Default for Decoder {
 }
 
 impl Decoder {
-    /// Decodes one complete header block, calling `field` for each field in order.
-    pub fn decode(&mut self, mut block: &[u8], mut field: impl FnMut(&Field)) -> Decoded<()> {
+    /// Decodes one complete header block, calling `field` for each field in order: borrowed
+    /// when the dynamic table keeps it, owned when nothing else does (so that taking its
+    /// value costs no copy).
+    pub fn decode(
+        &mut self,
+        mut block: &[u8],
+        mut field: impl FnMut(Cow<'_, Field>),
+    ) -> Decoded<()> {
         let mut first = true;
         while let Some(&b) = block.first() {
             if b & 0x80 != 0 {
                 let index = integer(&mut block, 7)?;
-                field(self.get(index)?);
+                field(Cow::Borrowed(self.get(index)?));
             } else if b & 0xc0 == 0x40 {
                 let f = self.literal(&mut block, 6)?;
-                field(&f);
+                field(Cow::Borrowed(&f));
                 self.insert(f);
             } else if b & 0xe0 == 0x20 {
                 if !first {
@@ -327,7 +334,7 @@ impl Decoder {
             } else {
                 // Without indexing (0000) or never indexed (0001).
                 let f = self.literal(&mut block, 4)?;
-                field(&f);
+                field(Cow::Owned(f));
             }
             first = false;
         }

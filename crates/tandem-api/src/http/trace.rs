@@ -16,8 +16,6 @@ use tandem_runtime::trace::{Span, SpanKind, SpanName, Tracer, names, valid_bagga
 /// A traced request waiting for its answer.
 pub(super) struct Call {
     span: Span,
-    /// The `traceparent` written into the request, shared (not copied) by the answer.
-    traceparent: Option<HeaderValue>,
     baggage: Option<HeaderValue>,
     /// Method and URI, kept only when the span is recorded (attributes are worth computing).
     described: Option<(Method, Uri)>,
@@ -63,7 +61,6 @@ pub(super) fn begin(
     };
     let described = span.recording().then(|| (method.clone(), uri.clone()));
     Ok(Some(Call {
-        traceparent: headers.get(&names::TRACEPARENT).cloned(),
         span,
         baggage,
         described,
@@ -75,7 +72,6 @@ impl Call {
     pub(super) fn end(self, resp: &mut Response) {
         let Call {
             mut span,
-            traceparent,
             baggage,
             described,
         } = self;
@@ -98,9 +94,10 @@ impl Call {
             span.set_error(format!("Code({status}): {text}"));
         }
         let headers = resp.headers_mut();
+        // The span's own `traceparent`, the one written into the request (written again:
+        // a copy of the request's would cost more than the few bytes of hex).
         if !headers.contains_key(&names::TRACEPARENT) {
-            let value = traceparent.unwrap_or_else(|| span.context().header_value());
-            headers.insert(names::TRACEPARENT.clone(), value);
+            headers.insert(names::TRACEPARENT.clone(), span.context().header_value());
         }
         if let Some(b) = baggage {
             headers.insert(names::BAGGAGE.clone(), b);

@@ -20,6 +20,7 @@
 pub use tandem_http2::body::{RecvBody, StreamReset};
 pub use tandem_http2::hpack;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -962,7 +963,7 @@ struct Head {
 }
 
 impl Head {
-    fn add(&mut self, f: &Field) {
+    fn add(&mut self, f: Cow<'_, Field>) {
         let Some(value) = &f.value else {
             self.malformed = true;
             return;
@@ -993,7 +994,10 @@ impl Head {
                     self.malformed = true;
                     return;
                 }
-                self.headers.append(name.clone(), value.clone());
+                let Field { name, value, .. } = f.into_owned();
+                if let (Name::Header(name), Some(value)) = (name, value) {
+                    self.headers.append(name, value);
+                }
             }
             Name::Invalid(_) => self.malformed = true,
         }

@@ -22,35 +22,40 @@ pub const CALLER_TRUST_DOMAIN: HeaderName = HeaderName::from_static("tandem-call
 /// `dapr-app-id` metadata), forwarded as-is instead of through `OnInvoke`.
 pub const GRPC_PROXY: HeaderName = HeaderName::from_static("tandem-grpc-proxy");
 
-const HOP_BY_HOP: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
-    header::TE,
-    header::TRAILER,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-];
+/// Whether `name` is hop-by-hop. A match on the name, not a list of [`HeaderName`]s: a
+/// `const` list would be built and dropped at every use.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+            | "te"
+            | "trailer"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
+}
+
+/// Whether requests lose `name` besides the hop-by-hop headers (`Host` aside, which nearly
+/// every request has).
+fn request_only(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "expect" | "dapr-app-id" | "dapr-api-token" | "tandem-grpc-proxy"
+    )
+}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// What requests lose besides the hop-by-hop headers.
-const REQUEST_ONLY: [HeaderName; 5] = [
-    header::HOST,
-    header::EXPECT,
-    HeaderName::from_static("dapr-app-id"),
-    HeaderName::from_static("dapr-api-token"),
-    GRPC_PROXY,
-];
-
 /// Removes hop-by-hop headers, including those listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Usually there is none: one look at each name is cheaper than a removal of each.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(hop_by_hop) {
         return;
     }
     // Names listed in `Connection` are rare: only collect them when there is one.
@@ -59,7 +64,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
+    remove_where(headers, hop_by_hop);
+}
+
+/// Removes every header whose name `drop` picks, each name once.
+fn remove_where(headers: &mut HeaderMap, drop: fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| drop(n)).cloned().collect();
+    for name in names {
         headers.remove(name);
     }
 }
@@ -80,10 +91,9 @@ fn connection_listed(headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 /// `dapr-app-id` and `dapr-api-token` go.
 pub fn strip_request(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
-    if headers.keys().any(|name| REQUEST_ONLY.contains(name)) {
-        for name in &REQUEST_ONLY {
-            headers.remove(name);
-        }
+    headers.remove(header::HOST);
+    if headers.keys().any(request_only) {
+        remove_where(headers, request_only);
     }
 }
 

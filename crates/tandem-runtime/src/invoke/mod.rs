@@ -691,7 +691,7 @@ impl InvokeService {
             .app_channel
             .as_ref()
             .ok_or("cannot invoke local endpoint: app channel not initialized")?;
-        self.stamp_identity(&mut call.headers, callee);
+        self.stamp_identity(&mut call.headers, callee.clone());
         let grpc = call.grpc;
         let (request, path) = call.into_request_parts();
         send_to_app(channel, request, &path, grpc)
@@ -699,10 +699,10 @@ impl InvokeService {
             .map_err(|e| e.to_string())
     }
 
-    fn stamp_identity(&self, headers: &mut HeaderMap, callee: &HeaderValue) {
+    fn stamp_identity(&self, headers: &mut HeaderMap, callee: HeaderValue) {
         headers.insert(CALLER_APP_ID, self.app_id_value.clone());
         headers.insert(CALLER_NAMESPACE, self.namespace_value.clone());
-        headers.insert(CALLEE_APP_ID, callee.clone());
+        headers.insert(CALLEE_APP_ID, callee);
     }
 
     async fn call_sidecar(
@@ -715,7 +715,7 @@ impl InvokeService {
         let callee = HeaderValue::from_str(id).map_err(|_| format!("invalid app id {id}"))?;
         // Room for the identity, forwarding and trace headers at once, not one growth each.
         call.headers.reserve(8);
-        self.stamp_identity(&mut call.headers, &callee);
+        self.stamp_identity(&mut call.headers, callee);
         if let Some(td) = &self.trust_domain_value {
             call.headers.insert(CALLER_TRUST_DOMAIN, td.clone());
         }
