@@ -700,5 +700,26 @@ mod tests {
             .start_from_headers(&mut bad, SpanKind::Client, || "z".into())
             .unwrap();
         assert_ne!(span.context().trace_id, parent.trace_id);
+        // Only what was there is rewritten.
+        assert!(!h.contains_key(GRPC_TRACE_BIN));
+        // The first `traceparent` counts, before any `grpc-trace-bin`; both are rewritten.
+        let other =
+            SpanContext::parse("00-11111111111111111111111111111111-2222222222222222-01").unwrap();
+        let mut both = HeaderMap::new();
+        both.append(TRACEPARENT, HeaderValue::from_static(TP));
+        both.append(TRACEPARENT, other.header_value());
+        both.insert(GRPC_TRACE_BIN, other.binary_header_value());
+        both.insert(TRACESTATE, HeaderValue::from_static("k=v"));
+        let span = tracer
+            .start_from_headers(&mut both, SpanKind::Client, || "w".into())
+            .unwrap();
+        assert_eq!(span.context().trace_id, parent.trace_id);
+        assert_eq!(both.get_all(TRACEPARENT).iter().count(), 1);
+        assert_eq!(
+            SpanContext::from_headers(&both).as_ref(),
+            Some(span.context())
+        );
+        let bin = SpanContext::from_binary(both[GRPC_TRACE_BIN].as_bytes()).unwrap();
+        assert_eq!(&bin, span.context());
     }
 }
