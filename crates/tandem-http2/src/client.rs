@@ -1072,8 +1072,7 @@ impl AnswerHead {
             },
             Name::Pseudo(_) | Name::Invalid(_) => self.malformed = true,
             Name::Header(_) => {
-                let Field { name, value, .. } = f.into_owned();
-                if let (Name::Header(name), Some(value)) = (name, value) {
+                if let Some((name, value)) = Field::into_header(f) {
                     self.headers.append(name, value);
                 }
             }

@@ -102,6 +102,24 @@ pub struct Field {
 }
 
 impl Field {
+    /// The regular header `field` is (its name and a valid value), moved out when the field
+    /// is owned, cloned when borrowed; `None` for pseudo-headers and invalid fields.
+    pub fn into_header(field: Cow<'_, Field>) -> Option<(HeaderName, HeaderValue)> {
+        match field {
+            Cow::Owned(Field {
+                name: Name::Header(name),
+                value: Some(value),
+                ..
+            }) => Some((name, value)),
+            Cow::Borrowed(Field {
+                name: Name::Header(name),
+                value: Some(value),
+                ..
+            }) => Some((name.clone(), value.clone())),
+            _ => None,
+        }
+    }
+
     fn new(name: Name, value: Bytes) -> Field {
         let size = name.len() + value.len() + 32;
         Field {

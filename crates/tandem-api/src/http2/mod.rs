@@ -994,8 +994,7 @@ impl Head {
                     self.malformed = true;
                     return;
                 }
-                let Field { name, value, .. } = f.into_owned();
-                if let (Name::Header(name), Some(value)) = (name, value) {
+                if let Some((name, value)) = Field::into_header(f) {
                     self.headers.append(name, value);
                 }
             }

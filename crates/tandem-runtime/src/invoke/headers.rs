@@ -67,10 +67,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, hop_by_hop);
 }
 
-/// Removes every header whose name `drop` picks, each name once.
+/// Removes every header whose name `drop` picks (a few at most: no list is collected).
 fn remove_where(headers: &mut HeaderMap, drop: fn(&HeaderName) -> bool) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| drop(n)).cloned().collect();
-    for name in names {
+    while let Some(name) = headers.keys().find(|n| drop(n)).cloned() {
         headers.remove(name);
     }
 }
