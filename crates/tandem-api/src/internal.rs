@@ -100,7 +100,7 @@ impl Service<http::Request<crate::http2::RecvBody>> for Internal {
 
     fn call(&mut self, req: http::Request<crate::http2::RecvBody>) -> Answer {
         let runtime = self.0.clone();
-        Box::pin(async move {
+        crate::boxed(|| async move {
             let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
             Ok(match runtime.invoke.handle_internal(req).await {
                 Ok(resp) => resp.map(Body::new),

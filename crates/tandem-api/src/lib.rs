@@ -16,3 +16,12 @@ pub mod grpc;
 pub mod http;
 pub mod http2;
 pub mod internal;
+
+/// Boxes the future `make` returns, built in its heap slot where the compiler can manage it.
+///
+/// A future is as large as its largest state: a request's whole path, several kilobytes.
+/// `Box::pin(f())` builds it on the stack and then copies all of it to the heap, though only
+/// its arguments are set; allocating first lets the future be written into the slot.
+pub(crate) fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}

@@ -239,7 +239,7 @@ where
 {
     let api = shared.api.clone();
     let token = shared.token.clone();
-    Box::pin(unary::handle(api, token, rpc, parts, body))
+    crate::boxed(|| unary::handle(api, token, rpc, parts, body))
 }
 
 /// Bytes seen in each direction of one routed call.

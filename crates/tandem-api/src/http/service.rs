@@ -232,7 +232,7 @@ where
         let routed = match hot {
             Some(Hot::StateGet) => {
                 let api = shared.direct.state.clone();
-                Routed::Direct(Box::pin(async move {
+                Routed::Direct(crate::boxed(|| async move {
                     super::state::get(State(api), parts.uri)
                         .await
                         .into_response()
@@ -241,7 +241,7 @@ where
             Some(Hot::Invoke) => {
                 let api = shared.direct.state.clone();
                 let req = http::Request::from_parts(parts, Body::new(body));
-                Routed::Direct(Box::pin(super::invoke::handle(State(api), req)))
+                Routed::Direct(crate::boxed(|| super::invoke::handle(State(api), req)))
             }
             None => {
                 let req = http::Request::from_parts(parts, Body::new(body));
