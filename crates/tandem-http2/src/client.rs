@@ -111,13 +111,14 @@ struct Handle<B> {
 /// The client: one multiplexed connection per peer address (`host:port`), opened on first use
 /// and replaced when it fails.
 pub struct Client<B> {
-    conns: RwLock<HashMap<String, Arc<Handle<B>>>>,
+    /// Looked up on every call: foldhash, not SipHash (the addresses are the caller's peers).
+    conns: RwLock<HashMap<String, Arc<Handle<B>>, foldhash::fast::RandomState>>,
 }
 
 impl<B> Default for Client<B> {
     fn default() -> Self {
         Client {
-            conns: RwLock::new(HashMap::new()),
+            conns: RwLock::new(HashMap::default()),
         }
     }
 }

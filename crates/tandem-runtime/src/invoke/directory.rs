@@ -23,11 +23,15 @@ pub const CACHE_TTL: Duration = Duration::from_secs(1);
 /// How long an instance that refused a connection is left out.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
+/// A map looked up on every call: foldhash, not SipHash. Its keys are the app ids this app
+/// calls, a set it chooses itself.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Cached name resolution.
 pub(crate) struct Directory {
     resolver: Arc<dyn NameResolver>,
     /// namespace → app-id → entry. Grows by copy-on-write when a new app-id is first called.
-    apps: ArcSwap<HashMap<String, HashMap<String, Arc<Entry>>>>,
+    apps: ArcSwap<Map<Map<Arc<Entry>>>>,
 }
 
 struct Entry {
@@ -54,7 +58,7 @@ impl Directory {
     pub(crate) fn new(resolver: Arc<dyn NameResolver>) -> Self {
         Self {
             resolver,
-            apps: ArcSwap::from_pointee(HashMap::new()),
+            apps: ArcSwap::from_pointee(Map::default()),
         }
     }
 
@@ -77,7 +81,7 @@ impl Directory {
         });
         let mut chosen = fresh.clone();
         self.apps.rcu(|apps| {
-            let mut apps = HashMap::clone(apps);
+            let mut apps = Map::clone(apps);
             let by_id = apps.entry(namespace.to_owned()).or_default();
             chosen = by_id
                 .entry(app_id.to_owned())
