@@ -63,23 +63,38 @@ pub struct SpanContext {
     pub flags: u8,
 }
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+/// Each byte's value as a lower-case hex digit, or [`BAD`] (upper-case hex is not valid in a
+/// `traceparent`).
+const HEX_VAL: [u8; 256] = {
+    let mut t = [BAD; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+/// A bit no hex digit's value has.
+const BAD: u8 = 0x10;
 
 fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     if s.len() != N * 2 {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        out[i] = hex_val(pair[0])? << 4 | hex_val(pair[1])?;
+    // One table lookup per digit; a bad digit's bit is checked once, at the end.
+    let mut bad = 0;
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        let (hi, lo) = (HEX_VAL[usize::from(pair[0])], HEX_VAL[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *o = hi << 4 | lo;
     }
-    Some(out)
+    (bad & BAD == 0).then_some(out)
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -617,6 +632,12 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
             "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             "0x-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            // The bytes either side of each digit range, and past ASCII.
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333g-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0:",
+            "00-0af7651916cd43dd8448eb211c80319/-b7ad6b7169203331-01",
+            "00-`af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c8031é-b7ad6b7169203331-01",
         ] {
             assert_eq!(SpanContext::parse(bad), None, "{bad}");
         }
