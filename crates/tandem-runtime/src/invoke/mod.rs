@@ -739,6 +739,10 @@ impl InvokeService {
             .as_ref()
             .map(|s| self.mtls_clients(s, namespace, id));
         let scheme = if mtls.is_some() { "https" } else { "http" };
+        // The multiplexed HTTP/2 client names the peer by its address (`:authority`): the
+        // path is all its request needs, and its bytes are shared by every attempt.
+        let origin_form = mtls.is_none() && !grpc;
+        let path = bytes::Bytes::from(path);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -747,13 +751,18 @@ impl InvokeService {
                 .await
                 .map_err(|e| format!("name resolution failed: {e}"))?
                 .ok_or("no host found with the given ID")?;
-            let mut text =
-                String::with_capacity(scheme.len() + 3 + pick.address.len() + path.len());
-            for piece in [scheme, "://", &pick.address, path.as_str()] {
-                text.push_str(piece);
+            let uri = if origin_form {
+                Uri::from_maybe_shared(path.clone())
+            } else {
+                let mut text = bytes::BytesMut::with_capacity(
+                    scheme.len() + 3 + pick.address.len() + path.len(),
+                );
+                for piece in [scheme.as_bytes(), b"://", pick.address.as_bytes(), &path] {
+                    text.extend_from_slice(piece);
+                }
+                Uri::from_maybe_shared(text.freeze())
             }
-            let uri = Uri::from_maybe_shared(bytes::Bytes::from(text))
-                .map_err(|e| format!("invalid address {}: {e}", pick.address))?;
+            .map_err(|e| format!("invalid address {}: {e}", pick.address))?;
             // Keep what a retry needs only when there is somewhere else to go.
             let spare = (pick.choices > 1 && attempt < MAX_ATTEMPTS).then(|| headers.clone());
             let mut request = Request::new(body);
