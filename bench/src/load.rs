@@ -130,7 +130,7 @@ pub async fn open_loop(op: Op, rate: u64, duration: Duration) -> Result<Latency,
 }
 
 /// Requests per second with `workers` loops sending back to back for `duration`.
-pub async fn closed_loop(op: Op, workers: usize, duration: Duration) -> Result<f64, String> {
+pub async fn closed_loop(op: Op, workers: usize, duration: Duration) -> Result<Closed, String> {
     let deadline = Instant::now() + duration;
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -174,7 +174,18 @@ pub async fn closed_loop(op: Op, workers: usize, duration: Duration) -> Result<f
             first_error.unwrap_or_default()
         ));
     }
-    Ok(total as f64 / elapsed)
+    Ok(Closed {
+        rate: total as f64 / elapsed,
+        requests: total,
+    })
+}
+
+/// What a closed loop did.
+pub struct Closed {
+    /// Requests answered per second.
+    pub rate: f64,
+    /// Requests answered.
+    pub requests: u64,
 }
 
 /// Sends `n` requests one after the other (warm-up, fixed-count runs).

@@ -19,6 +19,9 @@ pub struct PathRow {
     pub closed_ratio: Option<f64>,
     /// Sidecar CPU seconds per 1 000 requests during the open loop (all sidecars on the path).
     pub cpu_per_1k: Option<f64>,
+    /// Sidecar CPU microseconds per request during the closed loop (all sidecars on the
+    /// path): what the ratio is paid with when the machine is busy.
+    pub closed_cpu_us: Option<f64>,
     /// The generator's own CPU seconds per 1 000 requests during the open loop (this
     /// process: pacer, clients and their connections).
     pub gen_cpu_per_1k: Option<f64>,
@@ -39,6 +42,7 @@ impl PathRow {
             closed: None,
             closed_ratio: None,
             cpu_per_1k: None,
+            closed_cpu_us: None,
             gen_cpu_per_1k: None,
             lag_p99: None,
             error: None,
@@ -130,7 +134,7 @@ impl Report {
             if let Some(e) = &p.error {
                 let mut r = vec![p.scenario.clone(), p.path.clone()];
                 r.push(format!("ERROR: {}", e.lines().next().unwrap_or("")));
-                r.resize(15, String::new());
+                r.resize(16, String::new());
                 rows.push(r);
                 continue;
             }
@@ -148,7 +152,8 @@ impl Report {
                 opt(x[2], 2),
                 opt(x[3], 2),
                 opt(p.closed, 0),
-                opt(p.closed_ratio, 2),
+                opt(p.closed_ratio, 3),
+                opt(p.closed_cpu_us, 1),
                 opt(p.cpu_per_1k, 3),
                 opt(p.gen_cpu_per_1k, 3),
                 opt(p.lag_p99, 3),
@@ -168,6 +173,7 @@ impl Report {
                 "×p99.9",
                 "closed req/s",
                 "×closed",
+                "closed sidecar CPU µs/req",
                 "sidecar CPU s/1k req",
                 "gen CPU s/1k req",
                 "gen lag p99 ms",

@@ -13,8 +13,8 @@ use crate::procs::{cpu_seconds_since, cpu_ticks};
 use crate::report::PathRow;
 use crate::settings::Settings;
 
-/// Measures one path: sequential warm-up, open loop at the fixed rate (with the CPU time of
-/// `pids` over it), then the closed loop.
+/// Measures one path: sequential warm-up, open loop at the fixed rate, then the closed loop,
+/// with the CPU time of `pids` over each.
 pub async fn measure(s: &Settings, scenario: &str, path: &str, op: Op, pids: &[u32]) -> PathRow {
     let mut row = PathRow::new(scenario, path);
     if let Err(e) = measure_into(&mut row, s, op, pids).await {
@@ -49,6 +49,12 @@ async fn measure_into(row: &mut PathRow, s: &Settings, op: Op, pids: &[u32]) -> 
     row.gen_cpu_per_1k = Some(cpu_seconds_since(&me, &me_before) / lat.sent as f64 * 1000.0);
     row.latency = Some(lat.percentiles_ms());
     row.lag_p99 = Some(lat.lag.value_at_quantile(0.99) as f64 / 1000.0);
-    row.closed = Some(load::closed_loop(op, s.workers, s.closed).await?);
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
+    let closed = load::closed_loop(op, s.workers, s.closed).await?;
+    if !pids.is_empty() && closed.requests > 0 {
+        row.closed_cpu_us =
+            Some(cpu_seconds_since(pids, &before) / closed.requests as f64 * 1_000_000.0);
+    }
+    row.closed = Some(closed.rate);
     Ok(())
 }
