@@ -285,14 +285,31 @@ pub fn s3_env(addr: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// How long an S3-compatible store just started may take to answer.
+pub const S3_READY_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Creates the bucket [`S3_BUCKET`] in the S3-compatible store at `addr` (which accepts
 /// unsigned requests).
+///
+/// The store's port accepts connections a moment before its HTTP server answers them (a
+/// request sent then fails at the connection), so a request that gets no answer is sent
+/// again, for up to [`S3_READY_TIMEOUT`]; an answer that refuses is final.
 pub async fn s3_create_bucket(addr: &str) -> Result<(), String> {
-    let resp = reqwest::Client::new()
-        .put(format!("http://{addr}/{S3_BUCKET}"))
-        .send()
-        .await
-        .map_err(|e| format!("creating the bucket {S3_BUCKET}: {e}"))?;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let resp = loop {
+        match client
+            .put(format!("http://{addr}/{S3_BUCKET}"))
+            .send()
+            .await
+        {
+            Ok(resp) => break resp,
+            Err(e) if started.elapsed() > S3_READY_TIMEOUT => {
+                return Err(format!("creating the bucket {S3_BUCKET}: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     if resp.status().is_success() {
         Ok(())
     } else {
