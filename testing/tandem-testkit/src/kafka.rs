@@ -286,14 +286,14 @@ pub fn s3_env(addr: &str) -> Vec<(&'static str, String)> {
 }
 
 /// How long an S3-compatible store just started may take to answer.
-pub const S3_READY_TIMEOUT: Duration = Duration::from_secs(15);
+const S3_READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Creates the bucket [`S3_BUCKET`] in the S3-compatible store at `addr` (which accepts
 /// unsigned requests).
 ///
-/// The store's port accepts connections a moment before its HTTP server answers them (a
-/// request sent then fails at the connection), so a request that gets no answer is sent
-/// again, for up to [`S3_READY_TIMEOUT`]; an answer that refuses is final.
+/// A store just started can fail a first request at the connection though its port already
+/// accepts connections (seen once with moto, its log still empty), so a request that gets no
+/// answer is sent again, for up to 15 s; an answer that refuses is final.
 pub async fn s3_create_bucket(addr: &str) -> Result<(), String> {
     let client = reqwest::Client::new();
     let started = Instant::now();
