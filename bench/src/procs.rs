@@ -340,6 +340,31 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// The machine's idle and total CPU time so far, in clock ticks, from the `cpu` line of
+/// `/proc/stat` (idle counts `idle` and `iowait`; total every field but the guest ones,
+/// which `user` and `nice` already hold).
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let idle = *f.get(3)? + *f.get(4)?;
+    Some((idle, f.iter().sum()))
+}
+
+/// The share of the machine's CPU time, in per cent, spent idle since `before` (a
+/// [`machine_ticks`] reading); `None` when `/proc/stat` cannot be read or no time passed.
+pub fn machine_idle_since(before: Option<(u64, u64)>) -> Option<f64> {
+    let (idle0, total0) = before?;
+    let (idle1, total1) = machine_ticks()?;
+    let total = total1.checked_sub(total0).filter(|t| *t > 0)?;
+    Some(idle1.saturating_sub(idle0) as f64 * 100.0 / total as f64)
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 when that fails).
 pub fn clock_ticks() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();

@@ -22,6 +22,9 @@ pub struct PathRow {
     /// Sidecar CPU microseconds per request during the closed loop (all sidecars on the
     /// path): what the ratio is paid with when the machine is busy.
     pub closed_cpu_us: Option<f64>,
+    /// The share of the machine's CPU time left idle during the closed loop, in per cent:
+    /// whether the closed loop was bound by CPU or by the hand-offs between processes.
+    pub closed_idle_pct: Option<f64>,
     /// The generator's own CPU seconds per 1 000 requests during the open loop (this
     /// process: pacer, clients and their connections).
     pub gen_cpu_per_1k: Option<f64>,
@@ -43,6 +46,7 @@ impl PathRow {
             closed_ratio: None,
             cpu_per_1k: None,
             closed_cpu_us: None,
+            closed_idle_pct: None,
             gen_cpu_per_1k: None,
             lag_p99: None,
             error: None,
@@ -134,7 +138,7 @@ impl Report {
             if let Some(e) = &p.error {
                 let mut r = vec![p.scenario.clone(), p.path.clone()];
                 r.push(format!("ERROR: {}", e.lines().next().unwrap_or("")));
-                r.resize(16, String::new());
+                r.resize(17, String::new());
                 rows.push(r);
                 continue;
             }
@@ -154,6 +158,7 @@ impl Report {
                 opt(p.closed, 0),
                 opt(p.closed_ratio, 3),
                 opt(p.closed_cpu_us, 1),
+                opt(p.closed_idle_pct, 1),
                 opt(p.cpu_per_1k, 3),
                 opt(p.gen_cpu_per_1k, 3),
                 opt(p.lag_p99, 3),
@@ -174,6 +179,7 @@ impl Report {
                 "closed req/s",
                 "×closed",
                 "closed sidecar CPU µs/req",
+                "closed machine idle %",
                 "sidecar CPU s/1k req",
                 "gen CPU s/1k req",
                 "gen lag p99 ms",

@@ -9,7 +9,7 @@ pub mod state;
 pub mod subscribe;
 
 use crate::load::{self, Op};
-use crate::procs::{cpu_seconds_since, cpu_ticks};
+use crate::procs::{cpu_seconds_since, cpu_ticks, machine_idle_since, machine_ticks};
 use crate::report::PathRow;
 use crate::settings::Settings;
 
@@ -50,7 +50,9 @@ async fn measure_into(row: &mut PathRow, s: &Settings, op: Op, pids: &[u32]) -> 
     row.latency = Some(lat.percentiles_ms());
     row.lag_p99 = Some(lat.lag.value_at_quantile(0.99) as f64 / 1000.0);
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
+    let machine_before = machine_ticks();
     let closed = load::closed_loop(op, s.workers, s.closed).await?;
+    row.closed_idle_pct = machine_idle_since(machine_before);
     if !pids.is_empty() && closed.requests > 0 {
         row.closed_cpu_us =
             Some(cpu_seconds_since(pids, &before) / closed.requests as f64 * 1_000_000.0);
