@@ -447,6 +447,14 @@ impl Encoder<'_> {
         self.family(name, "counter", help, extra, rows);
     }
 
+    /// Writes a counter family whose series carry their own `app_id` (another app's, not
+    /// this sidecar's).
+    pub fn counters_of_callers(&mut self, name: &str, help: &str, family: &Family<AtomicU64>) {
+        let own = std::mem::take(&mut self.constant);
+        self.counters(name, help, &[], family);
+        self.constant = own;
+    }
+
     /// Writes the observation counts of histogram series as a counter family.
     pub fn counts(
         &mut self,
@@ -544,6 +552,28 @@ fn rows<S>(
 
 const COMPONENT_OP: &[&str] = &["component", "operation", "success"];
 const COMPONENT: &[&str] = &["component", "success"];
+/// The labels of the access-control families: the caller's identity, as daprd's (whose
+/// `app_id` there is the caller's, not this sidecar's).
+const ACL_LABELS: &[&str] = &["app_id", "trustDomain", "namespace"];
+/// The access-control families, in the order of [`Metrics::access_control`]'s index.
+const ACL_FAMILIES: [(&str, &str); 4] = [
+    (
+        "dapr_runtime_acl_app_policy_action_allowed_total",
+        "The number of requests allowed by the app specific action specified in the access control policy.",
+    ),
+    (
+        "dapr_runtime_acl_global_policy_action_allowed_total",
+        "The number of requests allowed by the global action specified in the access control policy.",
+    ),
+    (
+        "dapr_runtime_acl_app_policy_action_blocked_total",
+        "The number of requests blocked by the app specific action specified in the access control policy.",
+    ),
+    (
+        "dapr_runtime_acl_global_policy_action_blocked_total",
+        "The number of requests blocked by the global action specified in the access control policy.",
+    ),
+];
 
 /// Which component metric family a call belongs to.
 #[derive(Clone, Copy, Debug)]
@@ -584,6 +614,9 @@ pub struct Metrics {
     res_sent: Family<AtomicU64>,
     res_recv: Family<AtomicU64>,
     res_recv_latency: Family<Histogram>,
+    /// Access-control decisions by the caller's identity: allowed by its policy, allowed by
+    /// the global action, blocked by its policy, blocked by the global action.
+    acl: [Family<AtomicU64>; 4],
     http_client: Family<Histogram>,
     http_client_sent: Family<Histogram>,
     http_client_received: Histogram,
@@ -760,6 +793,7 @@ impl Metrics {
             res_sent: Family::new(&["dst_app_id", "status"]),
             res_recv: Family::new(&["src_app_id", "status", "type"]),
             res_recv_latency: Family::new(&["src_app_id", "status"]),
+            acl: std::array::from_fn(|_| Family::new(ACL_LABELS)),
             http_client: Family::new(&["method", "path", "status"]),
             http_client_sent: Family::new(&["method", "path"]),
             http_client_received: Histogram::sizes(),
@@ -945,6 +979,29 @@ impl Metrics {
         }
     }
 
+    /// The access-control list decided a call from `caller` (daprd's
+    /// `dapr_runtime_acl_{app,global}_policy_action_{allowed,blocked}_total`, labelled with the
+    /// caller's identity).
+    pub fn access_control(
+        &self,
+        decision: crate::invoke::Decision,
+        caller: &crate::invoke::Caller<'_>,
+    ) {
+        if self.enabled {
+            use crate::invoke::DecidedBy;
+            let i = match (decision.allowed, decision.by) {
+                (true, DecidedBy::App) => 0,
+                (true, DecidedBy::Global) => 1,
+                (false, DecidedBy::App) => 2,
+                (false, DecidedBy::Global) => 3,
+            };
+            Self::count(
+                &self.acl[i],
+                &[caller.app_id, caller.trust_domain, caller.namespace],
+            );
+        }
+    }
+
     /// An HTTP call to the app completed; `path` is labelled with its `pathMatching`
     /// template, or empty, never as it is.
     pub fn http_client(
@@ -1126,6 +1183,9 @@ impl Metrics {
             &[],
             &self.res_recv_latency,
         );
+        for ((name, help), family) in ACL_FAMILIES.iter().zip(&self.acl) {
+            enc.counters_of_callers(name, help, family);
+        }
         enc.counts(
             "dapr_http_client_completed_count",
             "The number of HTTP calls to the app completed.",

@@ -644,10 +644,15 @@ spec:
     )
     .unwrap();
     let app_b = MockApp::start("b").await;
+    let metrics_port = tandem_testkit::proxy::free_port();
     let b = start(
         with_app("b", &app_b, &db)
             .arg("--config")
-            .arg(config.display().to_string()),
+            .arg(config.display().to_string())
+            .arg("--metrics-port")
+            .arg(metrics_port.to_string())
+            .arg("--metrics-listen-address")
+            .arg("127.0.0.1"),
     )
     .await;
     let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
@@ -726,6 +731,36 @@ spec:
             "GET /secret"
         ]
     );
+
+    // Each decision is counted by the caller's identity and by what decided it: a's policy
+    // (it sets its own default) or the global action (no policy for `other`). The app's call
+    // to itself is not checked, so not counted.
+    let text = c
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |family: &str, app: &str| {
+        let series = format!(
+            "dapr_runtime_acl_{family}_total{{app_id=\"{app}\",trustDomain=\"public\",namespace=\"default\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    assert_eq!(count("app_policy_action_allowed", "a"), Some(3), "{text}");
+    assert_eq!(count("app_policy_action_blocked", "a"), Some(2), "{text}");
+    assert_eq!(
+        count("global_policy_action_blocked", "other"),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(count("global_policy_action_allowed", "a"), None, "{text}");
+    assert_eq!(count("global_policy_action_blocked", "b"), None, "{text}");
+    assert!(text.contains("# TYPE dapr_runtime_acl_global_policy_action_allowed_total counter"));
 }
 
 /// Reads a streaming response and returns when each chunk arrived, from the request's start.

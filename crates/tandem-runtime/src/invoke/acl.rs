@@ -17,6 +17,12 @@
 //! `public` (daprd rejects such a Configuration); an operation without `action` falls back to
 //! the policy's default. The Configuration loader maps an empty global `defaultAction` to
 //! `allow`, where daprd uses `deny` when policies are present.
+//!
+//! Each decision is counted as daprd counts it ([`Decision::by`]): by the caller's policy when
+//! that policy sets its own `defaultAction`, otherwise by the global action. A list with no
+//! policy and a global `allow` is not consulted at all, so its calls are not counted (daprd
+//! counts them as allowed by the global action when the Configuration has an
+//! `accessControl` section).
 
 use std::collections::HashMap;
 
@@ -41,6 +47,24 @@ impl Caller<'_> {
             self.trust_domain, self.namespace, self.app_id
         )
     }
+}
+
+/// Which part of the list decided a call (daprd's `actionPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecidedBy {
+    /// The caller's policy, which sets its own `defaultAction`.
+    App,
+    /// The global `defaultAction`: no policy for the caller, or one without its own default.
+    Global,
+}
+
+/// The outcome of [`AccessControl::decide`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the call may go on.
+    pub allowed: bool,
+    /// What decided it.
+    pub by: DecidedBy,
 }
 
 /// The compiled access-control list.
@@ -126,8 +150,18 @@ impl AccessControl {
     /// Whether `caller` may call `operation` (the normalised method, with or without a leading
     /// `/`) with `verb` (upper-case HTTP method).
     pub fn allows(&self, caller: Option<Caller<'_>>, operation: &str, verb: &str) -> bool {
+        self.decide(caller, operation, verb).allowed
+    }
+
+    /// Whether `caller` may call `operation` with `verb` (as [`Self::allows`]), and what
+    /// decided it.
+    pub fn decide(&self, caller: Option<Caller<'_>>, operation: &str, verb: &str) -> Decision {
+        let by_global = Decision {
+            allowed: self.default_allow,
+            by: DecidedBy::Global,
+        };
         if self.allows_all() {
-            return true;
+            return by_global;
         }
         let global = if self.default_allow {
             AccessAction::Allow
@@ -135,15 +169,20 @@ impl AccessControl {
             AccessAction::Deny
         };
         let Some(caller) = caller.filter(|c| !c.app_id.is_empty()) else {
-            return self.default_allow;
+            return by_global;
         };
         let key = (caller.app_id.to_owned(), caller.namespace.to_owned());
         let Some(policy) = self.policies.get(&key) else {
-            return self.default_allow;
+            return by_global;
         };
         if policy.trust_domain != caller.trust_domain {
-            return self.default_allow;
+            return by_global;
         }
+        let by = if policy.default_action.is_some() {
+            DecidedBy::App
+        } else {
+            DecidedBy::Global
+        };
         let mut action = Some(policy.default_action.unwrap_or(global));
         let mut op = operation.to_ascii_lowercase();
         if !op.starts_with('/') {
@@ -156,7 +195,10 @@ impl AccessControl {
                 action = *a;
             }
         }
-        action == Some(AccessAction::Allow)
+        Decision {
+            allowed: action == Some(AccessAction::Allow),
+            by,
+        }
     }
 }
 
@@ -345,6 +387,48 @@ mod tests {
             ..caller("app1")
         };
         assert!(!a.allows(Some(other_td), "anything", "POST"));
+    }
+
+    #[test]
+    fn a_decision_names_the_policy_that_made_it() {
+        let a = acl(
+            Allow,
+            vec![
+                policy("own", Some(Deny), vec![op("/open", &["GET"], Allow)]),
+                policy("inherits", None, vec![op("/shut", &["GET"], Deny)]),
+            ],
+        );
+        let decide = |app, method| a.decide(Some(caller(app)), method, "GET");
+        let app = |allowed| Decision {
+            allowed,
+            by: DecidedBy::App,
+        };
+        let global = |allowed| Decision {
+            allowed,
+            by: DecidedBy::Global,
+        };
+        // A policy with its own default decides, by its operations or by that default.
+        assert_eq!(decide("own", "open"), app(true));
+        assert_eq!(decide("own", "other"), app(false));
+        // A policy without one leaves the decision to the global action, even when one of its
+        // operations changes the outcome (as daprd counts it).
+        assert_eq!(decide("inherits", "other"), global(true));
+        assert_eq!(decide("inherits", "shut"), global(false));
+        // No policy for the caller, or no caller: the global action.
+        assert_eq!(decide("stranger", "open"), global(true));
+        assert_eq!(a.decide(None, "open", "GET"), global(true));
+        let deny = acl(Deny, vec![policy("own", Some(Allow), vec![])]);
+        assert_eq!(
+            deny.decide(Some(caller("stranger")), "x", "GET"),
+            global(false)
+        );
+        assert_eq!(
+            deny.decide(Some(caller("own")), "x", "GET"),
+            Decision {
+                allowed: true,
+                by: DecidedBy::App
+            }
+        );
     }
 
     #[test]

@@ -82,7 +82,7 @@ use hyper_util::rt::TokioExecutor;
 use tandem_components::nameresolution::{Instance, NameResolver};
 use tandem_http2::client::SendError;
 
-pub use acl::{AccessControl, Caller};
+pub use acl::{AccessControl, Caller, DecidedBy, Decision};
 pub use body::InvokeBody;
 pub use directory::{CACHE_TTL, SUSPECT_FOR};
 pub use target::{Method, Target};
@@ -617,7 +617,9 @@ impl InvokeService {
                 .map_err(|e| failed(&self.app_id, &format_args!("invalid method: {e}")))?;
             // gRPC calls carry no HTTP verb (daprd checks them with `NONE`).
             let verb = if grpc { "NONE" } else { parts.method.as_str() };
-            if !self.acl.allows(Some(caller), &method.name, verb) {
+            let decision = self.acl.decide(Some(caller), &method.name, verb);
+            self.metrics.access_control(decision, &caller);
+            if !decision.allowed {
                 return Err(ApiError::new(
                     ErrorCode::DirectInvokeForbidden,
                     format!(
