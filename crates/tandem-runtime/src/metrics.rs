@@ -617,6 +617,12 @@ pub struct Metrics {
     /// Access-control decisions by the caller's identity: allowed by its policy, allowed by
     /// the global action, blocked by its policy, blocked by the global action.
     acl: [Family<AtomicU64>; 4],
+    /// mTLS: set-ups done, set-ups failed (by reason), workload certificates renewed, renewals
+    /// failed (by reason).
+    mtls_init: Family<AtomicU64>,
+    mtls_init_fail: Family<AtomicU64>,
+    mtls_rotated: Family<AtomicU64>,
+    mtls_rotated_fail: Family<AtomicU64>,
     http_client: Family<Histogram>,
     http_client_sent: Family<Histogram>,
     http_client_received: Histogram,
@@ -794,6 +800,10 @@ impl Metrics {
             res_recv: Family::new(&["src_app_id", "status", "type"]),
             res_recv_latency: Family::new(&["src_app_id", "status"]),
             acl: std::array::from_fn(|_| Family::new(ACL_LABELS)),
+            mtls_init: Family::new(&[]),
+            mtls_init_fail: Family::new(&["reason"]),
+            mtls_rotated: Family::new(&[]),
+            mtls_rotated_fail: Family::new(&["reason"]),
             http_client: Family::new(&["method", "path", "status"]),
             http_client_sent: Family::new(&["method", "path"]),
             http_client_received: Histogram::sizes(),
@@ -976,6 +986,27 @@ impl Metrics {
     pub fn invocation_responded(&self, src_app_id: &str, status: &str) {
         if self.enabled {
             Self::count(&self.res_sent, &[src_app_id, status]);
+        }
+    }
+
+    /// mTLS between sidecars was set up. (A set-up that fails stops the sidecar, so
+    /// `dapr_runtime_mtls_init_fail_total` is exported without series, as daprd's, which
+    /// never records it either.)
+    pub fn mtls_initialised(&self) {
+        if self.enabled {
+            Self::count(&self.mtls_init, &[]);
+        }
+    }
+
+    /// The workload certificate was renewed, or its renewal failed (reason `sign`, daprd's
+    /// for a certificate that could not be issued).
+    pub fn workload_cert_rotated(&self, ok: bool) {
+        if self.enabled {
+            if ok {
+                Self::count(&self.mtls_rotated, &[]);
+            } else {
+                Self::count(&self.mtls_rotated_fail, &["sign"]);
+            }
         }
     }
 
@@ -1183,6 +1214,30 @@ impl Metrics {
             &[],
             &self.res_recv_latency,
         );
+        for (name, help, family) in [
+            (
+                "dapr_runtime_mtls_init_total",
+                "The number of successful mTLS authenticator initialization.",
+                &self.mtls_init,
+            ),
+            (
+                "dapr_runtime_mtls_init_fail_total",
+                "The number of mTLS authenticator init failures.",
+                &self.mtls_init_fail,
+            ),
+            (
+                "dapr_runtime_mtls_workload_cert_rotated_total",
+                "The number of the successful workload certificate rotations.",
+                &self.mtls_rotated,
+            ),
+            (
+                "dapr_runtime_mtls_workload_cert_rotated_fail_total",
+                "The number of the failed workload certificate rotations.",
+                &self.mtls_rotated_fail,
+            ),
+        ] {
+            enc.counters(name, help, &[], family);
+        }
         for ((name, help), family) in ACL_FAMILIES.iter().zip(&self.acl) {
             enc.counters_of_callers(name, help, family);
         }

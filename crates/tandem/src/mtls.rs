@@ -18,6 +18,7 @@ pub(crate) fn security(
     app_id: &str,
     namespace: Option<&str>,
     env: &HashMap<String, String>,
+    metrics: Option<&Arc<tandem_runtime::metrics::Metrics>>,
 ) -> Result<Option<Arc<Security>>, String> {
     if !(enabled_by_flag || configuration.mtls.enabled) {
         return Ok(None);
@@ -63,8 +64,12 @@ pub(crate) fn security(
             .workload_cert_ttl
             .filter(|d| !d.is_zero())
             .unwrap_or(DEFAULT_WORKLOAD_TTL),
+        metrics: metrics.cloned(),
     })
     .map_err(|e| format!("mTLS: {e}"))?;
+    if let Some(m) = metrics {
+        m.mtls_initialised();
+    }
     tracing::info!(
         identity = %security.identity(),
         issuer = if local { "local CA" } else { "DAPR_CERT_CHAIN" },

@@ -167,6 +167,7 @@ async fn start(args: SidecarArgs) -> Result<ExitCode, String> {
         &args.app_id,
         namespace.as_deref(),
         &env,
+        runtime_metrics.as_ref(),
     )?;
     let options = RuntimeOptions {
         app_id: args.app_id.clone(),

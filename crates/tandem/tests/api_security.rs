@@ -2,7 +2,7 @@
 //!
 //! Configuration `spec.api` allow/deny lists on the HTTP and gRPC APIs; mTLS between sidecars
 //! (local CA, SPIFFE identities, access control on the certificate's identity, refusal of
-//! other CAs and of plaintext callers).
+//! other CAs and of plaintext callers, the mTLS metrics).
 
 mod common;
 
@@ -286,6 +286,69 @@ async fn two_sidecars_invoke_each_other_over_mtls_from_the_local_ca() {
     )
     .await;
     assert_eq!(v["headers"]["dapr-caller-app-id"], "c");
+}
+
+#[tokio::test]
+async fn mtls_set_up_and_certificate_renewals_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    // A workload certificate this short-lived is renewed about every second.
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: short\nspec:\n  mtls:\n    enabled: true\n    workloadCertTTL: 2s\n",
+    )
+    .unwrap();
+    let port = tandem_testkit::proxy::free_port();
+    let _m = start(
+        mtls("m", &dir.path().join("home"), &dir.path().join("nr.db"))
+            .arg("--config")
+            .arg(config.display().to_string())
+            .arg("--metrics-port")
+            .arg(port.to_string())
+            .arg("--metrics-listen-address")
+            .arg("127.0.0.1"),
+    )
+    .await;
+    let value = |text: &str, series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let text = loop {
+        let text = client()
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let rotated = value(
+            &text,
+            "dapr_runtime_mtls_workload_cert_rotated_total{app_id=\"m\"}",
+        );
+        if rotated.is_some_and(|n| n >= 2) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        value(&text, "dapr_runtime_mtls_init_total{app_id=\"m\"}"),
+        Some(1),
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            "dapr_runtime_mtls_workload_cert_rotated_total{app_id=\"m\"}"
+        )
+        .is_some_and(|n| n >= 2),
+        "{text}"
+    );
+    assert!(!text.contains("dapr_runtime_mtls_workload_cert_rotated_fail_total{"));
+    assert!(!text.contains("dapr_runtime_mtls_init_fail_total{"));
+    assert!(text.contains("# TYPE dapr_runtime_mtls_init_fail_total counter"));
 }
 
 #[tokio::test]

@@ -79,6 +79,8 @@ pub struct MtlsOptions {
     pub identity: SpiffeId,
     /// The workload certificate lifetime.
     pub workload_ttl: Duration,
+    /// Where renewals are counted, when metrics are on.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The verified identity of the sidecar at the other end of an internal connection, attached
@@ -95,6 +97,7 @@ pub struct Security {
     issuer: Issuer,
     ttl: Duration,
     server: Arc<ServerConfig>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl fmt::Debug for Security {
@@ -172,6 +175,7 @@ impl Security {
             issuer,
             ttl,
             server: Arc::new(server),
+            metrics: options.metrics,
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(renew(Arc::downgrade(&security)));
@@ -241,7 +245,11 @@ async fn renew(security: Weak<Security>) {
         };
         tokio::time::sleep(wait.max(Duration::from_secs(1))).await;
         let Some(s) = security.upgrade() else { return };
-        match s.renew() {
+        let renewed = s.renew();
+        if let Some(m) = &s.metrics {
+            m.workload_cert_rotated(renewed.is_ok());
+        }
+        match renewed {
             Ok(()) => tracing::info!(identity = %s.identity, "workload certificate renewed"),
             Err(e) => {
                 tracing::error!(error = %e, "renewing the workload certificate failed");
