@@ -643,11 +643,20 @@ static ERROR_CODES: OnceLock<Family<AtomicU64>> = OnceLock::new();
 /// Counts one API error answered with `code` in `dapr_error_code_total`, when
 /// `recordErrorCodes` is on. As daprd, only the codes of its error table count, each with
 /// its category.
-pub fn record_error_code(code: &str) {
+pub fn record_error_code(code: crate::error::ErrorCode) {
     if let Some(family) = ERROR_CODES.get()
-        && let Some(category) = error_category(code)
+        && let Some(category) = category_of(code)
     {
-        Metrics::count(family, &[code, category]);
+        Metrics::count(family, &[code.code(), category]);
+    }
+}
+
+/// The category of an error as daprd counts it: by its code, except for the one code that
+/// daprd's table gives two categories (`ERR_MALFORMED_REQUEST`, `state` for an illegal key).
+fn category_of(code: crate::error::ErrorCode) -> Option<&'static str> {
+    match code {
+        crate::error::ErrorCode::StateIllegalKey => Some("state"),
+        _ => error_category(code.code()),
     }
 }
 
@@ -1466,6 +1475,10 @@ mod tests {
         ] {
             assert_eq!(error_category(code), category, "{code}");
         }
+        use crate::error::ErrorCode;
+        assert_eq!(category_of(ErrorCode::MalformedRequest), Some("common"));
+        assert_eq!(category_of(ErrorCode::StateIllegalKey), Some("state"));
+        assert_eq!(category_of(ErrorCode::StateGet), Some("state"));
     }
 
     #[test]

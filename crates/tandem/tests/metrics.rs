@@ -707,6 +707,14 @@ async fn error_codes_are_counted_when_the_configuration_asks() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // The same code for an illegal key: daprd counts it as a state error.
+    let r = http
+        .post(sc.url("/v1.0/state/statestore"))
+        .json(&json!([{"key": "a||b", "value": 1}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let mut grpc = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc_port))
         .await
         .unwrap();
@@ -733,6 +741,11 @@ async fn error_codes_are_counted_when_the_configuration_asks() {
     );
     assert_eq!(
         value(&text, &series("ERR_MALFORMED_REQUEST", "common")).as_deref(),
+        Some("1"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, &series("ERR_MALFORMED_REQUEST", "state")).as_deref(),
         Some("1"),
         "{text}"
     );

@@ -183,7 +183,7 @@ fn with_details(
 pub fn to_status(e: ApiError) -> Status {
     let code = Code::from(e.code.grpc_code() as i32);
     tracing::debug!(code = e.code.code(), message = %e.message, "api error");
-    tandem_runtime::metrics::record_error_code(e.code.code());
+    tandem_runtime::metrics::record_error_code(e.code);
     let mut details: Vec<prost_types::Any> = e.details.iter().map(detail_any).collect();
     if !details.iter().any(|d| d.type_url == ERROR_INFO_TYPE) {
         details.push(error_info(e.code.code(), HashMap::new()));

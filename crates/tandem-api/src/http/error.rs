@@ -71,7 +71,7 @@ impl IntoResponse for HttpError {
         let status = StatusCode::from_u16(self.0.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         tracing::debug!(code = self.0.code.code(), message = %self.0.message, "api error");
-        tandem_runtime::metrics::record_error_code(self.0.code.code());
+        tandem_runtime::metrics::record_error_code(self.0.code);
         let mut resp = (status, error_body(&self.0)).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -181,7 +181,7 @@ pub(crate) async fn bulk_publish(
         Ok(()) => Ok(empty()),
         Err((err, failed)) if failed.is_empty() => Err(err.into()),
         Err((err, failed)) => {
-            tandem_runtime::metrics::record_error_code(err.code.code());
+            tandem_runtime::metrics::record_error_code(err.code);
             let failed_json: Vec<Value> = failed
                 .iter()
                 .map(|f| serde_json::json!({"entryId": f.entry_id, "error": f.error}))
