@@ -299,31 +299,17 @@ async fn mtls_set_up_and_certificate_renewals_are_counted() {
     )
     .unwrap();
     let port = tandem_testkit::proxy::free_port();
-    let _m = start(
+    let _m = start(common::with_metrics(
         mtls("m", &dir.path().join("home"), &dir.path().join("nr.db"))
             .arg("--config")
-            .arg(config.display().to_string())
-            .arg("--metrics-port")
-            .arg(port.to_string())
-            .arg("--metrics-listen-address")
-            .arg("127.0.0.1"),
-    )
+            .arg(config.display().to_string()),
+        port,
+    ))
     .await;
-    let value = |text: &str, series: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .map(|v| v.parse::<u64>().unwrap())
-    };
+    let value = common::counter_value;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let text = loop {
-        let text = client()
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::scrape_metrics(port).await;
         let rotated = value(
             &text,
             "dapr_runtime_mtls_workload_cert_rotated_total{app_id=\"m\"}",

@@ -645,15 +645,12 @@ spec:
     .unwrap();
     let app_b = MockApp::start("b").await;
     let metrics_port = tandem_testkit::proxy::free_port();
-    let b = start(
+    let b = start(common::with_metrics(
         with_app("b", &app_b, &db)
             .arg("--config")
-            .arg(config.display().to_string())
-            .arg("--metrics-port")
-            .arg(metrics_port.to_string())
-            .arg("--metrics-listen-address")
-            .arg("127.0.0.1"),
-    )
+            .arg(config.display().to_string()),
+        metrics_port,
+    ))
     .await;
     let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
     let other = start(tandem().app_id("other").name_resolution_db(&db)).await;
@@ -735,21 +732,14 @@ spec:
     // Each decision is counted by the caller's identity and by what decided it: a's policy
     // (it sets its own default) or the global action (no policy for `other`). The app's call
     // to itself is not checked, so not counted.
-    let text = c
-        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::scrape_metrics(metrics_port).await;
     let count = |family: &str, app: &str| {
-        let series = format!(
-            "dapr_runtime_acl_{family}_total{{app_id=\"{app}\",trustDomain=\"public\",namespace=\"default\"}} "
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .map(|v| v.parse::<u64>().unwrap())
+        common::counter_value(
+            &text,
+            &format!(
+                "dapr_runtime_acl_{family}_total{{app_id=\"{app}\",trustDomain=\"public\",namespace=\"default\"}}"
+            ),
+        )
     };
     assert_eq!(count("app_policy_action_allowed", "a"), Some(3), "{text}");
     assert_eq!(count("app_policy_action_blocked", "a"), Some(2), "{text}");

@@ -231,12 +231,7 @@ spec:
 "#;
 
 fn metered(app_id: &str, port: u16) -> tandem_testkit::SidecarBuilder {
-    tandem()
-        .app_id(app_id)
-        .arg("--metrics-port")
-        .arg(port.to_string())
-        .arg("--metrics-listen-address")
-        .arg("127.0.0.1")
+    common::with_metrics(tandem().app_id(app_id), port)
 }
 
 fn count_lines(text: &str, prefix: &str) -> usize {

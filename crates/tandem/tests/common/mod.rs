@@ -51,6 +51,34 @@ pub fn tandem_for(app: &MockApp, db: impl AsRef<std::path::Path>) -> SidecarBuil
         .name_resolution_db(db)
 }
 
+/// `builder` with Prometheus metrics served on 127.0.0.1:`port`.
+pub fn with_metrics(builder: SidecarBuilder, port: u16) -> SidecarBuilder {
+    builder
+        .arg("--metrics-port")
+        .arg(port.to_string())
+        .arg("--metrics-listen-address")
+        .arg("127.0.0.1")
+}
+
+/// The metrics text served on 127.0.0.1:`port`.
+pub async fn scrape_metrics(port: u16) -> String {
+    client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
+/// The value of the counter series `series` (name and labels, as written) in `text`.
+pub fn counter_value(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().expect("a counter's value"))
+}
+
 /// Starts a sidecar, panicking with its log on failure.
 pub async fn start(builder: SidecarBuilder) -> Sidecar {
     builder.spawn().await.unwrap_or_else(|e| panic!("{e}"))
