@@ -148,13 +148,7 @@ impl AccessControl {
     }
 
     /// Whether `caller` may call `operation` (the normalised method, with or without a leading
-    /// `/`) with `verb` (upper-case HTTP method).
-    pub fn allows(&self, caller: Option<Caller<'_>>, operation: &str, verb: &str) -> bool {
-        self.decide(caller, operation, verb).allowed
-    }
-
-    /// Whether `caller` may call `operation` with `verb` (as [`Self::allows`]), and what
-    /// decided it.
+    /// `/`) with `verb` (upper-case HTTP method, empty for none), and what decided it.
     pub fn decide(&self, caller: Option<Caller<'_>>, operation: &str, verb: &str) -> Decision {
         let by_global = Decision {
             allowed: self.default_allow,
@@ -360,6 +354,12 @@ mod tests {
     }
 
     use AccessAction::{Allow, Deny};
+
+    impl AccessControl {
+        fn allows(&self, caller: Option<Caller<'_>>, operation: &str, verb: &str) -> bool {
+            self.decide(caller, operation, verb).allowed
+        }
+    }
 
     #[test]
     fn no_policies_allow_everything() {
