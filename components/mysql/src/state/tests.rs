@@ -348,16 +348,27 @@ async fn ttl_rounds_up_and_reports_the_expiry() {
     let mut req = set_req("ttl", b"1");
     req.metadata.insert("ttlInSeconds".into(), "100".into());
     store.set(req).await.unwrap();
+    let written = SystemTime::now();
     let item = get(&store, "ttl").await.unwrap();
     let reported = item
         .metadata
         .get(TTL_EXPIRE_TIME_KEY)
         .expect("ttlExpireTime");
-    let earliest = format_expire_time(before + Duration::from_secs(100));
-    let latest = format_expire_time(before + Duration::from_secs(102));
+    // Compared as instants: RFC 3339 strings with and without fractional
+    // seconds do not sort as the times they name ("12Z" > "12.5Z").
+    let reported_at = SystemTime::from(
+        time::OffsetDateTime::parse(reported, &time::format_description::well_known::Rfc3339)
+            .expect("ttlExpireTime is RFC 3339"),
+    );
+    // Rounded up to a whole second: the item lives at least the TTL, and less
+    // than a second more than the TTL after the write returned.
+    let earliest = before + Duration::from_secs(100);
+    let latest = written + Duration::from_secs(101);
     assert!(
-        earliest.as_str() <= reported.as_str() && reported.as_str() <= latest.as_str(),
-        "{earliest} <= {reported} <= {latest}"
+        earliest <= reported_at && reported_at <= latest,
+        "{} <= {reported} <= {}",
+        format_expire_time(earliest),
+        format_expire_time(latest)
     );
     // A write without a TTL clears it.
     store.set(set_req("ttl", b"2")).await.unwrap();
