@@ -15,6 +15,15 @@
 //! takes no new calls; the next call opens a new one. A call that never left (the connection
 //! could not be made, or closed before the call was written) comes back with its body
 //! untouched, so it can be sent elsewhere. A dropped answer body resets its stream.
+//!
+//! A peer that vanishes without closing the connection (its machine gone, a partition) would
+//! otherwise hold every call on it, and every call after them, until TCP gives up, which for
+//! data in flight takes many minutes. So while calls are open the connection checks that the
+//! peer still speaks: when nothing at all has been read for one interval ([`PING_EVERY`] by
+//! default), it sends a PING, and when the next interval ends with still nothing read, the
+//! connection fails. Its calls fail with a time-out, calls not written yet go to a new
+//! connection. A peer that is only slow to answer (a long-running call) answers the PING and
+//! keeps its connection. An idle connection sets no timer.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -51,6 +60,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// The last stream id a connection uses before it takes no more calls.
 const LAST_STREAM_ID: u32 = (1 << 31) - 1;
+/// While calls are open, how long the connection may go without reading anything before it
+/// sends a PING; one more such interval without a byte, and the peer is taken for gone.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
 
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -113,12 +125,22 @@ struct Handle<B> {
 pub struct Client<B> {
     /// Looked up on every call: foldhash, not SipHash (the addresses are the caller's peers).
     conns: RwLock<HashMap<String, Arc<Handle<B>>, foldhash::fast::RandomState>>,
+    ping_every: Duration,
 }
 
 impl<B> Default for Client<B> {
     fn default() -> Self {
+        Client::with_ping_interval(PING_EVERY)
+    }
+}
+
+impl<B> Client<B> {
+    /// A client whose connections check their peer after `every` without a byte read while
+    /// calls are open (see the module's documentation); the default is [`PING_EVERY`].
+    pub fn with_ping_interval(every: Duration) -> Self {
         Client {
             conns: RwLock::new(HashMap::default()),
+            ping_every: every,
         }
     }
 }
@@ -189,7 +211,7 @@ where
             open: open.clone(),
         });
         conns.insert(address.to_owned(), handle.clone());
-        tokio::spawn(run(address.to_owned(), rx, open));
+        tokio::spawn(run(address.to_owned(), rx, open, self.ping_every));
         handle
     }
 }
@@ -204,8 +226,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A connection's life: connect, serve calls until it fails or goes away, then send back
 /// every call it did not take.
-async fn run<B>(address: String, mut rx: mpsc::UnboundedReceiver<Call<B>>, open: Arc<AtomicBool>)
-where
+async fn run<B>(
+    address: String,
+    mut rx: mpsc::UnboundedReceiver<Call<B>>,
+    open: Arc<AtomicBool>,
+    ping_every: Duration,
+) where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
@@ -223,10 +249,11 @@ where
     };
     let _ = tcp.set_nodelay(true);
     // A peer that vanishes without closing (its machine gone, a partition) is noticed by TCP
-    // keepalive; the connection then fails and the next call opens a new one.
+    // keepalive while the connection is idle, and by the PING check while calls are open; the
+    // connection then fails and the next call opens a new one.
     let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE);
     let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-    let mut conn = Conn::new(tcp, address, rx, open);
+    let mut conn = Conn::new(tcp, address, rx, open, ping_every);
     std::future::poll_fn(|cx| conn.poll(cx)).await;
     conn.open.store(false, Ordering::Release);
     let waiting = std::mem::take(&mut conn.waiting);
@@ -351,6 +378,14 @@ struct Conn<B> {
     /// The server sent GOAWAY, or the connection failed: no new calls.
     draining: bool,
     error: Option<io::Error>,
+    /// The peer's liveness check: reads so far, reads at the last check, whether a PING
+    /// went out at the last check, and the timer (armed only while calls are open).
+    reads: u64,
+    reads_checked: u64,
+    pinged: bool,
+    ping_every: Duration,
+    check: Pin<Box<tokio::time::Sleep>>,
+    check_armed: bool,
 }
 
 impl<B> Conn<B>
@@ -363,6 +398,7 @@ where
         address: String,
         rx: mpsc::UnboundedReceiver<Call<B>>,
         open: Arc<AtomicBool>,
+        ping_every: Duration,
     ) -> Self {
         let mut out = BytesMut::with_capacity(4096);
         out.put_slice(PREFACE);
@@ -409,12 +445,63 @@ where
             conn_unreleased: 0,
             draining: false,
             error: None,
+            reads: 0,
+            reads_checked: 0,
+            pinged: false,
+            ping_every,
+            check: Box::pin(tokio::time::sleep(ping_every)),
+            check_armed: false,
         }
+    }
+
+    /// Checks on the peer when its interval is up; an error once it is taken for gone.
+    fn poll_check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let busy = !self.streams.is_empty() || !self.waiting.is_empty();
+        if !self.check_armed {
+            if !busy {
+                return Ok(());
+            }
+            // Calls are open again: the first check is one interval away.
+            self.check_armed = true;
+            self.reads_checked = self.reads;
+            self.pinged = false;
+            self.rearm();
+        }
+        while self.check.as_mut().poll(cx).is_ready() {
+            if !busy {
+                self.check_armed = false;
+                return Ok(());
+            }
+            if self.reads != self.reads_checked {
+                self.reads_checked = self.reads;
+                self.pinged = false;
+            } else if self.pinged {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the peer sent nothing, not even a PING answer, for {} ms; the HTTP/2 connection is taken for dead",
+                        (2 * self.ping_every).as_millis()
+                    ),
+                ));
+            } else {
+                put_head(&mut self.out, 8, PING, 0, 0);
+                self.out.put_slice(b"tandem\0\0");
+                self.pinged = true;
+            }
+            self.rearm();
+        }
+        Ok(())
+    }
+
+    fn rearm(&mut self) {
+        let at = tokio::time::Instant::now() + self.ping_every;
+        self.check.as_mut().reset(at);
     }
 
     /// Drives the connection; `Ready` once it is over.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.waker.register(cx.waker());
+        let mut checked = false;
         loop {
             let mut again = false;
             // New calls.
@@ -448,6 +535,7 @@ where
                         return Poll::Ready(());
                     }
                     Poll::Ready(Ok(_)) => {
+                        self.reads += 1;
                         if let Err(code) = self.on_read() {
                             self.go_away(code);
                             let _ = self.io.try_write(&self.out);
@@ -460,6 +548,14 @@ where
             }
             self.take_releases();
             self.send_bodies(cx);
+            // Once per wake-up, after the reads: the check's PING goes out with this write.
+            if !checked {
+                checked = true;
+                if let Err(e) = self.poll_check(cx) {
+                    self.error = Some(e);
+                    return Poll::Ready(());
+                }
+            }
             // Past the mark, reading and request bodies were skipped: once the buffer is out,
             // go round again, or nothing would wake them.
             let was_full = self.out.len() >= WRITE_HIGH;

@@ -499,6 +499,56 @@ async fn round_robin_over_instances_and_dead_ones_drop_out() {
 }
 
 #[tokio::test]
+async fn a_sidecar_gone_silent_fails_the_call_instead_of_hanging_it() {
+    // SIGSTOP leaves b's sockets open: to a, b is a machine that vanished without closing
+    // anything. a's connection to b notices that b no longer answers its PINGs, fails the
+    // call in flight, and the next call, once b runs again, goes over a new connection.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nr.db");
+    let app_b = MockApp::start("b").await;
+    let b = start(with_app("b", &app_b, &db)).await;
+    let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
+    let c = client();
+    assert_eq!(call_b(&c, &a).await, "b");
+
+    b.freeze();
+    let resp = c
+        .get(a.url("/v1.0/invoke/b/method/who"))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("the call is answered instead of hanging");
+    b.thaw();
+    let body = assert_error(
+        resp,
+        500,
+        "ERR_DIRECT_INVOKE",
+        "failed to invoke, id: b, err: calling the sidecar at",
+    )
+    .await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("PING"), "{message}");
+    // b's registration lapsed while it was frozen; once it has renewed it, calls reach it again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = c
+            .get(a.url("/v1.0/invoke/b/method/who"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            assert_eq!(resp.headers()["x-mock-app"], "b");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b is not reached again after it runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
 async fn http_endpoint_and_url_targets() {
     let ext = MockApp::start("ext").await;
     let dir = tempfile::tempdir().unwrap();

@@ -299,6 +299,26 @@ impl Sidecar {
         }
     }
 
+    /// Stops the process (SIGSTOP) without closing anything: to its peers it is a machine that
+    /// went silent. [`Sidecar::thaw`] lets it run again.
+    pub fn freeze(&self) {
+        Self::signal(self.pid, "-STOP");
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        Self::signal(self.pid, "-CONT");
+    }
+
+    fn signal(pid: u32, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}: {status}");
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("sidecar already stopped");

@@ -351,3 +351,97 @@ async fn dropping_an_answer_body_resets_its_stream() {
         .unwrap();
     assert_eq!(body_of(resp).await, "z");
 }
+
+/// A peer that accepts connections, reads whatever comes and never writes a byte, or, with
+/// `settings`, writes its SETTINGS and then nothing: a machine gone, as seen from the client.
+async fn silent_peer(settings: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if settings {
+                    let mut empty = BytesMut::new();
+                    put_settings(&mut empty, &[]);
+                    tcp.write_all(&empty).await.unwrap();
+                }
+                let mut buf = vec![0u8; 1 << 16];
+                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn a_call_to_a_peer_that_went_silent_fails_instead_of_hanging() {
+    let (addr, connections) = silent_peer(true).await;
+    let client = Client::<TestBody>::with_ping_interval(Duration::from_millis(100));
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send(&addr.to_string(), request("/x", TestBody::full("x"))),
+    )
+    .await
+    .expect("the call fails instead of hanging");
+    match sent {
+        Err(SendError::Failed(e)) => {
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+            assert!(e.to_string().contains("PING"), "{e}");
+        }
+        Err(SendError::NotSent { error, .. }) => panic!("the call was written: {error}"),
+        Ok(_) => panic!("a silent peer answered"),
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn calls_queued_on_a_silent_connection_come_back_unsent() {
+    // No SETTINGS ever arrive, so no call is written: each connection is given up, the call
+    // goes to a new one once, and then comes back with its body.
+    let (addr, connections) = silent_peer(false).await;
+    let client = Client::<TestBody>::with_ping_interval(Duration::from_millis(100));
+    let sent = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.send(&addr.to_string(), request("/x", TestBody::full("keep me"))),
+    )
+    .await
+    .expect("the call comes back instead of hanging");
+    match sent {
+        Err(SendError::NotSent { request, .. }) => {
+            assert_eq!(request.into_body().full.take().unwrap(), "keep me");
+        }
+        Err(SendError::Failed(e)) => panic!("expected NotSent, got Failed({e})"),
+        Ok(_) => panic!("a silent peer answered"),
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_slow_answer_from_a_live_peer_keeps_its_connection() {
+    // The answer takes many check intervals; the server answers the PINGs meanwhile.
+    let (addr, seen) = echo_server(None).await;
+    let client = Client::<TestBody>::with_ping_interval(Duration::from_millis(50));
+    let address = addr.to_string();
+    let mut req = request("/slow", TestBody::full("late"));
+    req.headers_mut()
+        .insert("x-delay-ms", http::HeaderValue::from_static("600"));
+    let resp = client
+        .send(&address, req)
+        .await
+        .map_err(SendError::into_error)
+        .unwrap();
+    assert_eq!(body_of(resp).await, "late");
+    // Idle now: no timer, and the connection stays usable.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = client
+        .send(&address, request("/again", TestBody::full("y")))
+        .await
+        .map_err(SendError::into_error)
+        .unwrap();
+    assert_eq!(body_of(resp).await, "y");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}

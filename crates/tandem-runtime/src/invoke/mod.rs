@@ -44,6 +44,10 @@
 //! they are. This is not daprd's gRPC `ServiceInvocation` protocol: Tandem sidecars do not
 //! interoperate with Go daprd sidecars on the internal port.
 //!
+//! A sidecar that goes silent without closing the connection (its machine gone, a partition)
+//! is noticed by the connection's PING check ([`tandem_http2::client::PING_EVERY`]): the calls
+//! in flight to it fail with a time-out, within 30 s, instead of waiting until TCP gives up.
+//!
 //! A call that never left (the connection to the sidecar was refused because it was killed,
 //! or closed before the call was written) is retried at once on another instance with its
 //! body untouched; a refusing instance is set aside for
