@@ -22,6 +22,17 @@ fn with_app(app_id: &str, app: &MockApp, db: &Path) -> SidecarBuilder {
         .name_resolution_db(db)
 }
 
+/// Sidecar `b` with its app and sidecar `a` without one, sharing a name-resolution database
+/// (kept in the returned folder).
+async fn a_and_b() -> (tempfile::TempDir, MockApp, Sidecar, Sidecar) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nr.db");
+    let app_b = MockApp::start("b").await;
+    let b = start(with_app("b", &app_b, &db)).await;
+    let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
+    (dir, app_b, b, a)
+}
+
 async fn json(resp: reqwest::Response) -> Value {
     let status = resp.status();
     let text = resp.text().await.unwrap();
@@ -503,11 +514,7 @@ async fn a_sidecar_gone_silent_fails_the_call_instead_of_hanging_it() {
     // SIGSTOP leaves b's sockets open: to a, b is a machine that vanished without closing
     // anything. a's connection to b notices that b no longer answers its PINGs, fails the
     // call in flight, and the next call, once b runs again, goes over a new connection.
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("nr.db");
-    let app_b = MockApp::start("b").await;
-    let b = start(with_app("b", &app_b, &db)).await;
-    let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
+    let (_dir, _app_b, b, a) = a_and_b().await;
     let c = client();
     assert_eq!(call_b(&c, &a).await, "b");
 
@@ -818,11 +825,7 @@ async fn chunk_times(resp: reqwest::Response, start: Instant) -> Vec<(Duration, 
 
 #[tokio::test]
 async fn streaming_responses_arrive_incrementally() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("nr.db");
-    let app_b = MockApp::start("b").await;
-    let b = start(with_app("b", &app_b, &db)).await;
-    let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
+    let (_dir, _app_b, b, a) = a_and_b().await;
     let c = client();
 
     for sidecar in [&b, &a] {

@@ -377,16 +377,26 @@ async fn silent_peer(settings: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, connections)
 }
 
-#[tokio::test]
-async fn a_call_to_a_peer_that_went_silent_fails_instead_of_hanging() {
-    let (addr, connections) = silent_peer(true).await;
+/// One call to a [`silent_peer`] with checks every 100 ms: its outcome (which must come within
+/// 10 s) and how many connections the peer saw.
+async fn call_silent_peer(
+    settings: bool,
+    body: &'static str,
+) -> (Result<Response<RecvBody>, SendError<TestBody>>, usize) {
+    let (addr, connections) = silent_peer(settings).await;
     let client = Client::<TestBody>::with_ping_interval(Duration::from_millis(100));
     let sent = tokio::time::timeout(
         Duration::from_secs(10),
-        client.send(&addr.to_string(), request("/x", TestBody::full("x"))),
+        client.send(&addr.to_string(), request("/x", TestBody::full(body))),
     )
     .await
-    .expect("the call fails instead of hanging");
+    .expect("the call ends instead of hanging");
+    (sent, connections.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_call_to_a_peer_that_went_silent_fails_instead_of_hanging() {
+    let (sent, connections) = call_silent_peer(true, "x").await;
     match sent {
         Err(SendError::Failed(e)) => {
             assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
@@ -395,21 +405,14 @@ async fn a_call_to_a_peer_that_went_silent_fails_instead_of_hanging() {
         Err(SendError::NotSent { error, .. }) => panic!("the call was written: {error}"),
         Ok(_) => panic!("a silent peer answered"),
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(connections, 1);
 }
 
 #[tokio::test]
 async fn calls_queued_on_a_silent_connection_come_back_unsent() {
     // No SETTINGS ever arrive, so no call is written: each connection is given up, the call
     // goes to a new one once, and then comes back with its body.
-    let (addr, connections) = silent_peer(false).await;
-    let client = Client::<TestBody>::with_ping_interval(Duration::from_millis(100));
-    let sent = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.send(&addr.to_string(), request("/x", TestBody::full("keep me"))),
-    )
-    .await
-    .expect("the call comes back instead of hanging");
+    let (sent, connections) = call_silent_peer(false, "keep me").await;
     match sent {
         Err(SendError::NotSent { request, .. }) => {
             assert_eq!(request.into_body().full.take().unwrap(), "keep me");
@@ -417,7 +420,7 @@ async fn calls_queued_on_a_silent_connection_come_back_unsent() {
         Err(SendError::Failed(e)) => panic!("expected NotSent, got Failed({e})"),
         Ok(_) => panic!("a silent peer answered"),
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    assert_eq!(connections, 2);
 }
 
 #[tokio::test]
