@@ -422,17 +422,17 @@ impl SecretScope {
 
 /// `spec.accessControl`: the service-invocation ACL.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(from = "RawAccessControlSpec")]
 pub struct AccessControlSpec {
     /// `defaultAction` (default allow).
-    #[serde(default, deserialize_with = "action_or_allow")]
     pub default_action: AccessAction,
     /// `trustDomain` (default `public`).
-    #[serde(default = "public", deserialize_with = "trust_domain")]
     pub trust_domain: String,
     /// `policies`: per calling app.
-    #[serde(default)]
     pub policies: Vec<AppPolicy>,
+    /// Whether the section says anything: a `defaultAction`, a `trustDomain` or a policy.
+    /// Without any, daprd has no list at all and does not count its (allowed) calls.
+    pub specified: bool,
 }
 
 impl Default for AccessControlSpec {
@@ -441,21 +441,39 @@ impl Default for AccessControlSpec {
             default_action: AccessAction::Allow,
             trust_domain: public(),
             policies: Vec::new(),
+            specified: false,
+        }
+    }
+}
+
+/// `spec.accessControl` as written.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAccessControlSpec {
+    #[serde(default, deserialize_with = "opt_action")]
+    default_action: Option<AccessAction>,
+    #[serde(default)]
+    trust_domain: Option<String>,
+    #[serde(default)]
+    policies: Vec<AppPolicy>,
+}
+
+impl From<RawAccessControlSpec> for AccessControlSpec {
+    fn from(raw: RawAccessControlSpec) -> Self {
+        let trust_domain = raw.trust_domain.filter(|t| !t.trim().is_empty());
+        Self {
+            specified: raw.default_action.is_some()
+                || trust_domain.is_some()
+                || !raw.policies.is_empty(),
+            default_action: raw.default_action.unwrap_or_default(),
+            trust_domain: trust_domain.unwrap_or_else(public),
+            policies: raw.policies,
         }
     }
 }
 
 fn public() -> String {
     "public".to_owned()
-}
-
-fn trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let text = String::deserialize(d)?;
-    Ok(if text.trim().is_empty() {
-        public()
-    } else {
-        text
-    })
 }
 
 /// `accessControl.policies[]`.

@@ -1037,11 +1037,64 @@ fn configuration_defaults_without_files() {
     assert_eq!(c.tracing.effective_sampling_rate(), DEFAULT_SAMPLING_RATE);
     assert_eq!(c.access_control.default_action, AccessAction::Allow);
     assert_eq!(c.access_control.trust_domain, "public");
+    assert!(!c.access_control.specified);
     assert!(!c.mtls.enabled);
     assert!(c.name_resolution.is_none());
     assert!(c.feature_enabled("HotReload"));
     assert!(!c.feature_enabled("ActorStateTTL"));
     assert!(c.secret_allowed("any", "secret"));
+}
+
+#[test]
+fn an_access_control_section_counts_only_when_it_says_something() {
+    // As daprd: no defaultAction, no trustDomain and no policy is no list at all.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("accessControl: {}", false, AccessAction::Allow),
+        (
+            "accessControl: {defaultAction: '', trustDomain: ' ', policies: []}",
+            false,
+            AccessAction::Allow,
+        ),
+        (
+            "accessControl: {defaultAction: allow}",
+            true,
+            AccessAction::Allow,
+        ),
+        (
+            "accessControl: {trustDomain: example.org}",
+            true,
+            AccessAction::Allow,
+        ),
+        (
+            "accessControl: {policies: [{appId: a}]}",
+            true,
+            AccessAction::Allow,
+        ),
+        (
+            "accessControl: {defaultAction: deny}",
+            true,
+            AccessAction::Deny,
+        ),
+    ];
+    for (i, (section, specified, action)) in cases.into_iter().enumerate() {
+        let path = write(
+            dir.path(),
+            &format!("acl{i}.yaml"),
+            &format!(
+                "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: acl\nspec:\n  {section}\n"
+            ),
+        );
+        let c = load_configuration(&[path], &no_env).unwrap();
+        assert_eq!(c.access_control.specified, specified, "{section}");
+        assert_eq!(c.access_control.default_action, action, "{section}");
+        let td = if section.contains("example.org") {
+            "example.org"
+        } else {
+            "public"
+        };
+        assert_eq!(c.access_control.trust_domain, td, "{section}");
+    }
 }
 
 #[test]
@@ -1165,6 +1218,7 @@ spec:
     assert_eq!(c.mtls.allowed_clock_skew, Some(Duration::from_secs(900)));
     assert_eq!(c.access_control.default_action, AccessAction::Deny);
     assert_eq!(c.access_control.trust_domain, "public");
+    assert!(c.access_control.specified);
     let policy = &c.access_control.policies[0];
     assert_eq!(policy.app_id, "app1");
     assert_eq!(policy.default_action, None);

@@ -810,6 +810,43 @@ spec:
     assert!(text.contains("# TYPE dapr_runtime_acl_global_policy_action_allowed_total counter"));
 }
 
+#[tokio::test]
+async fn an_access_control_section_that_only_allows_counts_every_call() {
+    // `defaultAction: allow` and no policy: every call goes through, and, as in daprd, the
+    // list is consulted, so each call counts as allowed by the global action.
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nr.db");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: acl\nspec:\n  accessControl:\n    defaultAction: allow\n",
+    )
+    .unwrap();
+    let app_b = MockApp::start("b").await;
+    let metrics_port = tandem_testkit::proxy::free_port();
+    let _b = start(common::with_metrics(
+        with_app("b", &app_b, &db)
+            .arg("--config")
+            .arg(config.display().to_string()),
+        metrics_port,
+    ))
+    .await;
+    let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
+    let c = client();
+    for _ in 0..2 {
+        assert_eq!(call_b(&c, &a).await, "b");
+    }
+    let text = common::scrape_metrics(metrics_port).await;
+    assert_eq!(
+        common::counter_value(
+            &text,
+            "dapr_runtime_acl_global_policy_action_allowed_total{app_id=\"a\",trustDomain=\"public\",namespace=\"default\"}"
+        ),
+        Some(2),
+        "{text}"
+    );
+}
+
 /// Reads a streaming response and returns when each chunk arrived, from the request's start.
 async fn chunk_times(resp: reqwest::Response, start: Instant) -> Vec<(Duration, String)> {
     let mut resp = resp;

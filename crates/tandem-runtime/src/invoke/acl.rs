@@ -19,10 +19,10 @@
 //! `allow`, where daprd uses `deny` when policies are present.
 //!
 //! Each decision is counted as daprd counts it ([`Decision::by`]): by the caller's policy when
-//! that policy sets its own `defaultAction`, otherwise by the global action. A list with no
-//! policy and a global `allow` is not consulted at all, so its calls are not counted (daprd
-//! counts them as allowed by the global action when the Configuration has an
-//! `accessControl` section).
+//! that policy sets its own `defaultAction`, otherwise by the global action. Without an
+//! `accessControl` section that says anything (a `defaultAction`, a `trustDomain` or a policy)
+//! there is no list, as in daprd: calls are neither checked nor counted. A section with only
+//! `defaultAction: allow` counts every call as allowed by the global action.
 
 use std::collections::HashMap;
 
@@ -72,6 +72,8 @@ pub struct Decision {
 pub struct AccessControl {
     default_allow: bool,
     policies: HashMap<(String, String), Policy>,
+    /// The Configuration's section said something (see [`AccessControlSpec::specified`]).
+    specified: bool,
 }
 
 #[derive(Debug)]
@@ -92,6 +94,7 @@ impl Default for AccessControl {
         Self {
             default_allow: true,
             policies: HashMap::new(),
+            specified: false,
         }
     }
 }
@@ -139,12 +142,14 @@ impl AccessControl {
         Self {
             default_allow: spec.default_action == AccessAction::Allow,
             policies,
+            specified: spec.specified,
         }
     }
 
-    /// Whether every call is allowed whatever its caller (no policy, global allow).
+    /// Whether there is no list to consult: no `accessControl` section, or one that says
+    /// nothing. Every call is then allowed, and none is counted.
     pub fn allows_all(&self) -> bool {
-        self.default_allow && self.policies.is_empty()
+        !self.specified && self.default_allow && self.policies.is_empty()
     }
 
     /// Whether `caller` may call `operation` (the normalised method, with or without a leading
@@ -340,6 +345,7 @@ mod tests {
             default_action: default,
             trust_domain: "public".into(),
             policies,
+            specified: true,
         })
     }
 
@@ -366,6 +372,16 @@ mod tests {
         let a = AccessControl::default();
         assert!(a.allows_all());
         assert!(a.allows(None, "x", "GET"));
+        // A section that says only "allow" is a list: consulted (and counted), allowing all.
+        let allow = acl(Allow, vec![]);
+        assert!(!allow.allows_all());
+        assert_eq!(
+            allow.decide(Some(caller("a")), "x", "GET"),
+            Decision {
+                allowed: true,
+                by: DecidedBy::Global
+            }
+        );
         let deny_all = acl(Deny, vec![]);
         assert!(!deny_all.allows(Some(caller("a")), "x", "GET"));
     }
