@@ -33,6 +33,20 @@ async fn a_and_b() -> (tempfile::TempDir, MockApp, Sidecar, Sidecar) {
     (dir, app_b, b, a)
 }
 
+/// Sidecar `b` for `app`, with the Configuration at `config` and its metrics on the port
+/// returned.
+async fn configured_b(app: &MockApp, db: &Path, config: &Path) -> (Sidecar, u16) {
+    let metrics_port = tandem_testkit::proxy::free_port();
+    let b = start(common::with_metrics(
+        with_app("b", app, db)
+            .arg("--config")
+            .arg(config.display().to_string()),
+        metrics_port,
+    ))
+    .await;
+    (b, metrics_port)
+}
+
 async fn json(resp: reqwest::Response) -> Value {
     let status = resp.status();
     let text = resp.text().await.unwrap();
@@ -701,14 +715,7 @@ spec:
     )
     .unwrap();
     let app_b = MockApp::start("b").await;
-    let metrics_port = tandem_testkit::proxy::free_port();
-    let b = start(common::with_metrics(
-        with_app("b", &app_b, &db)
-            .arg("--config")
-            .arg(config.display().to_string()),
-        metrics_port,
-    ))
-    .await;
+    let (b, metrics_port) = configured_b(&app_b, &db, &config).await;
     let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
     let other = start(tandem().app_id("other").name_resolution_db(&db)).await;
     let c = client();
@@ -823,14 +830,7 @@ async fn an_access_control_section_that_only_allows_counts_every_call() {
     )
     .unwrap();
     let app_b = MockApp::start("b").await;
-    let metrics_port = tandem_testkit::proxy::free_port();
-    let _b = start(common::with_metrics(
-        with_app("b", &app_b, &db)
-            .arg("--config")
-            .arg(config.display().to_string()),
-        metrics_port,
-    ))
-    .await;
+    let (_b, metrics_port) = configured_b(&app_b, &db, &config).await;
     let a = start(tandem().app_id("a").name_resolution_db(&db)).await;
     let c = client();
     for _ in 0..2 {

@@ -150,6 +150,14 @@ fn request(path: &str, body: TestBody) -> Request<TestBody> {
     req
 }
 
+/// A call to `/slow` that the echo server answers after `ms` milliseconds.
+fn delayed(body: TestBody, ms: &'static str) -> Request<TestBody> {
+    let mut req = request("/slow", body);
+    req.headers_mut()
+        .insert("x-delay-ms", http::HeaderValue::from_static(ms));
+    req
+}
+
 async fn body_of(resp: Response<RecvBody>) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
@@ -299,9 +307,7 @@ async fn calls_past_the_server_stream_limit_wait_their_turn() {
         .map(|i| {
             let (client, address) = (client.clone(), address.clone());
             tokio::spawn(async move {
-                let mut req = request("/slow", TestBody::full(format!("{i}")));
-                req.headers_mut()
-                    .insert("x-delay-ms", http::HeaderValue::from_static("20"));
+                let req = delayed(TestBody::full(format!("{i}")), "20");
                 let resp = client
                     .send(&address, req)
                     .await
@@ -429,9 +435,7 @@ async fn a_slow_answer_from_a_live_peer_keeps_its_connection() {
     let (addr, seen) = echo_server(None).await;
     let client = Client::<TestBody>::with_ping_interval(Duration::from_millis(50));
     let address = addr.to_string();
-    let mut req = request("/slow", TestBody::full("late"));
-    req.headers_mut()
-        .insert("x-delay-ms", http::HeaderValue::from_static("600"));
+    let req = delayed(TestBody::full("late"), "600");
     let resp = client
         .send(&address, req)
         .await
