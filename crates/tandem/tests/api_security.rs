@@ -307,18 +307,14 @@ async fn mtls_set_up_and_certificate_renewals_are_counted() {
     ))
     .await;
     let value = common::counter_value;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let text = loop {
-        let text = common::scrape_metrics(port).await;
-        let rotated = value(
-            &text,
+    let text = common::scrape_until(port, "fewer than two renewals counted", |text| {
+        value(
+            text,
             "dapr_runtime_mtls_workload_cert_rotated_total{app_id=\"m\"}",
-        );
-        if rotated.is_some_and(|n| n >= 2) || std::time::Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+        )
+        .is_some_and(|n| n >= 2)
+    })
+    .await;
     assert_eq!(
         value(&text, "dapr_runtime_mtls_init_total{app_id=\"m\"}"),
         Some(1),

@@ -34,9 +34,7 @@ async fn scrape(port: u16, path: &str) -> (String, String) {
 
 /// The value of the series `name{labels}` in `text`, if present.
 fn value(text: &str, series: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(str::to_owned)
+    common::series_value(text, series).map(str::to_owned)
 }
 
 #[tokio::test]
@@ -579,22 +577,6 @@ spec:
     assert_eq!(states(&text), ["1", "0", "0", "0"]);
 }
 
-/// Scrapes until `done` holds for the text (up to 15 s).
-async fn scrape_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, text) = scrape(port, "/").await;
-        if done(&text) {
-            return text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}; last scrape:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A counter's value as a number (0 when the series is missing).
 fn number(text: &str, series: &str) -> u64 {
     value(text, series).map_or(0, |v| v.parse().unwrap())
@@ -618,7 +600,8 @@ async fn http_health_probes_are_measured_by_status() {
     let series =
         |family: &str, status: &str| format!("{family}{{app_id=\"probed\",status=\"{status}\"}}");
     let ok = series("dapr_http_healthprobes_completed_count", "200");
-    let text = scrape_until(port, "no successful probe counted", |t| number(t, &ok) >= 1).await;
+    let text =
+        common::scrape_until(port, "no successful probe counted", |t| number(t, &ok) >= 1).await;
     assert!(
         number(
             &text,
@@ -630,7 +613,7 @@ async fn http_health_probes_are_measured_by_status() {
 
     app.set_healthy(false);
     let failed = series("dapr_http_healthprobes_completed_count", "500");
-    scrape_until(port, "no failed probe counted", |t| number(t, &failed) >= 1).await;
+    common::scrape_until(port, "no failed probe counted", |t| number(t, &failed) >= 1).await;
 }
 
 /// App health probes over gRPC are counted by gRPC status, not as calls to the app.
@@ -654,7 +637,8 @@ async fn grpc_health_probes_are_measured_by_status() {
         format!("{family}{{app_id=\"probed-grpc\",grpc_client_status=\"{status}\"}}")
     };
     let ok = series("dapr_grpc_io_healthprobes_completed_count", "OK");
-    let text = scrape_until(port, "no successful probe counted", |t| number(t, &ok) >= 1).await;
+    let text =
+        common::scrape_until(port, "no successful probe counted", |t| number(t, &ok) >= 1).await;
     assert!(
         number(
             &text,
@@ -666,7 +650,7 @@ async fn grpc_health_probes_are_measured_by_status() {
 
     app.set_healthy(false);
     let failed = series("dapr_grpc_io_healthprobes_completed_count", "UNAVAILABLE");
-    scrape_until(port, "no failed probe counted", |t| number(t, &failed) >= 1).await;
+    common::scrape_until(port, "no failed probe counted", |t| number(t, &failed) >= 1).await;
 }
 
 /// With `recordErrorCodes: true`, API errors over HTTP and gRPC are counted in

@@ -62,21 +62,41 @@ pub fn with_metrics(builder: SidecarBuilder, port: u16) -> SidecarBuilder {
 
 /// The metrics text served on 127.0.0.1:`port`.
 pub async fn scrape_metrics(port: u16) -> String {
-    client()
+    let resp = client()
         .get(format!("http://127.0.0.1:{port}/metrics"))
         .send()
         .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics body")
+        .expect("scrape");
+    assert_eq!(resp.status(), 200);
+    resp.text().await.expect("metrics body")
+}
+
+/// Scrapes 127.0.0.1:`port` until `done` holds for the text (up to 15 s); `what` says what
+/// was missing when it never does.
+pub async fn scrape_until(port: u16, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let text = scrape_metrics(port).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}; last scrape:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of the series `series` (name and labels, as written) in `text`, as written.
+pub fn series_value<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
 }
 
 /// The value of the counter series `series` (name and labels, as written) in `text`.
 pub fn counter_value(text: &str, series: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().expect("a counter's value"))
+    series_value(text, series).map(|v| v.parse().expect("a counter's value"))
 }
 
 /// Starts a sidecar, panicking with its log on failure.
