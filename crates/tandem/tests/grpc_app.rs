@@ -530,3 +530,56 @@ async fn grpc_proxying_with_dapr_app_id() {
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["x-echo-trailer"], "done");
 }
+
+#[tokio::test]
+async fn a_proxied_call_to_a_silent_sidecar_fails_instead_of_hanging() {
+    // SIGSTOP leaves the target sidecar's sockets open: to the caller's sidecar it is a
+    // machine that vanished without closing anything. Its HTTP/2 connection to the target
+    // notices that its PINGs go unanswered and fails the call in flight.
+    let app = GrpcApp::start(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nr.db");
+    let target = start(grpc_sidecar("g", &app, &db)).await;
+    let caller = start(tandem().app_id("caller").name_resolution_db(&db)).await;
+    let mut c = app_callback(&caller).await;
+    let call = |method: &str| {
+        with_app_id(
+            pb_common::InvokeRequest {
+                method: method.into(),
+                ..Default::default()
+            },
+            "g",
+        )
+    };
+    c.on_invoke(call("before")).await.expect("proxied OnInvoke");
+
+    target.freeze();
+    let answer = tokio::time::timeout(Duration::from_secs(60), c.on_invoke(call("frozen"))).await;
+    target.thaw();
+    let err = answer
+        .expect("the call is answered instead of hanging")
+        .expect_err("the target never answered");
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("failed to invoke, id: g, err: calling the sidecar at")
+            && err.message().contains("keep-alive timed out"),
+        "{}",
+        err.message()
+    );
+
+    // Once the target runs again (and has renewed its registration), calls reach it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.on_invoke(call("after")).await {
+            Ok(resp) => {
+                let v: Value =
+                    serde_json::from_slice(&resp.into_inner().data.unwrap().value).unwrap();
+                assert_eq!(v["method"], "after");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "not reached again: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

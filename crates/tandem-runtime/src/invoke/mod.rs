@@ -47,6 +47,9 @@
 //! A sidecar that goes silent without closing the connection (its machine gone, a partition)
 //! is noticed by the connection's PING check ([`tandem_http2::client::PING_EVERY`]): the calls
 //! in flight to it fail with a time-out, within 30 s, instead of waiting until TCP gives up.
+//! Proxied gRPC calls go over hyper's HTTP/2 client with the same check (hyper's keep-alive
+//! PINGs while streams are open). Under mTLS plain calls travel over HTTP/1.1, which has no
+//! PING: there only a resiliency timeout bounds a call to a silent sidecar.
 //!
 //! A call that never left (the connection to the sidecar was refused because it was killed,
 //! or closed before the call was written) is retried at once on another instance with its
@@ -82,7 +85,7 @@ use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tandem_components::nameresolution::{Instance, NameResolver};
 use tandem_http2::client::SendError;
 
@@ -212,6 +215,23 @@ where
         .build(connector())
 }
 
+/// hyper's HTTP/2 client to other sidecars (proxied gRPC), with the same liveness check as
+/// the plain calls' multiplexed connection: while streams are open and nothing has been read
+/// for [`tandem_http2::client::PING_EVERY`], a PING goes out, and a connection whose PING is
+/// not answered within as long again fails its calls instead of holding them until TCP gives
+/// up (which, with a peer whose kernel still acknowledges, is never).
+fn h2_to_sidecars() -> hyper_util::client::legacy::Builder {
+    let every = tandem_http2::client::PING_EVERY;
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .http2_keep_alive_interval(every)
+        .http2_keep_alive_timeout(every)
+        .http2_keep_alive_while_idle(false);
+    b
+}
+
 /// What [`InvokeService::new`] is built from.
 pub(crate) struct Parts<'a> {
     pub(crate) app_id: &'a str,
@@ -287,10 +307,7 @@ impl InvokeService {
                 options.host_name.as_deref(),
             ),
             sidecars: tandem_http2::client::Client::default(),
-            sidecars_h2: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .http2_only(true)
-                .build(connector()),
+            sidecars_h2: h2_to_sidecars().build(connector()),
             external: client(),
             security: options.security,
             mtls_clients: RwLock::new(HashMap::new()),
@@ -331,10 +348,13 @@ impl InvokeService {
             } else {
                 https.enable_http1().wrap_connector(tcp())
             };
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .http2_only(h2)
-                .build(https)
+            if h2 {
+                h2_to_sidecars().build(https)
+            } else {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .build(https)
+            }
         };
         let clients = Arc::new(MtlsClients {
             h1: build(false),
