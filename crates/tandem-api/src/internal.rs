@@ -2,8 +2,9 @@
 //! service invocations for this sidecar's app.
 //!
 //! The protocol is HTTP/2 with prior knowledge (served by Tandem's own HTTP/2 server; HTTP/1.1
-//! is accepted too), or HTTP/1.1 over mTLS when enabled ([`tandem_runtime::security`]),
-//! described in [`tandem_runtime::invoke`]; the handler hands each request to
+//! is accepted too), or, with mTLS enabled ([`tandem_runtime::security`]), HTTP/2 over TLS
+//! when the handshake settles on `h2` (HTTP/1.1 over TLS otherwise), described in
+//! [`tandem_runtime::invoke`]; the handler hands each request to
 //! [`tandem_runtime::invoke::InvokeService::handle_internal`] and streams the app's answer
 //! back. Errors are rendered by [`crate::http::error`], like every other API error. Daprd's
 //! gRPC `ServiceInvocation` service is not served here: Go daprd sidecars cannot call a
@@ -57,7 +58,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     if let Some(security) = runtime.invoke.security() {
         let acceptor = TlsAcceptor::from(security.server_config());
-        return serve_mtls(listener, router(runtime), acceptor, shutdown).await;
+        return serve_mtls(listener, runtime, acceptor, shutdown).await;
     }
     let router = router(runtime.clone());
     crate::http::server::accept_loop(
@@ -74,7 +75,11 @@ pub async fn serve(
                     let stop = async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     };
-                    return crate::http2::serve_connection(tcp, Internal(runtime), stop).await;
+                    let internal = Internal {
+                        runtime,
+                        peer: None,
+                    };
+                    return crate::http2::serve_connection(tcp, internal, stop).await;
                 }
                 crate::http::h1::serve_connection(tcp, router, stopped).await;
             }
@@ -83,9 +88,13 @@ pub async fn serve(
     .await
 }
 
-/// The internal API for the HTTP/2 server.
+/// The internal API for the HTTP/2 server; under mTLS with the caller's verified identity,
+/// which each of the connection's requests carries.
 #[derive(Clone)]
-struct Internal(Arc<Runtime>);
+struct Internal {
+    runtime: Arc<Runtime>,
+    peer: Option<PeerIdentity>,
+}
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
@@ -99,9 +108,13 @@ impl Service<http::Request<crate::http2::RecvBody>> for Internal {
     }
 
     fn call(&mut self, req: http::Request<crate::http2::RecvBody>) -> Answer {
-        let runtime = self.0.clone();
+        let runtime = self.runtime.clone();
+        let peer = self.peer.clone();
         crate::boxed(|| async move {
-            let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+            let mut req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(peer);
+            }
             Ok(match runtime.invoke.handle_internal(req).await {
                 Ok(resp) => resp.map(Body::new),
                 Err(e) => HttpError(e).into_response(),
@@ -115,24 +128,38 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn serve_mtls(
     listener: TcpListener,
-    router: Router,
+    runtime: Arc<Runtime>,
     acceptor: TlsAcceptor,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let router = router(runtime.clone());
     crate::http::server::accept_loop(
         listener,
         shutdown,
         "internal listener",
-        move |tcp, addr, stopped| connection(tcp, addr, acceptor.clone(), router.clone(), stopped),
+        move |tcp, addr, stopped| {
+            let served = Served {
+                runtime: runtime.clone(),
+                router: router.clone(),
+            };
+            connection(tcp, addr, acceptor.clone(), served, stopped)
+        },
     )
     .await
+}
+
+/// What an mTLS connection is served with: Tandem's HTTP/2 server when the handshake settled
+/// on `h2` (other sidecars), the router over hyper's HTTP/1.1 otherwise.
+struct Served {
+    runtime: Arc<Runtime>,
+    router: Router,
 }
 
 async fn connection(
     tcp: TcpStream,
     addr: SocketAddr,
     acceptor: TlsAcceptor,
-    router: Router,
+    served: Served,
     mut stopped: watch::Receiver<bool>,
 ) {
     // A TLS connection opens with a handshake record (0x16); anything else is a plaintext
@@ -171,6 +198,17 @@ async fn connection(
         return;
     };
     let peer = PeerIdentity(Arc::new(peer));
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let internal = Internal {
+            runtime: served.runtime,
+            peer: Some(peer),
+        };
+        let stop = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        return crate::http2::serve_connection(tls, internal, stop).await;
+    }
+    let router = served.router;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
         let mut router = router.clone();

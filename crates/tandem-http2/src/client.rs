@@ -1,5 +1,6 @@
-//! A lean HTTP/2 client (cleartext, prior knowledge) that sends every call to one peer over
-//! one connection, written for the sidecar-to-sidecar hop of service invocation.
+//! A lean HTTP/2 client (cleartext with prior knowledge, or over TLS with ALPN `h2`) that
+//! sends every call to one peer over one connection, written for the sidecar-to-sidecar hop
+//! of service invocation.
 //!
 //! One task per connection owns the socket. Callers hand it their requests through a channel;
 //! it writes every request queued since its last write in one write, reads answers, and
@@ -126,6 +127,8 @@ pub struct Client<B> {
     /// Looked up on every call: foldhash, not SipHash (the addresses are the caller's peers).
     conns: RwLock<HashMap<String, Arc<Handle<B>>, foldhash::fast::RandomState>>,
     ping_every: Duration,
+    /// TLS over each connection, when set ([`Client::tls`]).
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl<B> Default for Client<B> {
@@ -141,8 +144,48 @@ impl<B> Client<B> {
         Client {
             conns: RwLock::new(HashMap::default()),
             ping_every: every,
+            tls: None,
         }
     }
+
+    /// This client over TLS with `config` (its ALPN set to `h2`). A peer that does not agree
+    /// to HTTP/2 in the handshake gets no call: the call comes back unsent with an error of
+    /// kind [`NO_HTTP2`], so that it can be sent some other way.
+    pub fn tls(mut self, mut config: rustls::ClientConfig) -> Self {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        self.tls = Some(tokio_rustls::TlsConnector::from(Arc::new(config)));
+        self
+    }
+}
+
+/// The kind of error of a call refused because the peer, over TLS, did not agree to HTTP/2.
+pub const NO_HTTP2: io::ErrorKind = io::ErrorKind::Unsupported;
+
+/// The TLS handshake over `tcp` to `address` (`host:port`; the host names the server for
+/// the certificate check), which must settle on HTTP/2.
+async fn handshake(
+    connector: &tokio_rustls::TlsConnector,
+    address: &str,
+    tcp: TcpStream,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{host} cannot name a TLS server: {e}"),
+        )
+    })?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake timed out"))??;
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(io::Error::new(
+            NO_HTTP2,
+            "the peer did not agree to HTTP/2 in the TLS handshake (ALPN)",
+        ));
+    }
+    Ok(tls)
 }
 
 impl<B> Client<B>
@@ -211,7 +254,13 @@ where
             open: open.clone(),
         });
         conns.insert(address.to_owned(), handle.clone());
-        tokio::spawn(run(address.to_owned(), rx, open, self.ping_every));
+        tokio::spawn(run(
+            address.to_owned(),
+            rx,
+            open,
+            self.ping_every,
+            self.tls.clone(),
+        ));
         handle
     }
 }
@@ -231,6 +280,7 @@ async fn run<B>(
     mut rx: mpsc::UnboundedReceiver<Call<B>>,
     open: Arc<AtomicBool>,
     ping_every: Duration,
+    tls: Option<tokio_rustls::TlsConnector>,
 ) where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -253,7 +303,17 @@ async fn run<B>(
     // connection then fails and the next call opens a new one.
     let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE);
     let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-    let mut conn = Conn::new(tcp, address, rx, open, ping_every);
+    let io: Box<dyn crate::Io> = match &tls {
+        None => Box::new(tcp),
+        Some(connector) => match handshake(connector, &address, tcp).await {
+            Ok(tls) => Box::new(tls),
+            Err(e) => {
+                open.store(false, Ordering::Release);
+                return refuse_all(&mut rx, VecDeque::new(), &e);
+            }
+        },
+    };
+    let mut conn = Conn::new(io, address, rx, open, ping_every);
     std::future::poll_fn(|cx| conn.poll(cx)).await;
     conn.open.store(false, Ordering::Release);
     let waiting = std::mem::take(&mut conn.waiting);
@@ -347,7 +407,7 @@ impl<B> Stream<B> {
 }
 
 struct Conn<B> {
-    io: TcpStream,
+    io: Box<dyn crate::Io>,
     authority: http::HeaderValue,
     rx: mpsc::UnboundedReceiver<Call<B>>,
     open: Arc<AtomicBool>,
@@ -394,7 +454,7 @@ where
     B::Error: Into<BoxError>,
 {
     fn new(
-        io: TcpStream,
+        io: Box<dyn crate::Io>,
         address: String,
         rx: mpsc::UnboundedReceiver<Call<B>>,
         open: Arc<AtomicBool>,
@@ -538,7 +598,7 @@ where
                         self.reads += 1;
                         if let Err(code) = self.on_read() {
                             self.go_away(code);
-                            let _ = self.io.try_write(&self.out);
+                            crate::write_now(&mut self.io, &mut self.out);
                             return Poll::Ready(());
                         }
                         again = true;
@@ -702,7 +762,7 @@ where
 
     /// Writes what is buffered; `Ready(Ok(()))` once it is all out.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        crate::poll_write_all(&self.io, &mut self.out, cx)
+        crate::poll_write_out(&mut self.io, &mut self.out, cx)
     }
 
     fn go_away(&mut self, code: u32) {

@@ -51,3 +51,39 @@ pub fn poll_write_all(
     }
     Poll::Ready(Ok(()))
 }
+
+/// A connection's byte stream: a TCP socket, or TLS over one.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+impl<T> Io for T where T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+
+/// Writes all of `buf` to `io` and flushes it (TLS keeps records until then; TCP has nothing
+/// to flush); `Ready(Ok(()))` once it is all out, `Pending` (with `cx` woken when the socket
+/// drains) otherwise.
+pub fn poll_write_out<W>(
+    io: &mut W,
+    buf: &mut bytes::BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>>
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use bytes::Buf;
+    while !buf.is_empty() {
+        match std::task::ready!(std::pin::Pin::new(&mut *io).poll_write(cx, buf)) {
+            Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => buf.advance(n),
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    std::pin::Pin::new(io).poll_flush(cx)
+}
+
+/// Writes what of `buf` goes out at once, without waiting: the last words of a connection
+/// that is being closed.
+pub fn write_now<W>(io: &mut W, buf: &mut bytes::BytesMut)
+where
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    let _ = poll_write_out(io, buf, &mut Context::from_waker(std::task::Waker::noop()));
+}

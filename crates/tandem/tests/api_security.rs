@@ -529,3 +529,140 @@ spec:
     assert!(status.contains("200"), "{status} {body}");
     assert!(body.contains(r#""dapr-caller-app-id":"a""#), "{body}");
 }
+
+#[tokio::test]
+async fn under_mtls_a_sidecar_gone_silent_fails_the_call_instead_of_hanging_it() {
+    // Under mTLS too the hop is one multiplexed HTTP/2 connection (over TLS), with its PING
+    // check: SIGSTOP leaves b's sockets open, and a's call to it fails once b no longer
+    // answers PINGs, instead of waiting for the client's own timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let db = dir.path().join("nr.db");
+    let (app_a, app_b) = (MockApp::start("a").await, MockApp::start("b").await);
+    let a = start(mtls("a", &home, &db).app_port(app_a.port())).await;
+    let b = start(mtls("b", &home, &db).app_port(app_b.port())).await;
+    let c = client();
+    let v = echo(
+        c.get(a.url("/v1.0/invoke/b/method/before"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(v["app"], "b");
+
+    b.freeze();
+    let resp = c
+        .get(a.url("/v1.0/invoke/b/method/frozen"))
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await;
+    b.thaw();
+    let resp = resp.expect("the call is answered instead of hanging");
+    let body = assert_error(
+        resp,
+        500,
+        "ERR_DIRECT_INVOKE",
+        "failed to invoke, id: b, err: calling the sidecar at",
+    )
+    .await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("PING"), "{message}");
+}
+
+#[tokio::test]
+async fn under_mtls_a_sidecar_that_speaks_only_http1_is_called_over_http1() {
+    // A sidecar that does not agree to HTTP/2 in the TLS handshake (an older Tandem) is
+    // called over HTTP/1.1 over TLS, the call's body intact.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let db = dir.path().join("nr.db");
+    let app_a = MockApp::start("a").await;
+    let a = start(mtls("a", &home, &db).app_port(app_a.port())).await;
+
+    // The older sidecar of app `old`: TLS with a certificate of the same CA and no ALPN,
+    // answering every HTTP/1.1 request with what it read.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (cert, key) = workload_cert(&home, "old");
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.into()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() < end + 4 + length {
+                        continue;
+                    }
+                    let body = buf[end + 4..end + 4 + length].to_vec();
+                    buf.drain(..end + 4 + length);
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                        4 + body.len()
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.write_all(b"old:").await;
+                    let _ = tls.write_all(&body).await;
+                }
+            });
+        }
+    });
+    let resolver = tandem_sqlite::SqliteNameResolver::build(
+        &tandem_components::metadata::Metadata::new("nr", "old")
+            .with("connectionString", db.to_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    tandem_components::nameresolution::NameResolver::register(
+        &resolver,
+        &tandem_components::nameresolution::Instance {
+            app_id: "old".into(),
+            namespace: "default".into(),
+            address: format!("127.0.0.1:{port}"),
+        },
+    )
+    .await
+    .unwrap();
+
+    let c = client();
+    for body in ["first", "second"] {
+        let resp = c
+            .post(a.url("/v1.0/invoke/old/method/m"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), format!("old:{body}"));
+    }
+}

@@ -34,7 +34,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::{HeaderMap, HeaderValue, Method, Uri, header};
 use http_body::Body;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower::Service;
 
 use tandem_http2::frame::{self, *};
@@ -84,7 +84,7 @@ where
             let stop: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             });
-            Connection::new(tcp, service.clone(), stop)
+            Connection::new(Box::new(tcp), service.clone(), stop)
         },
     )
     .await
@@ -93,8 +93,8 @@ where
 /// Serves `service` over HTTP/2 on one accepted connection (whose first bytes may already
 /// have been peeked at) until the client goes away or `stop` resolves; then sends a GOAWAY
 /// and lets the calls in flight finish.
-pub async fn serve_connection<S, B>(
-    tcp: TcpStream,
+pub async fn serve_connection<I, S, B>(
+    io: I,
     service: S,
     stop: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -104,8 +104,9 @@ pub async fn serve_connection<S, B>(
         + 'static,
     S::Future: Send + Unpin + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
+    I: tandem_http2::Io,
 {
-    Connection::new(tcp, service, Box::pin(stop)).await;
+    Connection::new(Box::new(io), service, Box::pin(stop)).await;
 }
 
 /// What stream wakers and request bodies share with their connection.
@@ -281,7 +282,7 @@ struct ConnError(u32);
 
 /// One HTTP/2 connection, as a future that ends when the connection closes.
 struct Connection<S: Service<http::Request<RecvBody>>, B> {
-    io: TcpStream,
+    io: Box<dyn tandem_http2::Io>,
     service: S,
     shared: Arc<Shared>,
     rbuf: BytesMut,
@@ -319,7 +320,11 @@ where
     S::Future: Unpin,
     B: Body<Data = Bytes> + Unpin,
 {
-    fn new(io: TcpStream, service: S, stop: Pin<Box<dyn Future<Output = ()> + Send>>) -> Self {
+    fn new(
+        io: Box<dyn tandem_http2::Io>,
+        service: S,
+        stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Self {
         let mut out = Out {
             buf: BytesMut::with_capacity(4096),
             scratch: BytesMut::new(),
@@ -382,7 +387,7 @@ where
 
     /// Writes what is buffered; `Ready(Ok(()))` once it is all out.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        tandem_http2::poll_write_all(&self.io, &mut self.out.buf, cx)
+        tandem_http2::poll_write_out(&mut self.io, &mut self.out.buf, cx)
     }
 
     /// Parses every complete frame in the read buffer.

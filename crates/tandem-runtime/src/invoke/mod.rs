@@ -18,10 +18,11 @@
 //! Tandem sidecars talk HTTP/2 (cleartext, prior knowledge) to each other: every call to one
 //! sidecar shares one connection ([`tandem_http2::client`]), so calls in flight together
 //! share each read and each write on both sides. With mTLS enabled ([`crate::security`])
-//! they talk HTTP/1.1 over TLS with client certificates instead, one pool of keep-alive
-//! connections per called app, accepting only that app's SPIFFE identity; proxied gRPC calls
-//! go over a pooled HTTP/2 client. A call to app `b` from app `a` is sent to one of `b`'s
-//! sidecars as
+//! the connection is TLS with client certificates, HTTP/2 agreed in the handshake (ALPN
+//! `h2`), the client accepting only the called app's SPIFFE identity; a sidecar that does not
+//! agree to HTTP/2 (an older Tandem) is called over pooled HTTP/1.1 over TLS instead, and so
+//! are the rest of its app's calls. Proxied gRPC calls go over hyper's pooled HTTP/2 client
+//! (over TLS under mTLS). A call to app `b` from app `a` is sent to one of `b`'s sidecars as
 //!
 //! ```text
 //! <VERB> /<method>?<query>
@@ -48,8 +49,8 @@
 //! is noticed by the connection's PING check ([`tandem_http2::client::PING_EVERY`]): the calls
 //! in flight to it fail with a time-out, within 30 s, instead of waiting until TCP gives up.
 //! Proxied gRPC calls go over hyper's HTTP/2 client with the same check (hyper's keep-alive
-//! PINGs while streams are open). Under mTLS plain calls travel over HTTP/1.1, which has no
-//! PING: there only a resiliency timeout bounds a call to a silent sidecar.
+//! PINGs while streams are open). Calls over HTTP/1.1 over TLS (to a sidecar that does not
+//! speak HTTP/2) have no PING: there only a resiliency timeout bounds a call to a silent one.
 //!
 //! A call that never left (the connection to the sidecar was refused because it was killed,
 //! or closed before the call was written) is retried at once on another instance with its
@@ -357,6 +358,8 @@ impl InvokeService {
             }
         };
         let clients = Arc::new(MtlsClients {
+            mux: tandem_http2::client::Client::default().tls(security.client_config(namespace, id)),
+            h1_only: AtomicBool::new(false),
             h1: build(false),
             h2: build(true),
         });
@@ -829,24 +832,48 @@ impl InvokeService {
     }
 
     /// Sends one call to the sidecar at `address`: plain calls over the multiplexed HTTP/2
-    /// client, mTLS and proxied gRPC calls over hyper.
+    /// client (over TLS under mTLS), proxied gRPC calls (and plain calls to sidecars that
+    /// speak only HTTP/1.1 over TLS) over hyper.
     async fn attempt(
         &self,
         mtls: Option<&MtlsClients>,
         grpc: bool,
         address: &str,
-        request: Request<AppBody>,
+        mut request: Request<AppBody>,
     ) -> Attempt {
-        if mtls.is_none() && !grpc {
-            return match self.sidecars.send(address, request).await {
-                Ok(resp) => Attempt::Answered(passthrough(resp.map(InvokeBody::h2))),
-                Err(SendError::NotSent { error, request }) => Attempt::NotSent {
-                    body: Some(request.into_body()),
-                    refused: error.kind() == std::io::ErrorKind::ConnectionRefused,
-                    error: self.sidecar_error(address, &error),
-                },
-                Err(SendError::Failed(e)) => Attempt::Failed(self.sidecar_error(address, &e)),
-            };
+        let mux = match mtls {
+            _ if grpc => None,
+            None => Some(&self.sidecars),
+            Some(c) if c.h1_only.load(Ordering::Relaxed) => None,
+            Some(c) => Some(&c.mux),
+        };
+        if let Some(mux) = mux {
+            match mux.send(address, request).await {
+                Ok(resp) => return Attempt::Answered(passthrough(resp.map(InvokeBody::h2))),
+                Err(SendError::NotSent {
+                    error,
+                    request: back,
+                }) if error.kind() == tandem_http2::client::NO_HTTP2
+                    && let Some(c) = mtls =>
+                {
+                    tracing::info!(
+                        address,
+                        "the sidecar speaks HTTP/1.1 over TLS only: calls to its app go that way from now on"
+                    );
+                    c.h1_only.store(true, Ordering::Relaxed);
+                    request = *back;
+                }
+                Err(SendError::NotSent { error, request }) => {
+                    return Attempt::NotSent {
+                        body: Some(request.into_body()),
+                        refused: error.kind() == std::io::ErrorKind::ConnectionRefused,
+                        error: self.sidecar_error(address, &error),
+                    };
+                }
+                Err(SendError::Failed(e)) => {
+                    return Attempt::Failed(self.sidecar_error(address, &e));
+                }
+            }
         }
         let (parts, body) = request.into_parts();
         let (replayable, mut back) = Replayable::new(body);
@@ -1084,8 +1111,14 @@ fn tls_failure(chain: &str) -> bool {
     .any(|w| chain.contains(w))
 }
 
-/// The pooled clients for one called app under mTLS.
+/// The clients for one called app under mTLS.
 struct MtlsClients {
+    /// Plain calls: one multiplexed HTTP/2 connection over TLS per sidecar.
+    mux: tandem_http2::client::Client<AppBody>,
+    /// Set once a sidecar of the app did not agree to HTTP/2 (an older Tandem): its plain
+    /// calls go over `h1` from then on.
+    h1_only: AtomicBool,
+    /// Plain calls over pooled HTTP/1.1 connections.
     h1: Client<hyper_rustls::HttpsConnector<HttpConnector>, Replayable>,
     h2: Client<hyper_rustls::HttpsConnector<HttpConnector>, Replayable>,
 }
