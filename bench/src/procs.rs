@@ -26,6 +26,8 @@ pub struct SidecarSpec {
     pub name_resolution_db: Option<PathBuf>,
     /// More flags.
     pub args: Vec<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
     /// A command the sidecar runs under (`valgrind …`, `taskset -c 1`).
     pub wrapper: Vec<String>,
     /// A fixed HTTP port (0: any, reported through `--ports-file`).
@@ -38,6 +40,8 @@ pub struct Prepared {
     pub argv: Vec<String>,
     /// `TANDEM_NAME_RESOLUTION_DB`.
     pub name_resolution_db: PathBuf,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
     /// The ports file.
     pub ports: PathBuf,
     /// The log file.
@@ -52,6 +56,7 @@ impl Prepared {
         let mut cmd = std::process::Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..])
             .env("TANDEM_NAME_RESOLUTION_DB", &self.name_resolution_db)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("DAPR_API_TOKEN")
             .env_remove("APP_API_TOKEN")
             .env_remove("RUST_LOG");
@@ -140,6 +145,7 @@ impl SidecarSpec {
         Ok(Prepared {
             argv,
             name_resolution_db: db,
+            env: self.env.clone(),
             ports,
             log,
             dir,

@@ -84,6 +84,9 @@ pub struct Settings {
     pub startup_runs: usize,
     /// Pin sidecars and apps to CPU 1 (`taskset -c 1`); the script pins the generator to 0.
     pub pin: bool,
+    /// mTLS between the two sidecars of the `invoke` and `cpu` scenarios (from a local CA
+    /// made in a temporary folder).
+    pub mtls: bool,
 }
 
 /// Every scenario, in the order `all` runs them.
@@ -100,7 +103,7 @@ const USAGE: &str = "usage: tandem-bench [SCENARIO…] [--quick] [--tandem PATH]
 [--seconds S] [--closed-seconds S] [--workers N] [--warmup N] [--redis HOST:PORT] \
 [--postgres CONNSTR] [--stores memory,redis,postgresql] [--ops get,set] \
 [--protocols http1,http1-hyper,h2c,grpc,grpc-mux,grpc-tonic] [--payload BYTES] [--messages N] [--callgrind-requests N] [--callgrind-dir DIR] \
-[--idle-settle S] [--idle-seconds S] [--load-seconds S] [--startup-runs N] [--pin]
+[--idle-settle S] [--idle-seconds S] [--load-seconds S] [--startup-runs N] [--pin] [--mtls]
 scenarios: all (default), state, invoke, publish, subscribe, cpu, footprint";
 
 fn secs(v: &str, flag: &str) -> Result<Duration, String> {
@@ -148,6 +151,7 @@ impl Settings {
             load: Duration::from_secs(if quick { 6 } else { 300 }),
             startup_runs: if quick { 5 } else { 20 },
             pin: false,
+            mtls: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -155,6 +159,7 @@ impl Settings {
             match flag.as_str() {
                 "--quick" => {}
                 "--pin" => s.pin = true,
+                "--mtls" => s.mtls = true,
                 "-h" | "--help" => return Err(USAGE.into()),
                 "--tandem" => s.tandem = PathBuf::from(val()?),
                 "--rate" => s.rate = num(&val()?, flag)?,

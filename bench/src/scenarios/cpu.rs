@@ -195,7 +195,11 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
     );
     for (who, v) in [("caller sidecar", ir[0]), ("callee sidecar", ir[1])] {
         report.measures.push(Measure::new(
-            &format!("instructions/request, invoke {} B, {who}", s.payload),
+            &format!(
+                "instructions/request, invoke {} B, {who}{}",
+                s.payload,
+                if s.mtls { ", mTLS" } else { "" }
+            ),
             format!("{v:.0}"),
             HOW,
         ));

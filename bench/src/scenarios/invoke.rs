@@ -4,7 +4,8 @@
 //! the echo app) and a caller sidecar (`bench-caller`, no app), the two sharing one SQLite
 //! name-resolution database so that they find each other. Direct: `POST /echo` to the app.
 //! Via Tandem: `POST /v1.0/invoke/bench-echo/method/echo` to the caller sidecar. Both over
-//! HTTP/1.1 keep-alive, with the same payload; the echoed body is checked.
+//! HTTP/1.1 keep-alive, with the same payload; the echoed body is checked. With `--mtls` the
+//! two sidecars talk mTLS, from a local CA made for the run.
 //!
 //! A third path measures the floor for any pair of proxies between the two: `POST /echo`
 //! through two plain TCP relays in a row (`tandem-bench app --relay-to`, one thread each like
@@ -46,15 +47,24 @@ pub async fn start_pair(
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let db = dir.path().join("nameresolution.db");
     let app = App::start(0, &[], &s.wrapper()).await?;
+    let home = dir.path().join("home").display().to_string();
+    let secure = |spec: &mut SidecarSpec| {
+        if s.mtls {
+            spec.args.push("--enable-mtls".into());
+            spec.env.push(("TANDEM_HOME".into(), home.clone()));
+        }
+    };
     let mut callee = SidecarSpec::new(CALLEE);
     callee.app_port = Some(app.port);
     callee.name_resolution_db = Some(db.clone());
     callee.wrapper = callee_wrapper;
+    secure(&mut callee);
     let callee = callee.start(&s.tandem).await?;
     let mut caller = SidecarSpec::new("bench-caller");
     caller.name_resolution_db = Some(db);
     caller.wrapper = caller_wrapper;
     caller.resources = caller_resources;
+    secure(&mut caller);
     let caller = caller.start(&s.tandem).await?;
     Ok(Pair {
         app,
@@ -157,7 +167,11 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
     let mut via = measure(
         s,
         &scenario,
-        "Tandem HTTP/1.1 (both sidecars)",
+        if s.mtls {
+            "Tandem HTTP/1.1 (both sidecars, mTLS)"
+        } else {
+            "Tandem HTTP/1.1 (both sidecars)"
+        },
         echo_op(pair.caller.http, &via_path(), body),
         &[pair.caller.pid, pair.callee.pid],
     )
