@@ -303,10 +303,10 @@ async fn run<B>(
     // connection then fails and the next call opens a new one.
     let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE);
     let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
-    let io: Box<dyn crate::Io> = match &tls {
-        None => Box::new(tcp),
+    let io = match &tls {
+        None => crate::Transport::Tcp(tcp),
         Some(connector) => match handshake(connector, &address, tcp).await {
-            Ok(tls) => Box::new(tls),
+            Ok(tls) => tls.into(),
             Err(e) => {
                 open.store(false, Ordering::Release);
                 return refuse_all(&mut rx, VecDeque::new(), &e);
@@ -407,7 +407,7 @@ impl<B> Stream<B> {
 }
 
 struct Conn<B> {
-    io: Box<dyn crate::Io>,
+    io: crate::Transport,
     authority: http::HeaderValue,
     rx: mpsc::UnboundedReceiver<Call<B>>,
     open: Arc<AtomicBool>,
@@ -454,7 +454,7 @@ where
     B::Error: Into<BoxError>,
 {
     fn new(
-        io: Box<dyn crate::Io>,
+        io: crate::Transport,
         address: String,
         rx: mpsc::UnboundedReceiver<Call<B>>,
         open: Arc<AtomicBool>,
@@ -582,7 +582,7 @@ where
                 if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                     self.rbuf.reserve(MAX_FRAME + 9);
                 }
-                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+                match self.io.poll_read_buf(cx, &mut self.rbuf) {
                     Poll::Ready(Ok(0)) => {
                         self.error = Some(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -598,7 +598,7 @@ where
                         self.reads += 1;
                         if let Err(code) = self.on_read() {
                             self.go_away(code);
-                            crate::write_now(&mut self.io, &mut self.out);
+                            self.io.write_now(&mut self.out);
                             return Poll::Ready(());
                         }
                         again = true;
@@ -762,7 +762,7 @@ where
 
     /// Writes what is buffered; `Ready(Ok(()))` once it is all out.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        crate::poll_write_out(&mut self.io, &mut self.out, cx)
+        self.io.poll_write_all(&mut self.out, cx)
     }
 
     fn go_away(&mut self, code: u32) {

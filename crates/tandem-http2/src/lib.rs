@@ -57,6 +57,65 @@ pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'sta
 
 impl<T> Io for T where T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 
+/// A connection's socket: TCP, written to without going through `AsyncWrite` (the hot path
+/// of plaintext connections), or any other stream (TLS).
+pub enum Transport {
+    /// A TCP socket.
+    Tcp(tokio::net::TcpStream),
+    /// Another stream, TLS over TCP.
+    Other(Box<dyn Io>),
+}
+
+impl From<tokio::net::TcpStream> for Transport {
+    fn from(tcp: tokio::net::TcpStream) -> Self {
+        Transport::Tcp(tcp)
+    }
+}
+
+impl From<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> for Transport {
+    fn from(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Self {
+        Transport::Other(Box::new(tls))
+    }
+}
+
+impl From<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> for Transport {
+    fn from(tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Self {
+        Transport::Other(Box::new(tls))
+    }
+}
+
+impl Transport {
+    /// Reads what is there into `buf` (see [`tokio_util::io::poll_read_buf`]).
+    pub fn poll_read_buf(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+    ) -> Poll<std::io::Result<usize>> {
+        match self {
+            Transport::Tcp(t) => tokio_util::io::poll_read_buf(std::pin::Pin::new(t), cx, buf),
+            Transport::Other(o) => tokio_util::io::poll_read_buf(std::pin::Pin::new(o), cx, buf),
+        }
+    }
+
+    /// Writes all of `buf` (see [`poll_write_all`] and [`poll_write_out`]).
+    pub fn poll_write_all(
+        &mut self,
+        buf: &mut bytes::BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self {
+            Transport::Tcp(t) => poll_write_all(t, buf, cx),
+            Transport::Other(o) => poll_write_out(o, buf, cx),
+        }
+    }
+
+    /// Writes what of `buf` goes out at once, without waiting: the last words of a
+    /// connection that is being closed.
+    pub fn write_now(&mut self, buf: &mut bytes::BytesMut) {
+        let _ = self.poll_write_all(buf, &mut Context::from_waker(std::task::Waker::noop()));
+    }
+}
+
 /// Writes all of `buf` to `io` and flushes it (TLS keeps records until then; TCP has nothing
 /// to flush); `Ready(Ok(()))` once it is all out, `Pending` (with `cx` woken when the socket
 /// drains) otherwise.
@@ -77,13 +136,4 @@ where
         }
     }
     std::pin::Pin::new(io).poll_flush(cx)
-}
-
-/// Writes what of `buf` goes out at once, without waiting: the last words of a connection
-/// that is being closed.
-pub fn write_now<W>(io: &mut W, buf: &mut bytes::BytesMut)
-where
-    W: tokio::io::AsyncWrite + Unpin + ?Sized,
-{
-    let _ = poll_write_out(io, buf, &mut Context::from_waker(std::task::Waker::noop()));
 }

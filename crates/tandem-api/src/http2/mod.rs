@@ -40,6 +40,7 @@ use tower::Service;
 use tandem_http2::frame::{self, *};
 
 use hpack::{Field, Name, Pseudo};
+use tandem_http2::Transport;
 use tandem_http2::body::{Queue, Release};
 
 /// The flow-control window offered on each stream.
@@ -84,15 +85,15 @@ where
             let stop: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
             });
-            Connection::new(Box::new(tcp), service.clone(), stop)
+            Connection::new(Transport::Tcp(tcp), service.clone(), stop)
         },
     )
     .await
 }
 
-/// Serves `service` over HTTP/2 on one accepted connection (whose first bytes may already
-/// have been peeked at) until the client goes away or `stop` resolves; then sends a GOAWAY
-/// and lets the calls in flight finish.
+/// Serves `service` over HTTP/2 on one accepted connection, TCP or TLS (whose first bytes
+/// may already have been peeked at) until the client goes away or `stop` resolves; then
+/// sends a GOAWAY and lets the calls in flight finish.
 pub async fn serve_connection<I, S, B>(
     io: I,
     service: S,
@@ -104,9 +105,9 @@ pub async fn serve_connection<I, S, B>(
         + 'static,
     S::Future: Send + Unpin + 'static,
     B: Body<Data = Bytes> + Send + Unpin + 'static,
-    I: tandem_http2::Io,
+    I: Into<Transport>,
 {
-    Connection::new(Box::new(io), service, Box::pin(stop)).await;
+    Connection::new(io.into(), service, Box::pin(stop)).await;
 }
 
 /// What stream wakers and request bodies share with their connection.
@@ -282,7 +283,7 @@ struct ConnError(u32);
 
 /// One HTTP/2 connection, as a future that ends when the connection closes.
 struct Connection<S: Service<http::Request<RecvBody>>, B> {
-    io: Box<dyn tandem_http2::Io>,
+    io: Transport,
     service: S,
     shared: Arc<Shared>,
     rbuf: BytesMut,
@@ -320,11 +321,7 @@ where
     S::Future: Unpin,
     B: Body<Data = Bytes> + Unpin,
 {
-    fn new(
-        io: Box<dyn tandem_http2::Io>,
-        service: S,
-        stop: Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Self {
+    fn new(io: Transport, service: S, stop: Pin<Box<dyn Future<Output = ()> + Send>>) -> Self {
         let mut out = Out {
             buf: BytesMut::with_capacity(4096),
             scratch: BytesMut::new(),
@@ -382,12 +379,12 @@ where
         if self.rbuf.capacity() - self.rbuf.len() < 4096 {
             self.rbuf.reserve(MAX_FRAME + 9);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        self.io.poll_read_buf(cx, &mut self.rbuf)
     }
 
     /// Writes what is buffered; `Ready(Ok(()))` once it is all out.
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        tandem_http2::poll_write_out(&mut self.io, &mut self.out.buf, cx)
+        self.io.poll_write_all(&mut self.out.buf, cx)
     }
 
     /// Parses every complete frame in the read buffer.
