@@ -9,12 +9,12 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{IN_MEMORY, assert_error, client, start, tandem};
+use common::{IN_MEMORY, assert_error, assert_silent_callee_fails_the_call, client, start, tandem};
 use dapr::dapr::proto::runtime::v1 as pb;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use serde_json::Value;
-use tandem_testkit::SidecarBuilder;
 use tandem_testkit::mock_app::MockApp;
+use tandem_testkit::{Sidecar, SidecarBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -204,6 +204,16 @@ fn mtls(app_id: &str, home: &Path, db: &Path) -> SidecarBuilder {
         .arg("--enable-mtls")
 }
 
+/// Apps `a` and `b` behind sidecars that talk mTLS, from one local CA under `dir/home`, and
+/// find each other in `dir/nr.db`.
+async fn mtls_pair(dir: &Path) -> ((MockApp, MockApp), Sidecar, Sidecar) {
+    let (home, db) = (dir.join("home"), dir.join("nr.db"));
+    let (app_a, app_b) = (MockApp::start("a").await, MockApp::start("b").await);
+    let a = start(mtls("a", &home, &db).app_port(app_a.port())).await;
+    let b = start(mtls("b", &home, &db).app_port(app_b.port())).await;
+    ((app_a, app_b), a, b)
+}
+
 async fn echo(resp: reqwest::Response) -> Value {
     let status = resp.status();
     let text = resp.text().await.unwrap();
@@ -216,9 +226,7 @@ async fn two_sidecars_invoke_each_other_over_mtls_from_the_local_ca() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let db = dir.path().join("nr.db");
-    let (app_a, app_b) = (MockApp::start("a").await, MockApp::start("b").await);
-    let a = start(mtls("a", &home, &db).app_port(app_a.port())).await;
-    let b = start(mtls("b", &home, &db).app_port(app_b.port())).await;
+    let (_apps, a, b) = mtls_pair(dir.path()).await;
     // One CA for both, created once, its key private to the user.
     assert!(home.join("ca/ca.crt").is_file());
     #[cfg(unix)]
@@ -536,11 +544,7 @@ async fn under_mtls_a_sidecar_gone_silent_fails_the_call_instead_of_hanging_it()
     // check: SIGSTOP leaves b's sockets open, and a's call to it fails once b no longer
     // answers PINGs, instead of waiting for the client's own timeout.
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    let db = dir.path().join("nr.db");
-    let (app_a, app_b) = (MockApp::start("a").await, MockApp::start("b").await);
-    let a = start(mtls("a", &home, &db).app_port(app_a.port())).await;
-    let b = start(mtls("b", &home, &db).app_port(app_b.port())).await;
+    let (_apps, a, b) = mtls_pair(dir.path()).await;
     let c = client();
     let v = echo(
         c.get(a.url("/v1.0/invoke/b/method/before"))
@@ -550,24 +554,7 @@ async fn under_mtls_a_sidecar_gone_silent_fails_the_call_instead_of_hanging_it()
     )
     .await;
     assert_eq!(v["app"], "b");
-
-    b.freeze();
-    let resp = c
-        .get(a.url("/v1.0/invoke/b/method/frozen"))
-        .timeout(std::time::Duration::from_secs(60))
-        .send()
-        .await;
-    b.thaw();
-    let resp = resp.expect("the call is answered instead of hanging");
-    let body = assert_error(
-        resp,
-        500,
-        "ERR_DIRECT_INVOKE",
-        "failed to invoke, id: b, err: calling the sidecar at",
-    )
-    .await;
-    let message = body["message"].as_str().unwrap();
-    assert!(message.contains("PING"), "{message}");
+    assert_silent_callee_fails_the_call(&a, &b, "/v1.0/invoke/b/method/frozen").await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{assert_error, client, start, tandem};
+use common::{assert_error, assert_silent_callee_fails_the_call, client, start, tandem};
 use serde_json::Value;
 use tandem_testkit::mock_app::{MockApp, fnv1a};
 use tandem_testkit::{Sidecar, SidecarBuilder};
@@ -532,23 +532,7 @@ async fn a_sidecar_gone_silent_fails_the_call_instead_of_hanging_it() {
     let c = client();
     assert_eq!(call_b(&c, &a).await, "b");
 
-    b.freeze();
-    let resp = c
-        .get(a.url("/v1.0/invoke/b/method/who"))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .expect("the call is answered instead of hanging");
-    b.thaw();
-    let body = assert_error(
-        resp,
-        500,
-        "ERR_DIRECT_INVOKE",
-        "failed to invoke, id: b, err: calling the sidecar at",
-    )
-    .await;
-    let message = body["message"].as_str().unwrap();
-    assert!(message.contains("PING"), "{message}");
+    assert_silent_callee_fails_the_call(&a, &b, "/v1.0/invoke/b/method/who").await;
     // b's registration lapsed while it was frozen; once it has renewed it, calls reach it again.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

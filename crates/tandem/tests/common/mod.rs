@@ -157,6 +157,30 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str, msg:
     body
 }
 
+/// Freezes `callee` (SIGSTOP: its sockets stay open, as when its machine vanishes without
+/// closing anything), calls `path` through `caller`, and thaws it: the call must come back,
+/// well before the client's 60 s timeout, as `ERR_DIRECT_INVOKE` naming the PING check of the
+/// connection between the sidecars, not hang.
+pub async fn assert_silent_callee_fails_the_call(caller: &Sidecar, callee: &Sidecar, path: &str) {
+    callee.freeze();
+    let resp = client()
+        .get(caller.url(path))
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await;
+    callee.thaw();
+    let resp = resp.expect("the call is answered instead of hanging");
+    let body = assert_error(
+        resp,
+        500,
+        "ERR_DIRECT_INVOKE",
+        "err: calling the sidecar at",
+    )
+    .await;
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("PING"), "{message}");
+}
+
 /// Asserts that `traceparent` (a JSON string) continues the trace of `parent` with another span.
 pub fn assert_child_of(traceparent: &Value, parent: &str) {
     let tp = traceparent.as_str().unwrap_or_default();
