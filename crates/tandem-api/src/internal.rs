@@ -26,6 +26,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tandem_components::BoxError;
 use tandem_runtime::Runtime;
+use tandem_runtime::app_channel::AppBody;
 use tandem_runtime::security::{PeerIdentity, SpiffeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,8 +43,19 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
 
 async fn handle(State(runtime): State<Arc<Runtime>>, req: Request) -> Response {
     let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+    answer(&runtime, req).await
+}
+
+/// Hands a call to the invocation service. A refusal of this sidecar's own (access denied,
+/// app unhealthy, …) is answered in the call's protocol: a gRPC status for a proxied gRPC
+/// call, daprd's JSON error otherwise.
+async fn answer(runtime: &Runtime, req: http::Request<AppBody>) -> Response {
+    let grpc = req
+        .headers()
+        .contains_key(tandem_runtime::invoke::headers::GRPC_PROXY);
     match runtime.invoke.handle_internal(req).await {
         Ok(resp) => resp.map(Body::new),
+        Err(e) if grpc => crate::grpc::error::to_status(e).into_http::<Body>(),
         Err(e) => HttpError(e).into_response(),
     }
 }
@@ -115,10 +127,7 @@ impl Service<http::Request<crate::http2::RecvBody>> for Internal {
             if let Some(peer) = peer {
                 req.extensions_mut().insert(peer);
             }
-            Ok(match runtime.invoke.handle_internal(req).await {
-                Ok(resp) => resp.map(Body::new),
-                Err(e) => HttpError(e).into_response(),
-            })
+            Ok(answer(&runtime, req).await)
         })
     }
 }

@@ -583,3 +583,68 @@ async fn a_proxied_call_to_a_silent_sidecar_fails_instead_of_hanging() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn grpc_proxying_between_sidecars_over_mtls() {
+    // Under mTLS the target's sidecar serves the proxied call on its HTTP/2 server over TLS,
+    // with the caller's identity taken from its certificate.
+    let app = GrpcApp::start(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nr.db");
+    let home = dir.path().join("home").display().to_string();
+    let secure = |b: SidecarBuilder| b.env("TANDEM_HOME", &home).arg("--enable-mtls");
+    let _target = start(secure(grpc_sidecar("g", &app, &db))).await;
+    let caller = start(secure(tandem().app_id("caller").name_resolution_db(&db))).await;
+    let mut c = app_callback(&caller).await;
+    for method in ["one", "two"] {
+        let mut req = with_app_id(
+            pb_common::InvokeRequest {
+                method: method.into(),
+                ..Default::default()
+            },
+            "g",
+        );
+        req.metadata_mut()
+            .insert("dapr-caller-app-id", "forged".parse().unwrap());
+        let resp = c.on_invoke(req).await.expect("proxied over mTLS");
+        assert_eq!(resp.metadata().get("x-grpc-app").unwrap(), "yes");
+        let v: Value = serde_json::from_slice(&resp.into_inner().data.unwrap().value).unwrap();
+        assert_eq!(v["method"], method);
+        assert_eq!(v["metadata"]["dapr-caller-app-id"], "caller", "{v}");
+    }
+}
+
+#[tokio::test]
+async fn a_proxied_call_the_target_sidecar_refuses_gets_a_grpc_status() {
+    // The target's sidecar denies every call (accessControl): its refusal reaches the gRPC
+    // client as a status, not as an HTTP error body the client cannot read.
+    let app = GrpcApp::start(Vec::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nr.db");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: dapr.io/v1alpha1\nkind: Configuration\nmetadata:\n  name: acl\nspec:\n  accessControl:\n    defaultAction: deny\n    trustDomain: public\n",
+    )
+    .unwrap();
+    let _target = start(
+        grpc_sidecar("g", &app, &db)
+            .arg("--config")
+            .arg(config.display().to_string()),
+    )
+    .await;
+    let caller = start(tandem().app_id("caller").name_resolution_db(&db)).await;
+    let mut c = app_callback(&caller).await;
+    let err = c
+        .on_invoke(with_app_id(pb_common::InvokeRequest::default(), "g"))
+        .await
+        .expect_err("denied by the target's sidecar");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains(
+            "access control policy has denied access to id: spiffe://public/ns/default/caller"
+        ),
+        "{}",
+        err.message()
+    );
+}
