@@ -6,7 +6,8 @@
 //! when the handshake settles on `h2` (HTTP/1.1 over TLS otherwise), described in
 //! [`tandem_runtime::invoke`]; the handler hands each request to
 //! [`tandem_runtime::invoke::InvokeService::handle_internal`] and streams the app's answer
-//! back. Errors are rendered by [`crate::http::error`], like every other API error. Daprd's
+//! back. Errors are rendered by [`crate::http::error`], like every other API error, or as
+//! gRPC statuses when the call is a proxied gRPC call. Daprd's
 //! gRPC `ServiceInvocation` service is not served here: Go daprd sidecars cannot call a
 //! Tandem sidecar, nor the other way round.
 
