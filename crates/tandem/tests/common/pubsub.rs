@@ -546,16 +546,31 @@ pub async fn down_at_start_up(b: &Broker, port: u16, target: SocketAddr, error: 
 }
 
 /// Makes sure the JetStream stream of the tests exists on the server at `addr` (the
-/// component does not create streams, as in Dapr).
+/// component does not create streams, as in Dapr). A server just started may accept
+/// connections before it serves them (it resets them while JetStream starts), so this tries
+/// again for a while.
 pub async fn nats_stream_ready(addr: &str) {
-    let client = async_nats::connect(addr).await.expect("connect to nats");
-    async_nats::jetstream::new(client)
-        .get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: NATS_STREAM.into(),
-            subjects: vec![NATS_SUBJECTS.into()],
-            max_age: Duration::from_secs(600),
-            ..Default::default()
-        })
-        .await
-        .expect("create the test stream");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let made = async {
+            let client = async_nats::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            async_nats::jetstream::new(client)
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: NATS_STREAM.into(),
+                    subjects: vec![NATS_SUBJECTS.into()],
+                    max_age: Duration::from_secs(600),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+                .map_err(|e| format!("create the test stream: {e}"))
+        };
+        match made.await {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("NATS at {addr}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
