@@ -119,7 +119,7 @@ impl Transport {
 /// Writes all of `buf` to `io` and flushes it (TLS keeps records until then; TCP has nothing
 /// to flush); `Ready(Ok(()))` once it is all out, `Pending` (with `cx` woken when the socket
 /// drains) otherwise.
-pub fn poll_write_out<W>(
+fn poll_write_out<W>(
     io: &mut W,
     buf: &mut bytes::BytesMut,
     cx: &mut Context<'_>,

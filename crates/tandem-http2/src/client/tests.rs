@@ -158,6 +158,19 @@ fn delayed(body: TestBody, ms: &'static str) -> Request<TestBody> {
     req
 }
 
+/// Sends `req` to `address`, which must answer.
+async fn answered(
+    client: &Client<TestBody>,
+    address: &str,
+    req: Request<TestBody>,
+) -> Response<RecvBody> {
+    client
+        .send(address, req)
+        .await
+        .map_err(SendError::into_error)
+        .unwrap()
+}
+
 async fn body_of(resp: Response<RecvBody>) -> Bytes {
     resp.into_body().collect().await.unwrap().to_bytes()
 }
@@ -172,11 +185,12 @@ async fn concurrent_calls_share_one_connection_and_each_gets_its_own_answer() {
         tokio::spawn(async move {
             let path = format!("/method/{i}?q={i}");
             let body = format!("body of call {i}").repeat(i % 7 + 1);
-            let resp = client
-                .send(&address, request(&path, TestBody::full(body.clone())))
-                .await
-                .map_err(SendError::into_error)
-                .unwrap();
+            let resp = answered(
+                &client,
+                &address,
+                request(&path, TestBody::full(body.clone())),
+            )
+            .await;
             assert_eq!(resp.status(), 200);
             assert_eq!(resp.headers()["x-path"], path.as_str());
             assert_eq!(body_of(resp).await, body);
@@ -186,11 +200,7 @@ async fn concurrent_calls_share_one_connection_and_each_gets_its_own_answer() {
         call.await.unwrap();
     }
     // An empty body too.
-    let resp = client
-        .send(&address, request("/empty", TestBody::full("")))
-        .await
-        .map_err(SendError::into_error)
-        .unwrap();
+    let resp = answered(&client, &address, request("/empty", TestBody::full(""))).await;
     assert_eq!(body_of(resp).await, "");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }
@@ -247,11 +257,7 @@ async fn answer_trailers_arrive_after_the_data() {
     let mut req = request("/t", TestBody::full("abc"));
     req.headers_mut()
         .insert("want-trailers", http::HeaderValue::from_static("1"));
-    let resp = client
-        .send(&addr.to_string(), req)
-        .await
-        .map_err(SendError::into_error)
-        .unwrap();
+    let resp = answered(&client, &addr.to_string(), req).await;
     let collected = resp.into_body().collect().await.unwrap();
     assert_eq!(collected.trailers().unwrap()["x-trailer"], "done");
     assert_eq!(collected.to_bytes(), "abc");
@@ -289,11 +295,7 @@ async fn a_closed_connection_fails_its_calls_and_the_next_call_reconnects() {
         .await
         .expect("the call fails instead of hanging");
     assert!(failed.is_err());
-    let resp = client
-        .send(&address, request("/again", TestBody::full("y")))
-        .await
-        .map_err(SendError::into_error)
-        .unwrap();
+    let resp = answered(&client, &address, request("/again", TestBody::full("y"))).await;
     assert_eq!(body_of(resp).await, "y");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }
@@ -308,11 +310,7 @@ async fn calls_past_the_server_stream_limit_wait_their_turn() {
             let (client, address) = (client.clone(), address.clone());
             tokio::spawn(async move {
                 let req = delayed(TestBody::full(format!("{i}")), "20");
-                let resp = client
-                    .send(&address, req)
-                    .await
-                    .map_err(SendError::into_error)
-                    .unwrap();
+                let resp = answered(&client, &address, req).await;
                 assert_eq!(body_of(resp).await, format!("{i}"));
             })
         })
@@ -332,11 +330,7 @@ async fn dropping_an_answer_body_resets_its_stream() {
     let mut req = request("/hold", TestBody::full("x"));
     req.headers_mut()
         .insert("x-hold", http::HeaderValue::from_static("1"));
-    let resp = client
-        .send(&addr.to_string(), req)
-        .await
-        .map_err(SendError::into_error)
-        .unwrap();
+    let resp = answered(&client, &addr.to_string(), req).await;
     let mut body = resp.into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "first");
@@ -350,11 +344,12 @@ async fn dropping_an_answer_body_resets_its_stream() {
         .await
         .expect("the server sees the stream reset");
     // The connection still serves calls.
-    let resp = client
-        .send(&addr.to_string(), request("/after", TestBody::full("z")))
-        .await
-        .map_err(SendError::into_error)
-        .unwrap();
+    let resp = answered(
+        &client,
+        &addr.to_string(),
+        request("/after", TestBody::full("z")),
+    )
+    .await;
     assert_eq!(body_of(resp).await, "z");
 }
 
@@ -436,19 +431,11 @@ async fn a_slow_answer_from_a_live_peer_keeps_its_connection() {
     let client = Client::<TestBody>::with_ping_interval(Duration::from_millis(50));
     let address = addr.to_string();
     let req = delayed(TestBody::full("late"), "600");
-    let resp = client
-        .send(&address, req)
-        .await
-        .map_err(SendError::into_error)
-        .unwrap();
+    let resp = answered(&client, &address, req).await;
     assert_eq!(body_of(resp).await, "late");
     // Idle now: no timer, and the connection stays usable.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let resp = client
-        .send(&address, request("/again", TestBody::full("y")))
-        .await
-        .map_err(SendError::into_error)
-        .unwrap();
+    let resp = answered(&client, &address, request("/again", TestBody::full("y"))).await;
     assert_eq!(body_of(resp).await, "y");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }

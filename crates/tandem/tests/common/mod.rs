@@ -158,9 +158,10 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str, msg:
 }
 
 /// Freezes `callee` (SIGSTOP: its sockets stay open, as when its machine vanishes without
-/// closing anything), calls `path` through `caller`, and thaws it: the call must come back,
-/// well before the client's 60 s timeout, as `ERR_DIRECT_INVOKE` naming the PING check of the
-/// connection between the sidecars, not hang.
+/// closing anything), calls `path` (`/v1.0/invoke/<id>/method/…`) through `caller`, and
+/// thaws it: the call must come back, well before the client's 60 s timeout, as
+/// `ERR_DIRECT_INVOKE` for `<id>` naming the PING check of the connection between the
+/// sidecars, not hang.
 pub async fn assert_silent_callee_fails_the_call(caller: &Sidecar, callee: &Sidecar, path: &str) {
     callee.freeze();
     let resp = client()
@@ -170,11 +171,15 @@ pub async fn assert_silent_callee_fails_the_call(caller: &Sidecar, callee: &Side
         .await;
     callee.thaw();
     let resp = resp.expect("the call is answered instead of hanging");
+    let id = path
+        .strip_prefix("/v1.0/invoke/")
+        .and_then(|rest| rest.split('/').next())
+        .expect("an invocation path");
     let body = assert_error(
         resp,
         500,
         "ERR_DIRECT_INVOKE",
-        "err: calling the sidecar at",
+        &format!("failed to invoke, id: {id}, err: calling the sidecar at"),
     )
     .await;
     let message = body["message"].as_str().unwrap();
