@@ -301,11 +301,19 @@ pub struct Decoder {
     /// each time: they are decoded once.
     recent: Vec<(Bytes, Bytes)>,
     next_recent: usize,
+    /// The last header names sent as literals, as coded (with the Huffman flag in front) and
+    /// parsed. A peer that never indexes a field whose name is in no table (`traceparent` on
+    /// every call between sidecars) sends its name each time: it is parsed once.
+    names: Vec<(Vec<u8>, Name)>,
+    next_name: usize,
 }
 
 /// Huffman strings remembered per connection, and the longest remembered.
 const RECENT: usize = 8;
 const RECENT_MAX_LEN: usize = 256;
+/// Literal names remembered per connection, and the longest remembered.
+const NAMES: usize = 4;
+const NAME_MAX_LEN: usize = 64;
 
 impl Default for Decoder {
     fn default() -> Self {
@@ -316,6 +324,8 @@ impl Default for Decoder {
             scratch: Vec::new(),
             recent: Vec::new(),
             next_recent: 0,
+            names: Vec::new(),
+            next_name: 0,
         }
     }
 }
@@ -373,12 +383,39 @@ impl Decoder {
     fn literal(&mut self, block: &mut &[u8], prefix: u8) -> Decoded<Field> {
         let index = integer(block, prefix)?;
         let name = if index == 0 {
-            Name::parse(self.string(block)?)
+            self.literal_name(block)?
         } else {
             self.get(index)?.name.clone()
         };
         let value = self.string(block)?;
         Ok(Field::new(name, value))
+    }
+
+    /// A name sent as a literal: taken from the names remembered when its coded bytes match
+    /// one, else decoded, parsed and remembered (valid header names only).
+    fn literal_name(&mut self, block: &mut &[u8]) -> Decoded<Name> {
+        let start = *block;
+        let len = integer(block, 7)?;
+        if len > block.len() {
+            return Err(DecodeError("a string longer than its block"));
+        }
+        let coded = &start[..start.len() - block.len() + len];
+        if let Some((_, name)) = self.names.iter().find(|(c, _)| c[..] == *coded) {
+            *block = &block[len..];
+            return Ok(name.clone());
+        }
+        *block = start;
+        let name = Name::parse(self.string(block)?);
+        if matches!(name, Name::Header(_)) && coded.len() <= NAME_MAX_LEN {
+            let entry = (coded.to_vec(), name.clone());
+            if self.names.len() < NAMES {
+                self.names.push(entry);
+            } else {
+                self.names[self.next_name] = entry;
+                self.next_name = (self.next_name + 1) % NAMES;
+            }
+        }
+        Ok(name)
     }
 
     fn string(&mut self, block: &mut &[u8]) -> Decoded<Bytes> {
@@ -784,6 +821,59 @@ mod tests {
             }
         }
         assert_eq!(d.recent.len(), RECENT);
+    }
+
+    #[test]
+    fn literal_names_are_parsed_once_and_decode_the_same() {
+        // Never-indexed fields with literal names, plain and Huffman-coded, more distinct
+        // names than are remembered, twice over; the values differ every time.
+        let mut d = Decoder::default();
+        let names = [
+            "traceparent",
+            "x-one",
+            "x-two",
+            "x-three",
+            "x-four",
+            "x-five",
+        ];
+        for round in 0..2 {
+            for (i, name) in names.iter().enumerate() {
+                let value = format!("v{round}{i}");
+                let mut block = BytesMut::new();
+                put_integer(&mut block, 0x10, 4, 0);
+                if i % 2 == 0 {
+                    put_integer(&mut block, 0x00, 7, name.len());
+                    block.put_slice(name.as_bytes());
+                } else {
+                    let mut coded = Vec::new();
+                    httlib_huffman::encode(name.as_bytes(), &mut coded).unwrap();
+                    put_integer(&mut block, 0x80, 7, coded.len());
+                    block.put_slice(&coded);
+                }
+                put_integer(&mut block, 0x00, 7, value.len());
+                block.put_slice(value.as_bytes());
+                assert_eq!(
+                    decode_all(&mut d, &block),
+                    pairs(&[(name, &value)]),
+                    "round {round}"
+                );
+            }
+        }
+        assert_eq!(d.names.len(), NAMES);
+        // The same name, once plain and once Huffman-coded, are different coded bytes but
+        // the same name; an invalid name is never remembered.
+        let mut d = Decoder::default();
+        assert_eq!(
+            decode_all(&mut d, &hex("100b 7472 6163 6570 6172 656e 7402 3031")),
+            pairs(&[("traceparent", "01")])
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                decode_all(&mut d, &hex("1002 582d 0161")),
+                pairs(&[("invalid:X-", "a")])
+            );
+        }
+        assert_eq!(d.names.len(), 1);
     }
 
     #[test]
