@@ -28,12 +28,15 @@ pub(crate) struct Destination {
     pub(crate) method: String,
 }
 
+/// `dapr-app-id`, named once rather than parsed from a string at every lookup.
+const DAPR_APP_ID: http::HeaderName = http::HeaderName::from_static("dapr-app-id");
+
 /// daprd's `findTargetIDAndMethod`: the `dapr-app-id` header, then Basic auth with user
 /// `dapr-app-id`, then the `/v1.0/invoke/<target>/method/<method>` path.
 pub(crate) fn destination(path: &str, headers: &HeaderMap) -> Option<Destination> {
-    let whole_path = || path.trim_start_matches('/').to_owned();
+    let whole_path = || with_room(path.trim_start_matches('/'));
     if let Some(id) = headers
-        .get("dapr-app-id")
+        .get(&DAPR_APP_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
     {
@@ -78,8 +81,15 @@ pub(crate) fn destination(path: &str, headers: &HeaderMap) -> Option<Destination
         .map_or_else(|_| raw_target.to_owned(), |t| t.into_owned());
     Some(Destination {
         target,
-        method: rest[at + "/method/".len()..].to_owned(),
+        method: with_room(&rest[at + "/method/".len()..]),
     })
+}
+
+/// `method` owned, with room for the `/` the invocation puts in front of it.
+fn with_room(method: &str) -> String {
+    let mut owned = String::with_capacity(method.len() + 1);
+    owned.push_str(method);
+    owned
 }
 
 /// Where `/method/` first starts in `rest`: a scan from slash to slash, which for paths this

@@ -417,9 +417,18 @@ impl InvokeService {
         } = req;
         let fail = |err: &dyn fmt::Display| failed(&target, err);
         let method =
-            Method::parse(&method).map_err(|e| fail(&format_args!("invalid method: {e}")))?;
+            Method::parse_owned(method).map_err(|e| fail(&format_args!("invalid method: {e}")))?;
+        let policy = if self.resiliency.is_empty() {
+            None
+        } else {
+            self.resiliency.app(&target)
+        };
+        // Only a policy needs the name (to pick a method's breaker): no copy otherwise.
+        let method_name = match &policy {
+            Some(_) => method.name().to_owned(),
+            None => String::new(),
+        };
         let mut path = method.path;
-        let method_name = method.name;
         if let Some(q) = query.as_deref().filter(|q| !q.is_empty()) {
             path.push('?');
             path.push_str(q);
@@ -437,11 +446,6 @@ impl InvokeService {
             headers,
             body,
             grpc: grpc_proxy,
-        };
-        let policy = if self.resiliency.is_empty() {
-            None
-        } else {
-            self.resiliency.app(&target)
         };
         match policy {
             None => self.dispatch(&target, call).await,
@@ -644,7 +648,7 @@ impl InvokeService {
                 .map_err(|e| failed(&self.app_id, &format_args!("invalid method: {e}")))?;
             // gRPC calls carry no HTTP verb (daprd checks them with `NONE`).
             let verb = if grpc { "NONE" } else { parts.method.as_str() };
-            let decision = self.acl.decide(Some(caller), &method.name, verb);
+            let decision = self.acl.decide(Some(caller), method.name(), verb);
             self.metrics.access_control(decision, &caller);
             if !decision.allowed {
                 return Err(ApiError::new(
@@ -653,7 +657,7 @@ impl InvokeService {
                         "failed to invoke, id: {}, err: access control policy has denied access to id: {} operation: {} verb: {verb}",
                         self.app_id,
                         caller.spiffe_id(),
-                        method.name
+                        method.name()
                     ),
                 ));
             }
@@ -771,7 +775,7 @@ impl InvokeService {
         // The multiplexed HTTP/2 client names the peer by its address (`:authority`): the
         // path is all its request needs, and its bytes are shared by every attempt.
         let origin_form = mtls.is_none() && !grpc;
-        let path = bytes::Bytes::from(path);
+        let mut path = bytes::Bytes::from(path);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -780,8 +784,15 @@ impl InvokeService {
                 .await
                 .map_err(|e| format!("name resolution failed: {e}"))?
                 .ok_or("no host found with the given ID")?;
+            // Keep what a retry needs only when there is somewhere else to go.
+            let retry = pick.choices > 1 && attempt < MAX_ATTEMPTS;
             let uri = if origin_form {
-                Uri::from_maybe_shared(path.clone())
+                // A last attempt takes the path's bytes: no shared copy is made of them.
+                Uri::from_maybe_shared(if retry {
+                    path.clone()
+                } else {
+                    std::mem::take(&mut path)
+                })
             } else {
                 let mut text = bytes::BytesMut::with_capacity(
                     scheme.len() + 3 + pick.address.len() + path.len(),
@@ -792,8 +803,7 @@ impl InvokeService {
                 Uri::from_maybe_shared(text.freeze())
             }
             .map_err(|e| format!("invalid address {}: {e}", pick.address))?;
-            // Keep what a retry needs only when there is somewhere else to go.
-            let spare = (pick.choices > 1 && attempt < MAX_ATTEMPTS).then(|| headers.clone());
+            let spare = retry.then(|| headers.clone());
             let mut request = Request::new(body);
             *request.method_mut() = verb.clone();
             *request.uri_mut() = uri;

@@ -21,16 +21,45 @@ const PATH: &AsciiSet = &CONTROLS
 /// cleaned (`.`/`..`/empty segments resolved, leading `../` and trailing `/` dropped).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Method {
-    /// The decoded, cleaned method without a leading `/` (`orders/1`): what access control
-    /// matches and what error messages show.
-    pub name: String,
     /// The request path sent to the target: `/` + the method, escaped again where needed.
     pub path: String,
+    /// The name, when it is not the path without its `/` (something was escaped or moved).
+    decoded: Option<String>,
 }
 
 impl Method {
     /// Normalises `raw`, the method as it appeared in the request path (still escaped).
     pub fn parse(raw: &str) -> Result<Self, String> {
+        Ok(Self::changed(raw)?.unwrap_or_else(|| {
+            let mut path = String::with_capacity(raw.len() + 1);
+            path.push('/');
+            path.push_str(raw);
+            Self {
+                path,
+                decoded: None,
+            }
+        }))
+    }
+
+    /// [`Method::parse`] of a method the caller owns: when nothing needs escaping or
+    /// cleaning (the usual case), the path is made in its buffer (no copy when it has room
+    /// for one more byte).
+    pub fn parse_owned(mut raw: String) -> Result<Self, String> {
+        Ok(match Self::changed(&raw)? {
+            Some(method) => method,
+            None => {
+                raw.insert(0, '/');
+                Self {
+                    path: raw,
+                    decoded: None,
+                }
+            }
+        })
+    }
+
+    /// Checks `raw`; `None` when it is already a clean, unescaped path (the method is `raw`
+    /// itself), else the method it normalises to.
+    fn changed(raw: &str) -> Result<Option<Self>, String> {
         let decoded = percent_decode_str(raw).decode_utf8_lossy();
         if let Some(c) = decoded.chars().find(|c| matches!(c, '#' | '?' | '\0')) {
             return Err(format!("method contains forbidden character: {c:?}"));
@@ -41,20 +70,20 @@ impl Method {
             ));
         }
         let cleaned = clean(&decoded);
-        let path = match (&decoded, &cleaned) {
+        Ok(match (&decoded, &cleaned) {
             // Nothing was escaped and nothing moved: the raw text is already a valid path.
-            (Cow::Borrowed(_), Cow::Borrowed(_)) => {
-                let mut path = String::with_capacity(raw.len() + 1);
-                path.push('/');
-                path.push_str(raw);
-                path
-            }
-            _ => format!("/{}", utf8_percent_encode(&cleaned, PATH)),
-        };
-        Ok(Self {
-            name: cleaned.into_owned(),
-            path,
+            (Cow::Borrowed(_), Cow::Borrowed(_)) => None,
+            _ => Some(Self {
+                path: format!("/{}", utf8_percent_encode(&cleaned, PATH)),
+                decoded: Some(cleaned.into_owned()),
+            }),
         })
+    }
+
+    /// The decoded, cleaned method without a leading `/` (`orders/1`): what access control
+    /// and resiliency policies match and what error messages show.
+    pub fn name(&self) -> &str {
+        self.decoded.as_deref().unwrap_or(&self.path[1..])
     }
 }
 
@@ -127,7 +156,9 @@ mod tests {
 
     fn m(raw: &str) -> (String, String) {
         let m = Method::parse(raw).unwrap();
-        (m.name, m.path)
+        let owned = Method::parse_owned(raw.to_owned()).unwrap();
+        assert_eq!(owned, m, "{raw}");
+        (m.name().to_owned(), m.path)
     }
 
     #[test]
