@@ -408,12 +408,7 @@ impl Decoder {
         let name = Name::parse(self.string(block)?);
         if matches!(name, Name::Header(_)) && coded.len() <= NAME_MAX_LEN {
             let entry = (coded.to_vec(), name.clone());
-            if self.names.len() < NAMES {
-                self.names.push(entry);
-            } else {
-                self.names[self.next_name] = entry;
-                self.next_name = (self.next_name + 1) % NAMES;
-            }
+            remember(&mut self.names, &mut self.next_name, NAMES, entry);
         }
         Ok(name)
     }
@@ -442,12 +437,7 @@ impl Decoder {
         let decoded = Bytes::copy_from_slice(&self.scratch);
         if raw.len() <= RECENT_MAX_LEN {
             let entry = (Bytes::copy_from_slice(raw), decoded.clone());
-            if self.recent.len() < RECENT {
-                self.recent.push(entry);
-            } else {
-                self.recent[self.next_recent] = entry;
-                self.next_recent = (self.next_recent + 1) % RECENT;
-            }
+            remember(&mut self.recent, &mut self.next_recent, RECENT, entry);
         }
         Ok(decoded)
     }
@@ -475,6 +465,16 @@ impl Decoder {
 }
 
 /// Reads an integer with an `prefix`-bit prefix (RFC 7541, 5.1).
+/// Adds `entry` to a ring of at most `cap` entries, replacing the oldest once it is full.
+fn remember<T>(ring: &mut Vec<T>, next: &mut usize, cap: usize, entry: T) {
+    if ring.len() < cap {
+        ring.push(entry);
+    } else {
+        ring[*next] = entry;
+        *next = (*next + 1) % cap;
+    }
+}
+
 fn integer(block: &mut &[u8], prefix: u8) -> Decoded<usize> {
     let (&first, mut rest) = block
         .split_first()
