@@ -464,7 +464,6 @@ impl Decoder {
     }
 }
 
-/// Reads an integer with an `prefix`-bit prefix (RFC 7541, 5.1).
 /// Adds `entry` to a ring of at most `cap` entries, replacing the oldest once it is full.
 fn remember<T>(ring: &mut Vec<T>, next: &mut usize, cap: usize, entry: T) {
     if ring.len() < cap {
@@ -475,6 +474,7 @@ fn remember<T>(ring: &mut Vec<T>, next: &mut usize, cap: usize, entry: T) {
     }
 }
 
+/// Reads an integer with an `prefix`-bit prefix (RFC 7541, 5.1).
 fn integer(block: &mut &[u8], prefix: u8) -> Decoded<usize> {
     let (&first, mut rest) = block
         .split_first()
