@@ -414,6 +414,17 @@ fn with_app_id<T>(msg: T, app_id: &str) -> tonic::Request<T> {
     req
 }
 
+/// An `OnInvoke` of `method` proxied to `app_id` (its `dapr-app-id` metadata).
+fn proxied(method: &str, app_id: &str) -> tonic::Request<pb_common::InvokeRequest> {
+    with_app_id(
+        pb_common::InvokeRequest {
+            method: method.into(),
+            ..Default::default()
+        },
+        app_id,
+    )
+}
+
 #[tokio::test]
 async fn grpc_proxying_with_dapr_app_id() {
     let app = GrpcApp::start(Vec::new()).await;
@@ -431,13 +442,7 @@ async fn grpc_proxying_with_dapr_app_id() {
     // Unary, through the caller's sidecar and the target's: the app's own service, its
     // answer and its error status, unchanged.
     let mut c = app_callback(&caller).await;
-    let mut req = with_app_id(
-        pb_common::InvokeRequest {
-            method: "proxied".into(),
-            ..Default::default()
-        },
-        "g",
-    );
+    let mut req = proxied("proxied", "g");
     req.metadata_mut()
         .insert("dapr-api-token", "api-secret".parse().unwrap());
     let resp = c.on_invoke(req).await.expect("proxied OnInvoke");
@@ -447,13 +452,7 @@ async fn grpc_proxying_with_dapr_app_id() {
     assert!(v["metadata"].get("dapr-api-token").is_none(), "{v}");
     assert_eq!(v["metadata"]["dapr-caller-app-id"], "caller");
 
-    let mut req = with_app_id(
-        pb_common::InvokeRequest {
-            method: "fail-not-found".into(),
-            ..Default::default()
-        },
-        "g",
-    );
+    let mut req = proxied("fail-not-found", "g");
     req.metadata_mut()
         .insert("dapr-api-token", "api-secret".parse().unwrap());
     let err = c.on_invoke(req).await.expect_err("the app's status");
@@ -478,13 +477,7 @@ async fn grpc_proxying_with_dapr_app_id() {
 
     // Local proxying: the target's own sidecar.
     let resp = plain
-        .on_invoke(with_app_id(
-            pb_common::InvokeRequest {
-                method: "local".into(),
-                ..Default::default()
-            },
-            "g",
-        ))
+        .on_invoke(proxied("local", "g"))
         .await
         .expect("local proxy");
     let v: Value = serde_json::from_slice(&resp.into_inner().data.unwrap().value).unwrap();
@@ -542,15 +535,7 @@ async fn a_proxied_call_to_a_silent_sidecar_fails_instead_of_hanging() {
     let target = start(grpc_sidecar("g", &app, &db)).await;
     let caller = start(tandem().app_id("caller").name_resolution_db(&db)).await;
     let mut c = app_callback(&caller).await;
-    let call = |method: &str| {
-        with_app_id(
-            pb_common::InvokeRequest {
-                method: method.into(),
-                ..Default::default()
-            },
-            "g",
-        )
-    };
+    let call = |method: &str| proxied(method, "g");
     c.on_invoke(call("before")).await.expect("proxied OnInvoke");
 
     target.freeze();
@@ -597,13 +582,7 @@ async fn grpc_proxying_between_sidecars_over_mtls() {
     let caller = start(secure(tandem().app_id("caller").name_resolution_db(&db))).await;
     let mut c = app_callback(&caller).await;
     for method in ["one", "two"] {
-        let mut req = with_app_id(
-            pb_common::InvokeRequest {
-                method: method.into(),
-                ..Default::default()
-            },
-            "g",
-        );
+        let mut req = proxied(method, "g");
         req.metadata_mut()
             .insert("dapr-caller-app-id", "forged".parse().unwrap());
         let resp = c.on_invoke(req).await.expect("proxied over mTLS");
