@@ -17,6 +17,7 @@ mod registry;
 mod reload;
 mod resident;
 mod run;
+mod sched;
 mod sidecar;
 
 use std::process::ExitCode;

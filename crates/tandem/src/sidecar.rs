@@ -35,7 +35,15 @@ pub(crate) fn main(args: SidecarArgs, matches: &ArgMatches) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // Before any other thread exists: the threads started afterwards inherit the policy.
+    let policy = crate::sched::tune();
     logging::init(&args.log_level, args.log_as_json, &args.app_id);
+    match policy {
+        crate::sched::Policy::Refused(e) => {
+            debug!(error = %e, "cannot run under SCHED_BATCH; keeping the default policy")
+        }
+        p => debug!(policy = ?p, "CPU scheduling policy"),
+    }
     for flag in unimplemented_flags_set(matches) {
         warn!(flag = %flag, "flag accepted for compatibility with daprd; it has no effect in this build yet");
     }

@@ -451,3 +451,44 @@ async fn start_up_pages_are_given_back_and_the_sidecar_keeps_serving() {
         (200, "\"still here\"".to_owned())
     );
 }
+
+/// Every thread of the sidecar runs under `SCHED_BATCH`; `TANDEM_SCHED_BATCH=0` keeps the
+/// default policy.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_sidecar_runs_under_sched_batch_unless_turned_off() {
+    // The policy of each thread: field 41 of its `stat`, counted from the first field after
+    // the command name's closing parenthesis (field 3).
+    let policies = |pid: u32| -> Vec<u32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|task| {
+                let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+                let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+                after_name
+                    .split_whitespace()
+                    .nth(38)
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let batch = start(tandem().app_id("batch").resource("state.yaml", IN_MEMORY)).await;
+    let default = start(
+        tandem()
+            .app_id("default")
+            .resource("state.yaml", IN_MEMORY)
+            .env("TANDEM_SCHED_BATCH", "0"),
+    )
+    .await;
+    // Served a request: whatever threads serving starts are there too.
+    for sc in [&batch, &default] {
+        assert_eq!(common::get_state(sc, "statestore", "k").await.0, 204);
+    }
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let (on, off) = (policies(batch.pid), policies(default.pid));
+    assert!(on.iter().all(|p| *p == SCHED_BATCH), "policies {on:?}");
+    assert!(off.iter().all(|p| *p == SCHED_OTHER), "policies {off:?}");
+}
