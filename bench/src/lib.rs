@@ -53,7 +53,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(settings.generator_threads)
         .enable_all()
         .build()
         .expect("tokio runtime");

@@ -51,6 +51,8 @@ pub struct Settings {
     pub closed: Duration,
     /// Closed-loop workers (requests in flight).
     pub workers: usize,
+    /// Worker threads of the generator's own runtime.
+    pub generator_threads: usize,
     /// Sequential warm-up requests per path.
     pub warmup: u64,
     /// Redis `host:port`.
@@ -100,7 +102,7 @@ pub const ALL: &[&str] = &[
 ];
 
 const USAGE: &str = "usage: tandem-bench [SCENARIO…] [--quick] [--tandem PATH] [--rate N] \
-[--seconds S] [--closed-seconds S] [--workers N] [--warmup N] [--redis HOST:PORT] \
+[--seconds S] [--closed-seconds S] [--workers N] [--generator-threads N] [--warmup N] [--redis HOST:PORT] \
 [--postgres CONNSTR] [--stores memory,redis,postgresql] [--ops get,set] \
 [--protocols http1,http1-hyper,h2c,grpc,grpc-mux,grpc-tonic] [--payload BYTES] [--messages N] [--callgrind-requests N] [--callgrind-dir DIR] \
 [--idle-settle S] [--idle-seconds S] [--load-seconds S] [--startup-runs N] [--pin] [--mtls]
@@ -130,6 +132,7 @@ impl Settings {
             open: Duration::from_secs_f64(if quick { 0.5 } else { 10.0 }),
             closed: Duration::from_secs_f64(if quick { 0.3 } else { 10.0 }),
             workers: if quick { 4 } else { 16 },
+            generator_threads: 2,
             warmup: if quick { 30 } else { 500 },
             redis: "127.0.0.1:6379".into(),
             postgres: "host=127.0.0.1 port=5432 user=postgres dbname=test".into(),
@@ -166,6 +169,7 @@ impl Settings {
                 "--seconds" => s.open = secs(&val()?, flag)?,
                 "--closed-seconds" => s.closed = secs(&val()?, flag)?,
                 "--workers" => s.workers = num(&val()?, flag)?,
+                "--generator-threads" => s.generator_threads = num::<usize>(&val()?, flag)?.max(1),
                 "--warmup" => s.warmup = num(&val()?, flag)?,
                 "--redis" => s.redis = val()?,
                 "--postgres" => s.postgres = val()?,
