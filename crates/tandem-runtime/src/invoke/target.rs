@@ -30,15 +30,9 @@ pub struct Method {
 impl Method {
     /// Normalises `raw`, the method as it appeared in the request path (still escaped).
     pub fn parse(raw: &str) -> Result<Self, String> {
-        Ok(Self::changed(raw)?.unwrap_or_else(|| {
-            let mut path = String::with_capacity(raw.len() + 1);
-            path.push('/');
-            path.push_str(raw);
-            Self {
-                path,
-                decoded: None,
-            }
-        }))
+        let mut owned = String::with_capacity(raw.len() + 1);
+        owned.push_str(raw);
+        Self::parse_owned(owned)
     }
 
     /// [`Method::parse`] of a method the caller owns: when nothing needs escaping or
