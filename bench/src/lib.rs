@@ -116,7 +116,7 @@ pub fn header(s: &Settings) -> String {
         .unwrap_or_default();
     format!(
         "\n## tandem-bench{}\n\nMachine: {cores} × {cpu}; load average at the end {load}.\n\
-         Open loop {} req/s for {:.1} s per path; closed loop {} in flight for {:.1} s; \
+         Open loop {} req/s for {:.1} s per path; closed loop {} in flight for {:.1} s{}; \
          latencies in ms from the scheduled send time; × = Tandem / direct.\n",
         if s.quick {
             " --quick (smoke test: figures mean little)"
@@ -126,6 +126,16 @@ pub fn header(s: &Settings) -> String {
         s.rate,
         s.open.as_secs_f64(),
         s.workers,
-        s.closed.as_secs_f64()
+        s.closed.as_secs_f64(),
+        if s.closed_rounds > 1 {
+            format!(
+                ", {} rounds taken in turn across each scenario's paths (closed figures: \
+                 medians; ×closed: the median of the ratios round by round, lowest–highest \
+                 in brackets)",
+                s.closed_rounds
+            )
+        } else {
+            String::new()
+        }
     )
 }

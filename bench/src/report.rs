@@ -3,6 +3,32 @@
 
 use std::fmt::Write as _;
 
+/// One closed loop of a path.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClosedRound {
+    /// Requests answered per second.
+    pub rate: f64,
+    /// Sidecar CPU microseconds per request (all sidecars on the path), when charged.
+    pub cpu_us: Option<f64>,
+    /// The machine's idle share over the loop, in per cent.
+    pub idle_pct: Option<f64>,
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
 /// One path of a latency scenario.
 pub struct PathRow {
     /// The scenario, e.g. `state GET redis`.
@@ -15,8 +41,13 @@ pub struct PathRow {
     pub ratio: Option<[f64; 4]>,
     /// Closed-loop requests per second.
     pub closed: Option<f64>,
-    /// Closed-loop ratio to the direct path.
+    /// Closed-loop ratio to the direct path (over several rounds, the median of the ratios
+    /// round by round).
     pub closed_ratio: Option<f64>,
+    /// Over several rounds, the lowest and highest of the ratios round by round.
+    pub closed_ratio_range: Option<(f64, f64)>,
+    /// Every closed loop of the path, in the order run.
+    pub rounds: Vec<ClosedRound>,
     /// Sidecar CPU seconds per 1 000 requests during the open loop (all sidecars on the path).
     pub cpu_per_1k: Option<f64>,
     /// Sidecar CPU microseconds per request during the closed loop (all sidecars on the
@@ -44,6 +75,8 @@ impl PathRow {
             ratio: None,
             closed: None,
             closed_ratio: None,
+            closed_ratio_range: None,
+            rounds: Vec::new(),
             cpu_per_1k: None,
             closed_cpu_us: None,
             closed_idle_pct: None,
@@ -53,12 +86,37 @@ impl PathRow {
         }
     }
 
-    /// Fills the ratios against `direct`.
+    /// Adds a closed loop and sets the closed-loop figures to the medians over the rounds.
+    pub fn add_round(&mut self, round: ClosedRound) {
+        self.rounds.push(round);
+        let of = |f: fn(&ClosedRound) -> Option<f64>| {
+            median(&self.rounds.iter().filter_map(f).collect::<Vec<_>>())
+        };
+        self.closed = of(|r| Some(r.rate));
+        self.closed_cpu_us = of(|r| r.cpu_us);
+        self.closed_idle_pct = of(|r| r.idle_pct);
+    }
+
+    /// Fills the ratios against `direct`. With the same number of closed loops on both, the
+    /// closed-loop ratio is the median of the ratios round by round (each round's loops ran
+    /// one after the other, on a machine in about the same state).
     pub fn compare_with(&mut self, direct: &PathRow) {
         if let (Some(v), Some(d)) = (self.latency, direct.latency) {
             self.ratio = Some([0, 1, 2, 3].map(|i| v[i] / d[i]));
         }
-        if let (Some(v), Some(d)) = (self.closed, direct.closed) {
+        self.closed_ratio_range = None;
+        if self.rounds.len() > 1 && self.rounds.len() == direct.rounds.len() {
+            let ratios: Vec<f64> = self
+                .rounds
+                .iter()
+                .zip(&direct.rounds)
+                .map(|(v, d)| v.rate / d.rate)
+                .collect();
+            self.closed_ratio = median(&ratios);
+            let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let highest = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            self.closed_ratio_range = Some((lowest, highest));
+        } else if let (Some(v), Some(d)) = (self.closed, direct.closed) {
             self.closed_ratio = Some(v / d);
         }
     }
@@ -156,7 +214,10 @@ impl Report {
                 opt(x[2], 2),
                 opt(x[3], 2),
                 opt(p.closed, 0),
-                opt(p.closed_ratio, 3),
+                match (p.closed_ratio, p.closed_ratio_range) {
+                    (Some(x), Some((lo, hi))) => format!("{x:.3} ({lo:.3}–{hi:.3})"),
+                    (x, _) => opt(x, 3),
+                },
                 opt(p.closed_cpu_us, 1),
                 opt(p.closed_idle_pct, 1),
                 opt(p.cpu_per_1k, 3),
@@ -202,5 +263,69 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(rate: f64) -> ClosedRound {
+        ClosedRound {
+            rate,
+            cpu_us: Some(rate / 1000.0),
+            idle_pct: None,
+        }
+    }
+
+    #[test]
+    fn the_median_of_an_odd_and_an_even_count() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+    }
+
+    #[test]
+    fn rounds_give_medians_and_the_median_of_the_ratios_round_by_round() {
+        let mut direct = PathRow::new("s", "direct");
+        let mut via = PathRow::new("s", "via");
+        // The machine drifts: the second round is slow for both paths.
+        for (d, v) in [(100.0, 40.0), (50.0, 30.0), (90.0, 27.0)] {
+            direct.add_round(round(d));
+            via.add_round(round(v));
+        }
+        assert_eq!(direct.closed, Some(90.0));
+        assert_eq!(via.closed, Some(30.0));
+        assert_eq!(via.closed_cpu_us, Some(0.03));
+        assert_eq!(via.closed_idle_pct, None);
+        via.compare_with(&direct);
+        // Ratios 0.4, 0.6 and 0.3: the median is 0.4, not 30 / 90.
+        let ratio = via.closed_ratio.unwrap();
+        assert!((ratio - 0.4).abs() < 1e-12, "{ratio}");
+        let (lo, hi) = via.closed_ratio_range.unwrap();
+        assert!((lo - 0.3).abs() < 1e-12 && (hi - 0.6).abs() < 1e-12);
+        let table = Report {
+            paths: vec![direct, via],
+            ..Report::default()
+        }
+        .render();
+        assert!(table.contains("| 0.400 (0.300–0.600) |"), "{table}");
+    }
+
+    #[test]
+    fn one_round_keeps_the_plain_ratio() {
+        let mut direct = PathRow::new("s", "direct");
+        let mut via = PathRow::new("s", "via");
+        direct.add_round(round(200.0));
+        via.add_round(round(50.0));
+        via.compare_with(&direct);
+        assert_eq!(via.closed_ratio, Some(0.25));
+        assert_eq!(via.closed_ratio_range, None);
+        // Unequal counts (a path that failed a later round) fall back to the medians' ratio.
+        direct.add_round(round(100.0));
+        via.compare_with(&direct);
+        assert_eq!(via.closed_ratio, Some(50.0 / 150.0));
+        assert_eq!(via.closed_ratio_range, None);
     }
 }

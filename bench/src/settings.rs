@@ -53,6 +53,10 @@ pub struct Settings {
     pub workers: usize,
     /// Worker threads of the generator's own runtime.
     pub generator_threads: usize,
+    /// Closed loops per path, taken in turn across a scenario's paths (direct first); a
+    /// path's closed-loop figures are the medians over them, its ratio the median of the
+    /// ratios round by round.
+    pub closed_rounds: usize,
     /// Sequential warm-up requests per path.
     pub warmup: u64,
     /// Redis `host:port`.
@@ -102,7 +106,7 @@ pub const ALL: &[&str] = &[
 ];
 
 const USAGE: &str = "usage: tandem-bench [SCENARIO…] [--quick] [--tandem PATH] [--rate N] \
-[--seconds S] [--closed-seconds S] [--workers N] [--generator-threads N] [--warmup N] [--redis HOST:PORT] \
+[--seconds S] [--closed-seconds S] [--closed-rounds N] [--workers N] [--generator-threads N] [--warmup N] [--redis HOST:PORT] \
 [--postgres CONNSTR] [--stores memory,redis,postgresql] [--ops get,set] \
 [--protocols http1,http1-hyper,h2c,grpc,grpc-mux,grpc-tonic] [--payload BYTES] [--messages N] [--callgrind-requests N] [--callgrind-dir DIR] \
 [--idle-settle S] [--idle-seconds S] [--load-seconds S] [--startup-runs N] [--pin] [--mtls]
@@ -133,6 +137,7 @@ impl Settings {
             closed: Duration::from_secs_f64(if quick { 0.3 } else { 10.0 }),
             workers: if quick { 4 } else { 16 },
             generator_threads: 2,
+            closed_rounds: 1,
             warmup: if quick { 30 } else { 500 },
             redis: "127.0.0.1:6379".into(),
             postgres: "host=127.0.0.1 port=5432 user=postgres dbname=test".into(),
@@ -169,6 +174,7 @@ impl Settings {
                 "--seconds" => s.open = secs(&val()?, flag)?,
                 "--closed-seconds" => s.closed = secs(&val()?, flag)?,
                 "--workers" => s.workers = num(&val()?, flag)?,
+                "--closed-rounds" => s.closed_rounds = num::<usize>(&val()?, flag)?.max(1),
                 "--generator-threads" => s.generator_threads = num::<usize>(&val()?, flag)?.max(1),
                 "--warmup" => s.warmup = num(&val()?, flag)?,
                 "--redis" => s.redis = val()?,
@@ -231,5 +237,23 @@ impl Settings {
         } else {
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        Settings::parse(&args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn closed_rounds_default_to_one_and_take_a_count() {
+        assert_eq!(parse(&[]).unwrap().closed_rounds, 1);
+        assert_eq!(parse(&["--closed-rounds", "5"]).unwrap().closed_rounds, 5);
+        assert_eq!(parse(&["--closed-rounds", "0"]).unwrap().closed_rounds, 1);
+        let err = parse(&["--closed-rounds", "many"]).err().unwrap();
+        assert!(err.contains("--closed-rounds takes a number"), "{err}");
     }
 }

@@ -16,7 +16,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::measure;
+use super::{Again, measure, more_rounds};
 use crate::load::{Op, op};
 use crate::procs::{App, Sidecar, SidecarSpec};
 use crate::report::{PathRow, Report};
@@ -111,8 +111,21 @@ pub fn echo_op(port: u16, path: &str, body: Bytes) -> Op {
     })
 }
 
+/// The two TCP relays, kept running for the later closed-loop rounds.
+struct Relays {
+    _first: App,
+    _second: App,
+    op: Op,
+    pids: Vec<u32>,
+}
+
 /// `POST /echo` to the app through two TCP relays in a row.
-async fn relay_floor(s: &Settings, scenario: &str, app: u16, body: &Bytes) -> PathRow {
+async fn relay_floor(
+    s: &Settings,
+    scenario: &str,
+    app: u16,
+    body: &Bytes,
+) -> (PathRow, Option<Relays>) {
     const PATH: &str = "two TCP relays (floor)";
     let relays = async {
         let second = App::start(0, &["--relay-to".into(), app.to_string()], &s.wrapper()).await?;
@@ -126,19 +139,21 @@ async fn relay_floor(s: &Settings, scenario: &str, app: u16, body: &Bytes) -> Pa
     };
     match relays.await {
         Ok((first, second)) => {
-            measure(
-                s,
-                scenario,
-                PATH,
-                echo_op(first.port, "/echo", body.clone()),
-                &[first.pid, second.pid],
-            )
-            .await
+            let op = echo_op(first.port, "/echo", body.clone());
+            let pids = vec![first.pid, second.pid];
+            let row = measure(s, scenario, PATH, op.clone(), &pids).await;
+            let relays = Relays {
+                _first: first,
+                _second: second,
+                op,
+                pids,
+            };
+            (row, Some(relays))
         }
         Err(e) => {
             let mut row = PathRow::new(scenario, PATH);
             row.error = Some(e);
-            row
+            (row, None)
         }
     }
 }
@@ -154,17 +169,12 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
     let scenario = format!("invoke 2 sidecars, {} B", s.payload);
     eprintln!("{scenario}");
     let body = payload(s.payload);
-    let direct = measure(
-        s,
-        &scenario,
-        "direct app → app",
-        echo_op(pair.app.port, "/echo", body.clone()),
-        &[],
-    )
-    .await;
-    let mut relayed = relay_floor(s, &scenario, pair.app.port, &body).await;
-    relayed.compare_with(&direct);
-    let mut via = measure(
+    let direct_op = echo_op(pair.app.port, "/echo", body.clone());
+    let direct = measure(s, &scenario, "direct app → app", direct_op.clone(), &[]).await;
+    let (relayed, relays) = relay_floor(s, &scenario, pair.app.port, &body).await;
+    let via_op = echo_op(pair.caller.http, &via_path(), body);
+    let via_pids = vec![pair.caller.pid, pair.callee.pid];
+    let via = measure(
         s,
         &scenario,
         if s.mtls {
@@ -172,18 +182,39 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
         } else {
             "Tandem HTTP/1.1 (both sidecars)"
         },
-        echo_op(pair.caller.http, &via_path(), body),
-        &[pair.caller.pid, pair.callee.pid],
+        via_op.clone(),
+        &via_pids,
     )
     .await;
-    via.compare_with(&direct);
-    let failed: Vec<String> = [&direct, &relayed, &via]
+    let first = report.paths.len();
+    report.paths.extend([direct, relayed, via]);
+    let mut again = vec![Again {
+        row: first,
+        op: direct_op,
+        pids: Vec::new(),
+    }];
+    if let Some(r) = &relays {
+        again.push(Again {
+            row: first + 1,
+            op: r.op.clone(),
+            pids: r.pids.clone(),
+        });
+    }
+    again.push(Again {
+        row: first + 2,
+        op: via_op,
+        pids: via_pids,
+    });
+    more_rounds(s, &mut report.paths, &again).await;
+    drop(relays);
+    let (direct, rest) = report.paths[first..].split_at_mut(1);
+    for row in rest {
+        row.compare_with(&direct[0]);
+    }
+    let failed: Vec<String> = report.paths[first..]
         .iter()
         .filter_map(|r| r.error.clone())
         .collect();
-    report.paths.push(direct);
-    report.paths.push(relayed);
-    report.paths.push(via);
     let logs = format!("{}\n{}", pair.caller.log(), pair.callee.log());
     pair.caller.stop().await?;
     pair.callee.stop().await?;

@@ -10,7 +10,7 @@ pub mod subscribe;
 
 use crate::load::{self, Op};
 use crate::procs::{cpu_seconds_since, cpu_ticks, machine_idle_since, machine_ticks};
-use crate::report::PathRow;
+use crate::report::{ClosedRound, PathRow};
 use crate::settings::Settings;
 
 /// Measures one path: sequential warm-up, open loop at the fixed rate, then the closed loop,
@@ -49,14 +49,60 @@ async fn measure_into(row: &mut PathRow, s: &Settings, op: Op, pids: &[u32]) -> 
     row.gen_cpu_per_1k = Some(cpu_seconds_since(&me, &me_before) / lat.sent as f64 * 1000.0);
     row.latency = Some(lat.percentiles_ms());
     row.lag_p99 = Some(lat.lag.value_at_quantile(0.99) as f64 / 1000.0);
+    closed_round(row, s, op, pids).await
+}
+
+/// One closed loop of a path, added to its row.
+async fn closed_round(row: &mut PathRow, s: &Settings, op: Op, pids: &[u32]) -> Result<(), String> {
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p).unwrap_or(0)).collect();
     let machine_before = machine_ticks();
     let closed = load::closed_loop(op, s.workers, s.closed).await?;
-    row.closed_idle_pct = machine_idle_since(machine_before);
-    if !pids.is_empty() && closed.requests > 0 {
-        row.closed_cpu_us =
-            Some(cpu_seconds_since(pids, &before) / closed.requests as f64 * 1_000_000.0);
-    }
-    row.closed = Some(closed.rate);
+    let idle_pct = machine_idle_since(machine_before);
+    let cpu_us = (!pids.is_empty() && closed.requests > 0)
+        .then(|| cpu_seconds_since(pids, &before) / closed.requests as f64 * 1_000_000.0);
+    row.add_round(ClosedRound {
+        rate: closed.rate,
+        cpu_us,
+        idle_pct,
+    });
     Ok(())
+}
+
+/// A path measured by [`measure`] that [`more_rounds`] takes again: its row in `rows`, its
+/// operation and the processes charged with its CPU.
+pub struct Again {
+    /// The row's index.
+    pub row: usize,
+    /// The operation.
+    pub op: Op,
+    /// The sidecars (or relays) on the path.
+    pub pids: Vec<u32>,
+}
+
+/// The closed loops after the first (taken by [`measure`]): `s.closed_rounds - 1` rounds,
+/// each one closed loop of every path in turn, in the order given (the direct path first).
+/// Loops of the same round run minutes apart at most, so their ratio is less exposed to the
+/// machine's drift than a ratio across the whole scenario. A path that fails a loop keeps
+/// its error and is not taken again.
+pub async fn more_rounds(s: &Settings, rows: &mut [PathRow], paths: &[Again]) {
+    for round in 1..s.closed_rounds {
+        for p in paths {
+            let row = &mut rows[p.row];
+            if row.error.is_some() {
+                continue;
+            }
+            if let Err(e) = closed_round(row, s, p.op.clone(), &p.pids).await {
+                eprintln!("  {} / {}: ERROR {e}", row.scenario, row.path);
+                row.error = Some(e);
+            } else if let Some(r) = row.rounds.last() {
+                eprintln!(
+                    "  {} / {}: closed round {} {:.0} req/s",
+                    row.scenario,
+                    row.path,
+                    round + 1,
+                    r.rate
+                );
+            }
+        }
+    }
 }

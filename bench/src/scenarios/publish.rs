@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::measure;
 use super::state::redis_connection;
+use super::{Again, measure, more_rounds};
 use crate::load::{Op, op};
 use crate::procs::SidecarSpec;
 use crate::report::Report;
@@ -90,38 +90,54 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
             }
         })
     };
-    let direct = measure(s, &scenario, "direct (XADD)", direct_op, &[]).await;
-    let mut via_row = measure(
+    let direct = measure(s, &scenario, "direct (XADD)", direct_op.clone(), &[]).await;
+    let via_op = via(sidecar.http, "redispubsub", &topic, body.clone());
+    let via_row = measure(
         s,
         &scenario,
         "Tandem HTTP/1.1",
-        via(sidecar.http, "redispubsub", &topic, body.clone()),
+        via_op.clone(),
         &[sidecar.pid],
     )
     .await;
-    via_row.compare_with(&direct);
-    for r in [&direct, &via_row] {
+    let first = report.paths.len();
+    report.paths.extend([direct, via_row]);
+    let again = [
+        Again {
+            row: first,
+            op: direct_op,
+            pids: Vec::new(),
+        },
+        Again {
+            row: first + 1,
+            op: via_op,
+            pids: vec![sidecar.pid],
+        },
+    ];
+    more_rounds(s, &mut report.paths, &again).await;
+    let (direct, via_row) = report.paths[first..].split_at_mut(1);
+    via_row[0].compare_with(&direct[0]);
+    for r in &report.paths[first..] {
         if let Some(e) = &r.error {
             failed.push(format!("{scenario} / {}: {e}", r.path));
         }
     }
-    report.paths.push(direct);
-    report.paths.push(via_row);
 
     let scenario = format!("publish in-memory, {} B", s.payload);
     eprintln!("{scenario}");
-    let row = measure(
-        s,
-        &scenario,
-        "Tandem HTTP/1.1",
-        via(sidecar.http, "mempubsub", &topic, body),
-        &[sidecar.pid],
-    )
-    .await;
-    if let Some(e) = &row.error {
+    let op = via(sidecar.http, "mempubsub", &topic, body);
+    let row = measure(s, &scenario, "Tandem HTTP/1.1", op.clone(), &[sidecar.pid]).await;
+    let index = report.paths.len();
+    report.paths.push(row);
+    let again = [Again {
+        row: index,
+        op,
+        pids: vec![sidecar.pid],
+    }];
+    more_rounds(s, &mut report.paths, &again).await;
+    if let Some(e) = &report.paths[index].error {
         failed.push(format!("{scenario}: {e}"));
     }
-    report.paths.push(row);
 
     let mut conn = conn;
     let _: Result<i64, _> = redis::cmd("DEL")
