@@ -16,7 +16,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::{Again, measure, more_rounds};
+use super::Paths;
 use crate::load::{Op, op};
 use crate::procs::{App, Sidecar, SidecarSpec};
 use crate::report::{PathRow, Report};
@@ -111,51 +111,17 @@ pub fn echo_op(port: u16, path: &str, body: Bytes) -> Op {
     })
 }
 
-/// The two TCP relays, kept running for the later closed-loop rounds.
-struct Relays {
-    _first: App,
-    _second: App,
-    op: Op,
-    pids: Vec<u32>,
-}
-
-/// `POST /echo` to the app through two TCP relays in a row.
-async fn relay_floor(
-    s: &Settings,
-    scenario: &str,
-    app: u16,
-    body: &Bytes,
-) -> (PathRow, Option<Relays>) {
-    const PATH: &str = "two TCP relays (floor)";
-    let relays = async {
-        let second = App::start(0, &["--relay-to".into(), app.to_string()], &s.wrapper()).await?;
-        let first = App::start(
-            0,
-            &["--relay-to".into(), second.port.to_string()],
-            &s.wrapper(),
-        )
-        .await?;
-        Ok::<_, String>((first, second))
-    };
-    match relays.await {
-        Ok((first, second)) => {
-            let op = echo_op(first.port, "/echo", body.clone());
-            let pids = vec![first.pid, second.pid];
-            let row = measure(s, scenario, PATH, op.clone(), &pids).await;
-            let relays = Relays {
-                _first: first,
-                _second: second,
-                op,
-                pids,
-            };
-            (row, Some(relays))
-        }
-        Err(e) => {
-            let mut row = PathRow::new(scenario, PATH);
-            row.error = Some(e);
-            (row, None)
-        }
-    }
+/// Two TCP relays in a row in front of the app (`tandem-bench app --relay-to`), the first
+/// the one to call. They stop when dropped.
+async fn start_relays(s: &Settings, app: u16) -> Result<(App, App), String> {
+    let second = App::start(0, &["--relay-to".into(), app.to_string()], &s.wrapper()).await?;
+    let first = App::start(
+        0,
+        &["--relay-to".into(), second.port.to_string()],
+        &s.wrapper(),
+    )
+    .await?;
+    Ok((first, second))
 }
 
 /// The invocation path through the caller sidecar.
@@ -169,49 +135,38 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
     let scenario = format!("invoke 2 sidecars, {} B", s.payload);
     eprintln!("{scenario}");
     let body = payload(s.payload);
-    let direct_op = echo_op(pair.app.port, "/echo", body.clone());
-    let direct = measure(s, &scenario, "direct app → app", direct_op.clone(), &[]).await;
-    let (relayed, relays) = relay_floor(s, &scenario, pair.app.port, &body).await;
-    let via_op = echo_op(pair.caller.http, &via_path(), body);
-    let via_pids = vec![pair.caller.pid, pair.callee.pid];
-    let via = measure(
-        s,
-        &scenario,
-        if s.mtls {
-            "Tandem HTTP/1.1 (both sidecars, mTLS)"
-        } else {
-            "Tandem HTTP/1.1 (both sidecars)"
-        },
-        via_op.clone(),
-        &via_pids,
-    )
-    .await;
-    let first = report.paths.len();
-    report.paths.extend([direct, relayed, via]);
-    let mut again = vec![Again {
-        row: first,
-        op: direct_op,
-        pids: Vec::new(),
-    }];
-    if let Some(r) = &relays {
-        again.push(Again {
-            row: first + 1,
-            op: r.op.clone(),
-            pids: r.pids.clone(),
-        });
+    let mut paths = Paths::new(&report.paths);
+    let rows = &mut report.paths;
+    let direct = echo_op(pair.app.port, "/echo", body.clone());
+    paths
+        .measure(s, rows, &scenario, "direct app → app", direct, Vec::new())
+        .await;
+    // Kept running until the later rounds are done.
+    let relays = start_relays(s, pair.app.port).await;
+    const FLOOR: &str = "two TCP relays (floor)";
+    match &relays {
+        Ok((first, second)) => {
+            let op = echo_op(first.port, "/echo", body.clone());
+            let pids = vec![first.pid, second.pid];
+            paths.measure(s, rows, &scenario, FLOOR, op, pids).await;
+        }
+        Err(e) => {
+            let mut row = PathRow::new(&scenario, FLOOR);
+            row.error = Some(e.clone());
+            rows.push(row);
+        }
     }
-    again.push(Again {
-        row: first + 2,
-        op: via_op,
-        pids: via_pids,
-    });
-    more_rounds(s, &mut report.paths, &again).await;
+    let via = if s.mtls {
+        "Tandem HTTP/1.1 (both sidecars, mTLS)"
+    } else {
+        "Tandem HTTP/1.1 (both sidecars)"
+    };
+    let op = echo_op(pair.caller.http, &via_path(), body);
+    let pids = vec![pair.caller.pid, pair.callee.pid];
+    paths.measure(s, rows, &scenario, via, op, pids).await;
+    let scenario_rows = paths.finish(s, rows, true).await;
     drop(relays);
-    let (direct, rest) = report.paths[first..].split_at_mut(1);
-    for row in rest {
-        row.compare_with(&direct[0]);
-    }
-    let failed: Vec<String> = report.paths[first..]
+    let failed: Vec<String> = rows[scenario_rows]
         .iter()
         .filter_map(|r| r.error.clone())
         .collect();

@@ -68,41 +68,87 @@ async fn closed_round(row: &mut PathRow, s: &Settings, op: Op, pids: &[u32]) -> 
     Ok(())
 }
 
-/// A path measured by [`measure`] that [`more_rounds`] takes again: its row in `rows`, its
-/// operation and the processes charged with its CPU.
-pub struct Again {
-    /// The row's index.
-    pub row: usize,
-    /// The operation.
-    pub op: Op,
-    /// The sidecars (or relays) on the path.
-    pub pids: Vec<u32>,
+/// A path that [`Paths::finish`] takes again: its row, its operation and the processes
+/// charged with its CPU.
+struct Again {
+    row: usize,
+    op: Op,
+    pids: Vec<u32>,
 }
 
-/// The closed loops after the first (taken by [`measure`]): `s.closed_rounds - 1` rounds,
-/// each one closed loop of every path in turn, in the order given (the direct path first).
-/// Loops of the same round run minutes apart at most, so their ratio is less exposed to the
-/// machine's drift than a ratio across the whole scenario. A path that fails a loop keeps
-/// its error and is not taken again.
-pub async fn more_rounds(s: &Settings, rows: &mut [PathRow], paths: &[Again]) {
-    for round in 1..s.closed_rounds {
-        for p in paths {
-            let row = &mut rows[p.row];
-            if row.error.is_some() {
-                continue;
-            }
-            if let Err(e) = closed_round(row, s, p.op.clone(), &p.pids).await {
-                eprintln!("  {} / {}: ERROR {e}", row.scenario, row.path);
-                row.error = Some(e);
-            } else if let Some(r) = row.rounds.last() {
-                eprintln!(
-                    "  {} / {}: closed round {} {:.0} req/s",
-                    row.scenario,
-                    row.path,
-                    round + 1,
-                    r.rate
-                );
+/// The paths of one scenario, their rows added to the report's in the order measured (the
+/// direct path first, when there is one) and kept for the later closed-loop rounds.
+pub struct Paths {
+    first: usize,
+    again: Vec<Again>,
+}
+
+impl Paths {
+    /// The scenario's rows will follow the `rows` already there.
+    pub fn new(rows: &[PathRow]) -> Self {
+        Self {
+            first: rows.len(),
+            again: Vec::new(),
+        }
+    }
+
+    /// [`measure`]s a path, adds its row and keeps the path for the later rounds.
+    pub async fn measure(
+        &mut self,
+        s: &Settings,
+        rows: &mut Vec<PathRow>,
+        scenario: &str,
+        path: &str,
+        op: Op,
+        pids: Vec<u32>,
+    ) {
+        let row = measure(s, scenario, path, op.clone(), &pids).await;
+        self.again.push(Again {
+            row: rows.len(),
+            op,
+            pids,
+        });
+        rows.push(row);
+    }
+
+    /// The closed loops after the first: `s.closed_rounds - 1` rounds, each one closed loop
+    /// of every kept path in turn, in the order measured. Loops of the same round run
+    /// seconds apart, so their ratio is less exposed to the machine's drift than a ratio
+    /// across the whole scenario. A path that fails a loop keeps its error and is not taken
+    /// again. Then, when the scenario's first row is its direct path, every other row gets
+    /// its ratios to it. Returns the range of the scenario's rows.
+    pub async fn finish(
+        self,
+        s: &Settings,
+        rows: &mut [PathRow],
+        direct_first: bool,
+    ) -> std::ops::Range<usize> {
+        for round in 1..s.closed_rounds {
+            for p in &self.again {
+                let row = &mut rows[p.row];
+                if row.error.is_some() {
+                    continue;
+                }
+                if let Err(e) = closed_round(row, s, p.op.clone(), &p.pids).await {
+                    eprintln!("  {} / {}: ERROR {e}", row.scenario, row.path);
+                    row.error = Some(e);
+                } else if let Some(r) = row.rounds.last() {
+                    eprintln!(
+                        "  {} / {}: closed round {} {:.0} req/s",
+                        row.scenario,
+                        row.path,
+                        round + 1,
+                        r.rate
+                    );
+                }
             }
         }
+        if direct_first && rows.len() > self.first {
+            let (direct, others) = rows[self.first..].split_at_mut(1);
+            for row in others {
+                row.compare_with(&direct[0]);
+            }
+        }
+        self.first..rows.len()
     }
 }

@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
+use super::Paths;
 use super::state::redis_connection;
-use super::{Again, measure, more_rounds};
 use crate::load::{Op, op};
 use crate::procs::SidecarSpec;
 use crate::report::Report;
@@ -90,34 +90,18 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
             }
         })
     };
-    let direct = measure(s, &scenario, "direct (XADD)", direct_op.clone(), &[]).await;
-    let via_op = via(sidecar.http, "redispubsub", &topic, body.clone());
-    let via_row = measure(
-        s,
-        &scenario,
-        "Tandem HTTP/1.1",
-        via_op.clone(),
-        &[sidecar.pid],
-    )
-    .await;
-    let first = report.paths.len();
-    report.paths.extend([direct, via_row]);
-    let again = [
-        Again {
-            row: first,
-            op: direct_op,
-            pids: Vec::new(),
-        },
-        Again {
-            row: first + 1,
-            op: via_op,
-            pids: vec![sidecar.pid],
-        },
-    ];
-    more_rounds(s, &mut report.paths, &again).await;
-    let (direct, via_row) = report.paths[first..].split_at_mut(1);
-    via_row[0].compare_with(&direct[0]);
-    for r in &report.paths[first..] {
+    let mut paths = Paths::new(&report.paths);
+    let rows = &mut report.paths;
+    paths
+        .measure(s, rows, &scenario, "direct (XADD)", direct_op, Vec::new())
+        .await;
+    let op = via(sidecar.http, "redispubsub", &topic, body.clone());
+    let pids = vec![sidecar.pid];
+    paths
+        .measure(s, rows, &scenario, "Tandem HTTP/1.1", op, pids)
+        .await;
+    let scenario_rows = paths.finish(s, rows, true).await;
+    for r in &rows[scenario_rows] {
         if let Some(e) = &r.error {
             failed.push(format!("{scenario} / {}: {e}", r.path));
         }
@@ -125,18 +109,17 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
 
     let scenario = format!("publish in-memory, {} B", s.payload);
     eprintln!("{scenario}");
+    let mut paths = Paths::new(rows);
     let op = via(sidecar.http, "mempubsub", &topic, body);
-    let row = measure(s, &scenario, "Tandem HTTP/1.1", op.clone(), &[sidecar.pid]).await;
-    let index = report.paths.len();
-    report.paths.push(row);
-    let again = [Again {
-        row: index,
-        op,
-        pids: vec![sidecar.pid],
-    }];
-    more_rounds(s, &mut report.paths, &again).await;
-    if let Some(e) = &report.paths[index].error {
-        failed.push(format!("{scenario}: {e}"));
+    let pids = vec![sidecar.pid];
+    paths
+        .measure(s, rows, &scenario, "Tandem HTTP/1.1", op, pids)
+        .await;
+    let scenario_rows = paths.finish(s, rows, false).await;
+    for r in &rows[scenario_rows] {
+        if let Some(e) = &r.error {
+            failed.push(format!("{scenario}: {e}"));
+        }
     }
 
     let mut conn = conn;

@@ -21,7 +21,7 @@ use dapr::dapr::proto::runtime::v1::{GetStateRequest, GetStateResponse, SaveStat
 use http::Method;
 use tokio_postgres::types::Type;
 
-use super::{Again, measure, more_rounds};
+use super::Paths;
 use crate::clients::{self, Http};
 use crate::load::{Op, op};
 use crate::procs::SidecarSpec;
@@ -452,29 +452,23 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
                 label(*store)
             );
             eprintln!("{scenario}");
-            let mut again = Vec::new();
-            let direct_row = match direct(s, *store, set).await {
+            let mut paths = Paths::new(&report.paths);
+            let rows = &mut report.paths;
+            let direct_first = match direct(s, *store, set).await {
                 Ok(Some((path, op))) => {
-                    again.push(Again {
-                        row: report.paths.len(),
-                        op: op.clone(),
-                        pids: Vec::new(),
-                    });
-                    Some(measure(s, &scenario, &path, op, &[]).await)
+                    paths
+                        .measure(s, rows, &scenario, &path, op, Vec::new())
+                        .await;
+                    true
                 }
-                Ok(None) => None,
+                Ok(None) => false,
                 Err(e) => {
                     let mut row = crate::report::PathRow::new(&scenario, "direct");
                     row.error = Some(e);
-                    Some(row)
+                    rows.push(row);
+                    true
                 }
             };
-            let mut direct_index = None;
-            if let Some(d) = direct_row {
-                direct_index = Some(report.paths.len());
-                report.paths.push(d);
-            }
-            let first_via = report.paths.len();
             for protocol in &s.protocols {
                 let path = match protocol {
                     Protocol::Http1 => "Tandem HTTP/1.1",
@@ -485,23 +479,11 @@ pub async fn run(s: &Settings, report: &mut Report) -> Result<(), String> {
                     Protocol::GrpcTonic => "Tandem gRPC (tonic client)",
                 };
                 let op = via(*protocol, sidecar.http, sidecar.grpc, *store, set);
-                again.push(Again {
-                    row: report.paths.len(),
-                    op: op.clone(),
-                    pids: vec![sidecar.pid],
-                });
-                let row = measure(s, &scenario, path, op, &[sidecar.pid]).await;
-                report.paths.push(row);
+                let pids = vec![sidecar.pid];
+                paths.measure(s, rows, &scenario, path, op, pids).await;
             }
-            more_rounds(s, &mut report.paths, &again).await;
-            if let Some(i) = direct_index {
-                let (head, vias) = report.paths.split_at_mut(first_via);
-                for row in vias {
-                    row.compare_with(&head[i]);
-                }
-            }
-            let scenario_rows = direct_index.unwrap_or(first_via)..report.paths.len();
-            for row in &report.paths[scenario_rows] {
+            let scenario_rows = paths.finish(s, rows, direct_first).await;
+            for row in &rows[scenario_rows] {
                 if row.error.is_some() {
                     failed.push(format!("{scenario} / {}", row.path));
                 }
