@@ -323,6 +323,44 @@ async fn publish_and_delivery_are_one_trace_over_otlp_grpc() {
     assert_eq!(consumer.trace_id, trace_id);
     assert_eq!(consumer.parent, producer_span);
     assert_eq!(consumer.service, "shop");
+
+    // The same over gRPC, with no trace metadata either: the call's own span starts the
+    // trace, and the delivery continues it.
+    let mut c = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc_port))
+        .await
+        .unwrap();
+    let resp = c
+        .publish_event(pb::PublishEventRequest {
+            pubsub_name: "pubsub".into(),
+            topic: "orders".into(),
+            data: br#"{"n":2}"#.to_vec(),
+            data_content_type: "application/json".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let bin = resp
+        .metadata()
+        .get_bin("grpc-trace-bin")
+        .expect("grpc-trace-bin");
+    let answered = SpanContext::from_binary(bin.as_encoded_bytes()).unwrap();
+    let got = sub.wait_for(WAIT, "the gRPC event", |r| r.len() > 1).await;
+    let (delivered_trace, _) = ids(&got[1].headers["traceparent"]);
+    assert_eq!(delivered_trace, hex(&answered.trace_id));
+    assert_ne!(delivered_trace, trace_id);
+    let (ce_trace, producer_span) = ids(got[1].body["traceparent"].as_str().unwrap());
+    assert_eq!(ce_trace, delivered_trace);
+    let api = collector
+        .wait_for("of the gRPC publish", |s| {
+            s.span_id == hex(&answered.span_id)
+        })
+        .await;
+    assert_eq!(api.name, "/dapr.proto.runtime.v1.Dapr/PublishEvent");
+    assert_eq!(api.parent, "");
+    let producer = collector
+        .wait_for("gRPC producer", |s| s.span_id == producer_span)
+        .await;
+    assert_eq!(producer.parent, hex(&answered.span_id));
 }
 
 #[tokio::test]

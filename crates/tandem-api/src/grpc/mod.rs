@@ -32,10 +32,6 @@ pub(crate) mod names {
 
     /// `grpc-status`.
     pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-    /// `grpc-timeout`.
-    pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-    /// `grpc-encoding`.
-    pub(crate) static GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 }
 
 use std::future::Future;

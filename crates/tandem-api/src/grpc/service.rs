@@ -23,9 +23,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::future::RouteFuture;
 use bytes::Bytes;
-use http::{HeaderMap, Uri};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Uri};
 use http_body_util::BodyExt;
 use tandem_runtime::trace::Tracer;
+use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tower::Service;
 
@@ -85,7 +87,7 @@ impl<O> Clone for GrpcService<O> {
 /// An answer of the gRPC API.
 type Response = http::Response<GrpcBody>;
 
-type UnaryFuture = Pin<Box<dyn Future<Output = (Response, u64)> + Send>>;
+type UnaryFuture = Pin<Box<dyn Future<Output = (Result<Response, Status>, u64)> + Send>>;
 
 /// The body of a gRPC API answer: a lean unary answer as it was made, any other boxed.
 pub struct GrpcBody(Inner);
@@ -102,6 +104,16 @@ impl GrpcBody {
 
     fn boxed(body: Body) -> Self {
         Self(Inner::Boxed(body))
+    }
+}
+
+/// A lean unary answer ends with `grpc-status: 0`, written from this list.
+impl crate::http2::AnswerBody for GrpcBody {
+    fn fixed_trailers(&self) -> Option<&'static [(http::HeaderName, HeaderValue)]> {
+        match &self.0 {
+            Inner::Unary(b) => b.fixed_trailers(),
+            Inner::Boxed(_) => None,
+        }
     }
 }
 
@@ -147,8 +159,9 @@ impl http_body::Body for GrpcBody {
 }
 
 enum Path {
-    /// Answered before any handler.
-    Answered(Option<Response>),
+    /// Answered before any handler (boxed: it is rare, and every call's future is kept small),
+    /// or done.
+    Answered(Option<Box<Response>>),
     /// The lean unary path: the answer and the request message's size.
     Unary(UnaryFuture),
     /// Tonic's service or the proxy.
@@ -176,25 +189,31 @@ where
             .observer
             .as_ref()
             .map(|o| o.begin(&parts.uri, &parts.headers));
+        let metadata = Metadata::read(&parts.headers);
         let mut future = GrpcFuture {
             path: Path::Answered(None),
-            deadline: grpc_timeout(&parts.headers).map(|t| Box::pin(tokio::time::sleep(t))),
+            deadline: metadata.timeout.map(|t| Box::pin(tokio::time::sleep(t))),
             traced: None,
             // The shared state is kept only when an observer needs it at the end.
             shared: observed.as_ref().map(|_| shared.clone()),
             observed,
             received: None,
         };
-        let rpc = unary::served(&parts);
+        let rpc = unary::served(&parts.method, parts.uri.path(), metadata.plain);
         let propagates = rpc.is_none_or(Rpc::propagates);
-        future.traced =
-            match trace::begin(&shared.tracer, &parts.uri, &mut parts.headers, propagates) {
-                Ok(t) => t,
-                Err(refused) => {
-                    future.path = Path::Answered(Some(refused.answer()));
-                    return future;
-                }
-            };
+        future.traced = match trace::begin(
+            &shared.tracer,
+            &parts.uri,
+            &mut parts.headers,
+            metadata.traced,
+            propagates,
+        ) {
+            Ok(t) => t,
+            Err(refused) => {
+                future.path = Path::Answered(Some(Box::new(refused.answer())));
+                return future;
+            }
+        };
         if let Some(filter) = &shared.filter
             && filter.blocks(parts.uri.path())
         {
@@ -203,7 +222,7 @@ where
                 "requested endpoint is not available",
                 MetadataMap::new(),
             );
-            future.path = Path::Answered(Some(status.into_http()));
+            future.path = Path::Answered(Some(Box::new(status.into_http())));
             return future;
         }
         future.path = match rpc {
@@ -282,22 +301,28 @@ impl<O: GrpcObserver> Future for GrpcFuture<O> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Every field is `Unpin`: both inner futures are boxed ones.
         let this = self.get_mut();
-        let (mut resp, unary_received) = match &mut this.path {
+        // The status, when it is known without reading the answer's headers.
+        let (mut resp, unary_received, code) = match &mut this.path {
             Path::Answered(answer) => (
-                answer.take().expect("GrpcFuture polled after completion"),
+                *answer.take().expect("GrpcFuture polled after completion"),
+                None,
                 None,
             ),
             Path::Unary(fut) => match fut.as_mut().poll(cx) {
-                Poll::Ready((resp, received)) => (resp, Some(received)),
+                Poll::Ready((Ok(resp), received)) => (resp, Some(received), Some(0)),
+                Poll::Ready((Err(status), received)) => {
+                    let code = status.code() as u32;
+                    (status.into_http(), Some(received), Some(code))
+                }
                 Poll::Pending => match expired(&mut this.deadline, cx) {
-                    Some(resp) => (resp, None),
+                    Some(resp) => (resp, None, Some(tonic::Code::DeadlineExceeded as u32)),
                     None => return Poll::Pending,
                 },
             },
             Path::Routed(fut) => match Pin::new(&mut **fut).poll(cx) {
-                Poll::Ready(Ok(resp)) => (resp.map(GrpcBody::boxed), None),
+                Poll::Ready(Ok(resp)) => (resp.map(GrpcBody::boxed), None, None),
                 Poll::Pending => match expired(&mut this.deadline, cx) {
-                    Some(resp) => (resp, None),
+                    Some(resp) => (resp, None, Some(tonic::Code::DeadlineExceeded as u32)),
                     None => return Poll::Pending,
                 },
             },
@@ -305,7 +330,7 @@ impl<O: GrpcObserver> Future for GrpcFuture<O> {
         this.deadline = None;
         this.path = Path::Answered(None);
         if let Some(t) = this.traced.take() {
-            t.end(&mut resp);
+            t.end(&mut resp, code);
         }
         let (Some(shared), Some(call)) = (this.shared.take(), this.observed.take()) else {
             return Poll::Ready(Ok(resp));
@@ -313,8 +338,16 @@ impl<O: GrpcObserver> Future for GrpcFuture<O> {
         let Some(observer) = &shared.observer else {
             return Poll::Ready(Ok(resp));
         };
+        if let Some(received) = unary_received
+            && code == Some(0)
+        {
+            // One message, then `grpc-status: 0`.
+            let sent = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+            observer.end(call, 0, received, sent);
+            return Poll::Ready(Ok(resp));
+        }
         // A trailers-only answer (an error, or anything answered before a handler).
-        if let Some(code) = grpc_status(resp.headers()) {
+        if let Some(code) = code.or_else(|| grpc_status(resp.headers())) {
             let received = unary_received
                 .or_else(|| {
                     this.received
@@ -323,12 +356,6 @@ impl<O: GrpcObserver> Future for GrpcFuture<O> {
                 })
                 .unwrap_or(0);
             observer.end(call, code, received, 0);
-            return Poll::Ready(Ok(resp));
-        }
-        if let Some(received) = unary_received {
-            // One message, then `grpc-status: 0`.
-            let sent = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
-            observer.end(call, 0, received, sent);
             return Poll::Ready(Ok(resp));
         }
         if !resp.status().is_success() {
@@ -381,11 +408,54 @@ fn expired(
         .then(|| tonic::Status::deadline_exceeded("the call's grpc-timeout expired").into_http())
 }
 
-/// The call's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit, `H` `M` `S`
-/// `m` `u` `n`). A malformed value is ignored, as no deadline.
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(&names::GRPC_TIMEOUT)?.as_bytes();
-    let (&unit, digits) = v.split_last()?;
+/// What the gRPC API reads from a call's metadata before its handler, found in one pass over
+/// it rather than a hashed lookup per name: a call usually carries a handful of fields, and
+/// most carry none of the tracing ones.
+pub(super) struct Metadata {
+    /// The first `content-type` is gRPC's and the first `grpc-encoding`, if any, is
+    /// `identity`: a message the lean unary path can read.
+    pub(super) plain: bool,
+    /// The first `grpc-timeout`, when it is well-formed.
+    pub(super) timeout: Option<Duration>,
+    /// Any `traceparent`, `grpc-trace-bin`, `tracestate` or `baggage` field.
+    pub(super) traced: bool,
+}
+
+impl Metadata {
+    pub(super) fn read(headers: &HeaderMap) -> Self {
+        let mut content_type: Option<&HeaderValue> = None;
+        let mut encoding: Option<&HeaderValue> = None;
+        let mut timeout: Option<&HeaderValue> = None;
+        let mut traced = false;
+        for (name, value) in headers {
+            if *name == CONTENT_TYPE {
+                content_type.get_or_insert(value);
+                continue;
+            }
+            match name.as_str() {
+                "grpc-encoding" => {
+                    encoding.get_or_insert(value);
+                }
+                "grpc-timeout" => {
+                    timeout.get_or_insert(value);
+                }
+                "traceparent" | "grpc-trace-bin" | "tracestate" | "baggage" => traced = true,
+                _ => {}
+            }
+        }
+        Metadata {
+            plain: content_type.is_some_and(unary::grpc_content_type)
+                && encoding.is_none_or(|v| v.as_bytes() == b"identity"),
+            timeout: timeout.and_then(grpc_timeout),
+            traced,
+        }
+    }
+}
+
+/// A `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit, `H` `M` `S` `m` `u`
+/// `n`). A malformed value is ignored, as no deadline.
+fn grpc_timeout(v: &HeaderValue) -> Option<Duration> {
+    let (&unit, digits) = v.as_bytes().split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -410,12 +480,14 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderName;
+
     use super::*;
 
     fn timeout(v: &str) -> Option<Duration> {
         let mut h = HeaderMap::new();
         h.insert("grpc-timeout", v.parse().unwrap());
-        grpc_timeout(&h)
+        Metadata::read(&h).timeout
     }
 
     #[test]
@@ -432,6 +504,45 @@ mod tests {
         for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", "S10"] {
             assert_eq!(timeout(bad), None, "{bad:?}");
         }
-        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+        assert_eq!(Metadata::read(&HeaderMap::new()).timeout, None);
+    }
+
+    fn read(fields: &[(&'static str, &'static str)]) -> Metadata {
+        let mut h = HeaderMap::new();
+        for (name, value) in fields {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        Metadata::read(&h)
+    }
+
+    #[test]
+    fn metadata_is_read_in_one_pass_with_the_first_value_of_each_field() {
+        let grpc = ("content-type", "application/grpc");
+        assert!(read(&[grpc, ("te", "trailers")]).plain);
+        assert!(read(&[("content-type", "application/grpc+proto")]).plain);
+        assert!(read(&[grpc, ("grpc-encoding", "identity")]).plain);
+        // Compressed, not gRPC, or no content type at all: not for the lean path.
+        assert!(!read(&[grpc, ("grpc-encoding", "gzip")]).plain);
+        assert!(!read(&[("content-type", "application/json")]).plain);
+        assert!(!read(&[("te", "trailers")]).plain);
+        // The first value decides, as a lookup would.
+        assert!(!read(&[("content-type", "text/plain"), grpc]).plain);
+        assert!(
+            !read(&[
+                grpc,
+                ("grpc-encoding", "gzip"),
+                ("grpc-encoding", "identity")
+            ])
+            .plain
+        );
+        let two = read(&[("grpc-timeout", "2S"), ("grpc-timeout", "1S")]);
+        assert_eq!(two.timeout, Some(Duration::from_secs(2)));
+        assert!(!two.traced);
+        for name in ["traceparent", "grpc-trace-bin", "tracestate", "baggage"] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            assert!(Metadata::read(&h).traced, "{name}");
+        }
+        assert!(!read(&[grpc, ("user-agent", "grpc-python/1.0"), ("x-trace", "1")]).traced);
     }
 }

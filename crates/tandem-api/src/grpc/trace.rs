@@ -35,25 +35,36 @@ impl InvalidBaggage {
 /// Starts the span of a call; `Ok(None)` when the call is not traced, `Err` with the answer
 /// when its `baggage` is invalid. The call's trace metadata is rewritten to the span's
 /// context when the call `propagates` it; a call that does not (a read) leaves it alone.
+/// `carried` says whether the metadata holds any trace context or baggage at all: when it
+/// does not, the span is a root and nothing is looked up.
 pub(super) fn begin(
     tracer: &Tracer,
     uri: &Uri,
     headers: &mut HeaderMap,
+    carried: bool,
     propagates: bool,
 ) -> Result<Option<Call>, InvalidBaggage> {
-    let bad_baggage = headers
-        .get_all(&names::BAGGAGE)
-        .iter()
-        .any(|v| !v.to_str().is_ok_and(valid_baggage));
-    if bad_baggage {
+    if carried
+        && headers
+            .get_all(&names::BAGGAGE)
+            .iter()
+            .any(|v| !v.to_str().is_ok_and(valid_baggage))
+    {
         return Err(InvalidBaggage);
     }
     let path = uri.path();
     let name = || path.to_owned().into();
-    let span = if propagates {
-        tracer.start_from_headers(headers, SpanKind::Client, name)
-    } else {
-        tracer.start_child_of_headers(headers, SpanKind::Client, name)
+    let span = match (carried, propagates) {
+        (true, true) => tracer.start_from_headers(headers, SpanKind::Client, name),
+        (true, false) => tracer.start_child_of_headers(headers, SpanKind::Client, name),
+        (false, propagates) => {
+            let span = tracer.start_span(None, None, SpanKind::Client, name);
+            if propagates && let Some(span) = &span {
+                // No `grpc-trace-bin` came, so `traceparent` is the one to hand on.
+                headers.insert(names::TRACEPARENT.clone(), span.context().header_value());
+            }
+            span
+        }
     };
     let Some(span) = span else {
         return Ok(None);
@@ -67,8 +78,10 @@ pub(super) fn begin(
 }
 
 impl Call {
-    /// Ends the span with the answer and writes `grpc-trace-bin` into it.
-    pub(super) fn end<B>(self, resp: &mut http::Response<B>) {
+    /// Ends the span with the answer and writes `grpc-trace-bin` into it. `code` is the
+    /// call's status when the caller knows it; otherwise a trailers-only answer's
+    /// `grpc-status` is read.
+    pub(super) fn end<B>(self, resp: &mut http::Response<B>, code: Option<u32>) {
         let Call {
             mut span,
             invoke,
@@ -85,16 +98,22 @@ impl Call {
             }
             span.set_attribute("dapr.api", method);
         }
-        // Errors answered before any message come as trailers-only headers.
-        if let Some(code) = resp
-            .headers()
-            .get(&super::names::GRPC_STATUS)
-            .filter(|c| c.as_bytes() != b"0")
-        {
-            span.set_error(format!(
-                "grpc status {}",
-                String::from_utf8_lossy(code.as_bytes())
-            ));
+        match code {
+            Some(0) => {}
+            Some(code) => span.set_error(format!("grpc status {code}")),
+            // Errors answered before any message come as trailers-only headers.
+            None => {
+                if let Some(code) = resp
+                    .headers()
+                    .get(&super::names::GRPC_STATUS)
+                    .filter(|c| c.as_bytes() != b"0")
+                {
+                    span.set_error(format!(
+                        "grpc status {}",
+                        String::from_utf8_lossy(code.as_bytes())
+                    ));
+                }
+            }
         }
         if !invoke {
             resp.headers_mut().insert(

@@ -30,7 +30,7 @@ use tonic::service::Interceptor;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use super::service::GrpcBody;
-use super::{ApiToken, DaprApi, names};
+use super::{ApiToken, DaprApi};
 
 /// An answer of this path.
 type Response = http::Response<GrpcBody>;
@@ -77,34 +77,30 @@ impl Rpc {
     }
 }
 
-/// The RPC when this path serves a request with this head: a POST of an uncompressed gRPC
-/// message to one of the listed methods.
-pub(super) fn served(req: &http::request::Parts) -> Option<Rpc> {
-    if req.method != Method::POST {
+/// The RPC when this path serves a request: a POST of an uncompressed gRPC message
+/// (`plain`, see [`super::service::Metadata`]) to one of the listed methods.
+pub(super) fn served(method: &Method, path: &str, plain: bool) -> Option<Rpc> {
+    if *method != Method::POST || !plain {
         return None;
     }
-    let headers = &req.headers;
-    let grpc = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+proto"));
-    let compressed = headers
-        .get(&names::GRPC_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity");
-    if !grpc || compressed {
-        return None;
-    }
-    Rpc::from_path(req.uri.path())
+    Rpc::from_path(path)
 }
 
-/// Answers one call; also returns the size of the request body read.
+/// Whether a `content-type` is gRPC's (`application/grpc`, or with `+proto`).
+pub(super) fn grpc_content_type(ct: &HeaderValue) -> bool {
+    ct.to_str()
+        .is_ok_and(|ct| ct == "application/grpc" || ct.starts_with("application/grpc+proto"))
+}
+
+/// Answers one call (an error as its [`Status`], which the caller renders); also returns the
+/// size of the request body read.
 pub(super) async fn handle<B>(
     api: Arc<DaprApi>,
     token: Option<ApiToken>,
     rpc: Rpc,
     parts: http::request::Parts,
     body: B,
-) -> (Response, u64)
+) -> (Result<Response, Status>, u64)
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<axum::BoxError>,
@@ -117,13 +113,13 @@ where
             (),
         )) {
             Ok(checked) => metadata = checked.into_parts().0,
-            Err(status) => return (status.into_http(), 0),
+            Err(status) => return (Err(status), 0),
         }
     }
     let limit = api.max_body_size;
     let message = match read_message(body, limit).await {
         Ok(message) => message,
-        Err(status) => return (status.into_http(), 0),
+        Err(status) => return (Err(status), 0),
     };
     let received = message.len() as u64 + 5;
     let call = Call {
@@ -145,7 +141,7 @@ where
         Rpc::InvokeBinding => call.run(|a, r| a.invoke_binding(r)).await,
         Rpc::GetSecret => call.run(|a, r| a.get_secret(r)).await,
     };
-    (answer.unwrap_or_else(Status::into_http), received)
+    (answer, received)
 }
 
 /// Reads the request body: exactly one uncompressed, length-prefixed message of at most
@@ -323,10 +319,24 @@ fn answer_with(message: &impl Message, limit: usize) -> Result<Response, Status>
     })))
 }
 
+/// The trailers of an answer that succeeded.
+static OK_TRAILERS: [(http::HeaderName, HeaderValue); 1] = [(
+    http::HeaderName::from_static("grpc-status"),
+    HeaderValue::from_static("0"),
+)];
+
 /// A unary answer: one DATA frame, then `grpc-status: 0`.
 pub(super) struct UnaryBody {
     pub(super) data: Option<Bytes>,
     pub(super) trailers: bool,
+}
+
+impl UnaryBody {
+    /// Once the message is out, the trailers, for a server that writes them without polling
+    /// (see [`crate::http2::AnswerBody`]).
+    pub(super) fn fixed_trailers(&self) -> Option<&'static [(http::HeaderName, HeaderValue)]> {
+        (self.data.is_none() && self.trailers).then_some(&OK_TRAILERS[..])
+    }
 }
 
 impl http_body::Body for UnaryBody {
@@ -342,7 +352,8 @@ impl http_body::Body for UnaryBody {
         }
         if std::mem::take(&mut self.trailers) {
             let mut trailers = HeaderMap::with_capacity(1);
-            trailers.insert(names::GRPC_STATUS.clone(), HeaderValue::from_static("0"));
+            let [(name, value)] = &OK_TRAILERS;
+            trailers.insert(name.clone(), value.clone());
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         Poll::Ready(None)

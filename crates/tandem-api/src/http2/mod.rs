@@ -32,7 +32,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
-use http::{HeaderMap, HeaderValue, Method, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use http_body::Body;
 use tokio::net::TcpListener;
 use tower::Service;
@@ -75,7 +75,7 @@ where
         + Unpin
         + 'static,
     S::Future: Send + Unpin + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: AnswerBody + Send + 'static,
 {
     crate::http::server::accept_loop(
         listener,
@@ -104,11 +104,25 @@ pub async fn serve_connection<I, S, B>(
         + Unpin
         + 'static,
     S::Future: Send + Unpin + 'static,
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: AnswerBody + Send + 'static,
     I: Into<Transport>,
 {
     Connection::new(io.into(), service, Box::pin(stop)).await;
 }
+
+/// An answer's body as this server polls it: any [`Body`] of [`Bytes`], which may also say
+/// that all it has left to send is a fixed set of trailers. Those are then written from a
+/// static list, without a [`HeaderMap`] to build, encode from and drop for every answer (a
+/// gRPC answer's `grpc-status: 0`).
+pub trait AnswerBody: Body<Data = Bytes> + Unpin {
+    /// The trailers that are all this body has left, when they are fixed: the server then
+    /// writes them and ends the stream without polling the body again.
+    fn fixed_trailers(&self) -> Option<&'static [(HeaderName, HeaderValue)]> {
+        None
+    }
+}
+
+impl AnswerBody for axum::body::Body {}
 
 /// What stream wakers and request bodies share with their connection.
 pub(crate) struct Shared {
@@ -177,18 +191,20 @@ struct Parked {
     trailers: Option<HeaderMap>,
 }
 
+/// A stream's state. Kept small, as it moves into and out of the connection's map once per
+/// call: a request waiting for dispatch is parked on the connection, not here, and trailers
+/// are written as soon as the answer's body yields them.
 struct Stream<F, B> {
     waker: Arc<StreamWaker>,
     task_waker: Waker,
-    parked: Option<Parked>,
+    /// The request waits in [`Connection::parked`] for the end of the current read.
+    parked: bool,
     /// The service's answer, until it resolves.
     call: Option<F>,
     /// The answer's body, until it ends.
     body: Option<B>,
-    /// Answer data the send windows have not let out yet, and what follows it.
+    /// Answer data the send windows have not let out yet.
     held: Option<Bytes>,
-    held_trailers: Option<HeaderMap>,
-    held_end: bool,
     send_window: i64,
     /// How much more the client may send.
     recv_window: i64,
@@ -290,7 +306,8 @@ struct Connection<S: Service<http::Request<RecvBody>>, B> {
     out: Out,
     dec: hpack::Decoder,
     streams: Streams<S::Future, B>,
-    parked: Vec<u32>,
+    /// Requests whose head has arrived during the current read, in order.
+    parked: Vec<(u32, Parked)>,
     ready: Vec<u32>,
     preface_done: bool,
     /// Header blocks, split over CONTINUATION frames or not.
@@ -319,7 +336,7 @@ impl<S, B> Connection<S, B>
 where
     S: Service<http::Request<RecvBody>, Response = http::Response<B>, Error = Infallible>,
     S::Future: Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: AnswerBody,
 {
     fn new(io: Transport, service: S, stop: Pin<Box<dyn Future<Output = ()> + Send>>) -> Self {
         let mut out = Out {
@@ -593,7 +610,10 @@ where
         }
         st.recv_window -= len as i64;
         let end = flags & END_STREAM != 0;
-        if let Some(parked) = &mut st.parked {
+        if st.parked {
+            let Some((_, parked)) = self.parked.iter_mut().find(|(p, _)| *p == id) else {
+                unreachable!("a parked stream is in the parked list");
+            };
             if !data.is_empty() {
                 let chunk = Bytes::copy_from_slice(data);
                 match parked.first {
@@ -656,8 +676,10 @@ where
                 return Ok(());
             }
             st.remote_closed = true;
-            if let Some(parked) = &mut st.parked {
-                parked.trailers = Some(head.headers);
+            if st.parked {
+                if let Some((_, parked)) = self.parked.iter_mut().find(|(p, _)| *p == id) {
+                    parked.trailers = Some(head.headers);
+                }
             } else if let Some(queue) = st.queue.take() {
                 let mut state = queue.lock();
                 state.trailers = Some(head.headers);
@@ -698,17 +720,10 @@ where
         let stream = Stream {
             task_waker: Waker::from(waker.clone()),
             waker,
-            parked: Some(Parked {
-                head: parts,
-                first: None,
-                more: Vec::new(),
-                trailers: None,
-            }),
+            parked: true,
             call: None,
             body: None,
             held: None,
-            held_trailers: None,
-            held_end: false,
             send_window: self.peer_initial_window,
             recv_window: i64::from(STREAM_WINDOW),
             unreleased: 0,
@@ -717,20 +732,27 @@ where
             local_closed: false,
         };
         self.streams.insert(id, stream);
-        self.parked.push(id);
+        self.parked.push((
+            id,
+            Parked {
+                head: parts,
+                first: None,
+                more: Vec::new(),
+                trailers: None,
+            },
+        ));
         Ok(())
     }
 
     /// Calls the service for every request parked during the last read.
     fn dispatch(&mut self) {
         let mut parked = std::mem::take(&mut self.parked);
-        for id in parked.drain(..) {
+        for (id, parked) in parked.drain(..) {
+            // A stream reset since its head arrived is gone, and its request with it.
             let Some(st) = self.streams.get_mut(&id) else {
                 continue;
             };
-            let Some(parked) = st.parked.take() else {
-                continue;
-            };
+            st.parked = false;
             let Parked {
                 head,
                 first,
@@ -860,7 +882,7 @@ where
 fn poll_stream<F, B>(id: u32, st: &mut Stream<F, B>, out: &mut Out) -> bool
 where
     F: Future<Output = Result<http::Response<B>, Infallible>> + Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: AnswerBody,
 {
     let mut cx = Context::from_waker(&st.task_waker);
     if let Some(call) = &mut st.call {
@@ -881,20 +903,12 @@ where
         st.body = Some(body);
     }
     loop {
+        // Data is held only until the windows open; the body is polled again once it is out.
         if let Some(held) = st.held.take() {
-            let end = st.held_end && st.held_trailers.is_none();
-            st.held = out.data(id, held, &mut st.send_window, end);
+            st.held = out.data(id, held, &mut st.send_window, false);
             if st.held.is_some() {
                 return false;
             }
-            st.local_closed |= end;
-        }
-        if let Some(t) = st.held_trailers.take() {
-            out.trailers(id, &t);
-            st.local_closed = true;
-        }
-        if st.local_closed {
-            return true;
         }
         let Some(body) = &mut st.body else {
             return false;
@@ -903,18 +917,30 @@ where
             out.write_blocked.push(id);
             return false;
         }
+        if let Some(fields) = body.fixed_trailers() {
+            st.body = None;
+            out.headers(id, true, |enc, dst| {
+                for (name, value) in fields {
+                    enc.header(dst, name, value);
+                }
+            });
+            st.local_closed = true;
+            return true;
+        }
         match Pin::new(body).poll_frame(&mut cx) {
             Poll::Pending => return false,
             Poll::Ready(None) => {
                 st.body = None;
                 out.head(0, DATA, END_STREAM, id);
                 st.local_closed = true;
+                return true;
             }
             Poll::Ready(Some(Err(_))) => {
                 st.body = None;
                 out.rst(id, INTERNAL_ERROR);
                 st.local_closed = true;
                 st.remote_closed = true;
+                return true;
             }
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
@@ -924,14 +950,13 @@ where
                 }
                 Err(frame) => {
                     st.body = None;
-                    if let Ok(trailers) = frame.into_trailers() {
-                        st.held_trailers = Some(trailers);
+                    match frame.into_trailers() {
+                        Ok(trailers) => out.trailers(id, &trailers),
+                        // A frame of a kind this server does not know: end the stream.
+                        Err(_) => out.head(0, DATA, END_STREAM, id),
                     }
-                    st.held_end = true;
-                    if st.held.is_none() && st.held_trailers.is_none() {
-                        out.head(0, DATA, END_STREAM, id);
-                        st.local_closed = true;
-                    }
+                    st.local_closed = true;
+                    return true;
                 }
             },
         }
@@ -1069,7 +1094,7 @@ impl<S, B> Future for Connection<S, B>
 where
     S: Service<http::Request<RecvBody>, Response = http::Response<B>, Error = Infallible> + Unpin,
     S::Future: Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: AnswerBody,
 {
     type Output = ();
 

@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 use super::*;
 
 /// Answers with the request's own body and trailers, plus one trailer of its own; a request
-/// with `x-delay-ms` waits that long first; every call still running is counted in `live`.
+/// with `x-delay-ms` waits that long first; a request with `x-fixed` is read whole and
+/// answered with its body and the [`FIXED`] trailers, given as fixed ones
+/// ([`AnswerBody::fixed_trailers`]); every call still running is counted in `live`.
 #[derive(Clone, Default)]
 struct Echo {
     live: Arc<AtomicUsize>,
@@ -33,7 +35,26 @@ impl Drop for Live {
 struct EchoBody {
     inner: RecvBody,
     done: bool,
+    /// For `x-fixed`: the body still to send (`Some(None)` once it is out).
+    fixed: Option<Option<Bytes>>,
     _live: Live,
+}
+
+static FIXED: [(HeaderName, HeaderValue); 2] = [
+    (
+        HeaderName::from_static("grpc-status"),
+        HeaderValue::from_static("0"),
+    ),
+    (
+        HeaderName::from_static("x-fixed"),
+        HeaderValue::from_static("yes"),
+    ),
+];
+
+impl AnswerBody for EchoBody {
+    fn fixed_trailers(&self) -> Option<&'static [(HeaderName, HeaderValue)]> {
+        matches!(self.fixed, Some(None)).then_some(&FIXED[..])
+    }
 }
 
 impl Body for EchoBody {
@@ -44,6 +65,10 @@ impl Body for EchoBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamReset>>> {
+        if let Some(data) = &mut self.fixed {
+            // Polled past the data only by a server that ignores the fixed trailers.
+            return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
+        }
         if self.done {
             return Poll::Ready(None);
         }
@@ -89,11 +114,18 @@ impl Service<Request<RecvBody>> for Echo {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             let path = req.uri().path().to_owned();
-            let body = EchoBody {
+            let fixed = req.headers().contains_key("x-fixed");
+            let mut body = EchoBody {
                 inner: req.into_body(),
                 done: false,
+                fixed: None,
                 _live: live,
             };
+            if fixed {
+                let whole = std::mem::replace(&mut body.inner, RecvBody::full(None, None));
+                let whole = http_body_util::BodyExt::collect(whole).await;
+                body.fixed = Some(Some(whole.map(|c| c.to_bytes()).unwrap_or_default()));
+            }
             Ok(Response::builder()
                 .header("x-path", path)
                 .body(body)
@@ -203,6 +235,30 @@ async fn unary_calls_on_one_connection() {
     let (parts, body, trailers) = exchange(&mut send, request("/empty"), b"", 1).await;
     assert_eq!((parts.status, body.len()), (http::StatusCode::OK, 0));
     assert_eq!(trailers["x-echo"], "end");
+}
+
+#[tokio::test]
+async fn fixed_trailers_are_written_from_their_list() {
+    let (addr, _stop, _) = start(Echo::default()).await;
+    let mut send = client(addr).await;
+    // Several calls on one connection: the fields go through the HPACK tables each time.
+    for i in 0..5 {
+        let msg = format!("fixed {i}");
+        let mut req = request("/pkg.Svc/Fixed");
+        req.headers_mut()
+            .insert("x-fixed", HeaderValue::from_static("1"));
+        let (parts, body, trailers) = exchange(&mut send, req, msg.as_bytes(), 1 << 20).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, msg.as_bytes());
+        assert_eq!(trailers.len(), 2, "{trailers:?}");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-fixed"], "yes");
+        // Calls answered the usual way still work in between.
+        let (_, body, trailers) =
+            exchange(&mut send, request("/pkg.Svc/Echo"), b"plain", 1 << 20).await;
+        assert_eq!(body, b"plain");
+        assert_eq!(trailers["x-echo"], "end");
+    }
 }
 
 #[tokio::test]
