@@ -611,10 +611,10 @@ where
         st.recv_window -= len as i64;
         let end = flags & END_STREAM != 0;
         if st.parked {
-            let Some((_, parked)) = self.parked.iter_mut().find(|(p, _)| *p == id) else {
-                unreachable!("a parked stream is in the parked list");
-            };
-            if !data.is_empty() {
+            // A parked stream's request is in the parked list until it is dispatched.
+            if let Some((_, parked)) = self.parked.iter_mut().find(|(p, _)| *p == id)
+                && !data.is_empty()
+            {
                 let chunk = Bytes::copy_from_slice(data);
                 match parked.first {
                     None => parked.first = Some(chunk),
