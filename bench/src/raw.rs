@@ -845,6 +845,8 @@ mod tests {
     /// An answer body: one DATA frame, then trailers.
     struct Answer(Option<Bytes>, Option<http::HeaderMap>);
 
+    impl tandem_api::http2::AnswerBody for Answer {}
+
     impl hyper::body::Body for Answer {
         type Data = Bytes;
         type Error = std::convert::Infallible;

@@ -435,12 +435,10 @@ async fn timed_out_calls_close_the_connection() {
     // The first call to time out closes the connection; a call whose own deadline had not
     // yet come when that happened is handed back to go the shared way instead.
     let mut timed_out = 0;
-    for outcome in [x, y, z] {
-        if let Some(outcome) = outcome {
-            let err = outcome.expect_err("timed out");
-            assert!(err.to_string().contains("timed out"), "{err}");
-            timed_out += 1;
-        }
+    for outcome in [x, y, z].into_iter().flatten() {
+        let err = outcome.expect_err("timed out");
+        assert!(err.to_string().contains("timed out"), "{err}");
+        timed_out += 1;
     }
     assert!(timed_out >= 1, "no call timed out");
     assert!(started.elapsed() >= Duration::from_millis(140));
