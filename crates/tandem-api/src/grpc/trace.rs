@@ -54,18 +54,14 @@ pub(super) fn begin(
     }
     let path = uri.path();
     let name = || path.to_owned().into();
-    let span = match (carried, propagates) {
-        (true, true) => tracer.start_from_headers(headers, SpanKind::Client, name),
-        (true, false) => tracer.start_child_of_headers(headers, SpanKind::Client, name),
-        (false, propagates) => {
-            let span = tracer.start_span(None, None, SpanKind::Client, name);
-            if propagates && let Some(span) = &span {
-                // No `grpc-trace-bin` came, so `traceparent` is the one to hand on.
-                headers.insert(names::TRACEPARENT.clone(), span.context().header_value());
-            }
-            span
-        }
+    let span = if carried {
+        tracer.start_child_of_headers(headers, SpanKind::Client, name)
+    } else {
+        tracer.start_span(None, None, SpanKind::Client, name)
     };
+    if propagates && let Some(span) = &span {
+        span.context().inject(headers);
+    }
     let Some(span) = span else {
         return Ok(None);
     };
