@@ -632,6 +632,18 @@ impl Encoder {
         );
     }
 
+    /// One header whose value is not a [`HeaderValue`] (made for this one answer, say);
+    /// `sensitive` values are sent never-indexed. The value must be valid in a header.
+    pub fn header_bytes(
+        &mut self,
+        dst: &mut BytesMut,
+        name: &HeaderName,
+        value: &[u8],
+        sensitive: bool,
+    ) {
+        self.field(dst, name.as_str().as_bytes(), value, sensitive);
+    }
+
     fn field(&mut self, dst: &mut BytesMut, name: &[u8], value: &[u8], sensitive: bool) {
         // Fields that repeat are usually in the peer's table already: look there first, and
         // in the static table only for what it does not hold.

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Uri};
 use http_body_util::BodyExt;
-use tandem_runtime::trace::Tracer;
+use tandem_runtime::trace::{SpanContext, Tracer};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 use tower::Service;
@@ -105,10 +105,36 @@ impl GrpcBody {
     fn boxed(body: Body) -> Self {
         Self(Inner::Boxed(body))
     }
+
+    /// A lean answer whose `content-type` is in its header map.
+    pub(super) fn no_content_type(&mut self) {
+        if let Inner::Unary(b) = &mut self.0 {
+            b.content_type = false;
+        }
+    }
+
+    /// Carries the call's span context to the server as `grpc-trace-bin`, when the body is
+    /// a lean answer's; false when it must go into the header map instead.
+    pub(super) fn carry_trace(&mut self, context: SpanContext) -> bool {
+        match &mut self.0 {
+            Inner::Unary(b) => {
+                b.trace = Some(context);
+                true
+            }
+            Inner::Boxed(_) => false,
+        }
+    }
 }
 
-/// A lean unary answer ends with `grpc-status: 0`, written from this list.
+/// A lean unary answer carries its `content-type` and `grpc-trace-bin`, and ends with
+/// `grpc-status: 0`, written from a list.
 impl crate::http2::AnswerBody for GrpcBody {
+    fn head_fields(&self, enc: &mut crate::http2::hpack::Encoder, dst: &mut bytes::BytesMut) {
+        if let Inner::Unary(b) = &self.0 {
+            b.head_fields(enc, dst);
+        }
+    }
+
     fn fixed_trailers(&self) -> Option<&'static [(http::HeaderName, HeaderValue)]> {
         match &self.0 {
             Inner::Unary(b) => b.fixed_trailers(),
@@ -123,6 +149,8 @@ impl Default for GrpcBody {
         Self::unary(UnaryBody {
             data: None,
             trailers: false,
+            content_type: false,
+            trace: None,
         })
     }
 }

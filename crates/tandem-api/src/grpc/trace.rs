@@ -14,6 +14,8 @@ use http::{HeaderMap, Uri};
 use tandem_runtime::trace::{Span, SpanKind, SpanName, Tracer, names, valid_baggage};
 use tonic::Status;
 
+use super::service::GrpcBody;
+
 /// A traced call waiting for its answer.
 pub(super) struct Call {
     span: Span,
@@ -74,10 +76,10 @@ pub(super) fn begin(
 }
 
 impl Call {
-    /// Ends the span with the answer and writes `grpc-trace-bin` into it. `code` is the
-    /// call's status when the caller knows it; otherwise a trailers-only answer's
-    /// `grpc-status` is read.
-    pub(super) fn end<B>(self, resp: &mut http::Response<B>, code: Option<u32>) {
+    /// Ends the span with the answer and writes `grpc-trace-bin` into it (into a lean
+    /// answer's body, which the server writes it from). `code` is the call's status when the
+    /// caller knows it; otherwise a trailers-only answer's `grpc-status` is read.
+    pub(super) fn end(self, resp: &mut http::Response<GrpcBody>, code: Option<u32>) {
         let Call {
             mut span,
             invoke,
@@ -111,7 +113,7 @@ impl Call {
                 }
             }
         }
-        if !invoke {
+        if !invoke && !resp.body_mut().carry_trace(*span.context()) {
             resp.headers_mut().insert(
                 names::GRPC_TRACE_BIN.clone(),
                 span.context().binary_header_value(),

@@ -29,8 +29,11 @@ use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
+use tandem_runtime::trace::{SpanContext, names};
+
 use super::service::GrpcBody;
 use super::{ApiToken, DaprApi};
+use crate::http2::hpack;
 
 /// An answer of this path.
 type Response = http::Response<GrpcBody>;
@@ -130,7 +133,7 @@ where
         limit,
     };
     let answer = match rpc {
-        Rpc::GetState => call.run_bare(|a, r| super::state::get(&a.runtime, r)).await,
+        Rpc::GetState => call.get_state().await,
         Rpc::GetBulkState => call.run(|a, r| a.get_bulk_state(r)).await,
         Rpc::SaveState => call.run(|a, r| a.save_state(r)).await,
         Rpc::DeleteState => call.run(|a, r| a.delete_state(r)).await,
@@ -238,7 +241,7 @@ where
     Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
 }
 
-fn too_large(what: &str, found: Option<usize>, limit: usize) -> Status {
+pub(super) fn too_large(what: &str, found: Option<usize>, limit: usize) -> Status {
     let found = found
         .map(|n| format!(" found {n} bytes,"))
         .unwrap_or_default();
@@ -274,34 +277,28 @@ impl<'a> Call<'a> {
         let (metadata, answer, extensions) = method(self.api, request).await?.into_parts();
         let mut response = answer_with(&answer, self.limit)?;
         *response.extensions_mut() = extensions;
-        let headers = response.headers_mut();
-        *headers = metadata.into_headers();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        let headers = metadata.into_headers();
+        if !headers.is_empty() {
+            // The handler's metadata goes out in a header map, and `content-type` with it.
+            *response.headers_mut() = headers;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            response.body_mut().no_content_type();
+        }
         Ok(response)
     }
 
-    /// Decodes the request as `Q` and answers what `handler` makes of it, for handlers that
-    /// take and answer bare messages (no metadata either way, no boxed future): the request's
-    /// metadata is dropped unread.
-    async fn run_bare<Q, P, F, Fut>(self, handler: F) -> Result<Response, Status>
-    where
-        Q: Message + Default,
-        P: Message,
-        F: FnOnce(&'a DaprApi, Q) -> Fut,
-        Fut: Future<Output = Result<P, Status>> + 'a,
-    {
-        let message = Q::decode(self.message)
-            .map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))?;
-        let answer = handler(self.api, message).await?;
-        let mut response = answer_with(&answer, self.limit)?;
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        Ok(response)
+    /// `GetState`, with its request read in place and its answer written from the item (see
+    /// [`super::state::get_item`]); the request's metadata is dropped unread.
+    async fn get_state(self) -> Result<Response, Status> {
+        let item = super::state::get_item(&self.api.runtime, &self.message).await?;
+        Ok(message_answer(super::state::answer(item, self.limit)?))
     }
 }
 
-/// The answer carrying `message`, unless it is over `limit` bytes.
+/// The answer carrying `message`, unless it is over `limit` bytes. Its `content-type` is
+/// written by the server from the body (see [`UnaryBody::head_fields`]).
 fn answer_with(message: &impl Message, limit: usize) -> Result<Response, Status> {
     let len = message.encoded_len();
     if len > limit {
@@ -313,10 +310,17 @@ fn answer_with(message: &impl Message, limit: usize) -> Result<Response, Status>
     message
         .encode(&mut buf)
         .map_err(|e| Status::internal(format!("failed to encode the answer: {e}")))?;
-    Ok(Response::new(GrpcBody::unary(UnaryBody {
-        data: Some(buf.freeze()),
+    Ok(message_answer(buf.freeze()))
+}
+
+/// The answer carrying one length-prefixed message.
+fn message_answer(data: Bytes) -> Response {
+    Response::new(GrpcBody::unary(UnaryBody {
+        data: Some(data),
         trailers: true,
-    })))
+        content_type: true,
+        trace: None,
+    }))
 }
 
 /// The trailers of an answer that succeeded.
@@ -325,13 +329,33 @@ static OK_TRAILERS: [(http::HeaderName, HeaderValue); 1] = [(
     HeaderValue::from_static("0"),
 )];
 
-/// A unary answer: one DATA frame, then `grpc-status: 0`.
+/// A unary answer: one DATA frame, then `grpc-status: 0`; or, empty, the body of a
+/// trailers-only answer. The fields of its head that are the same for every answer
+/// (`content-type`) or made for each (`grpc-trace-bin`) are carried here and written by the
+/// server, without a header map (see [`crate::http2::AnswerBody`]).
 pub(super) struct UnaryBody {
     pub(super) data: Option<Bytes>,
     pub(super) trailers: bool,
+    /// `content-type: application/grpc`.
+    pub(super) content_type: bool,
+    /// The call's span, written as `grpc-trace-bin`.
+    pub(super) trace: Option<SpanContext>,
 }
 
+/// The head fields of a lean answer.
+static GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
+
 impl UnaryBody {
+    /// Writes `content-type` and `grpc-trace-bin` when the answer carries them.
+    pub(super) fn head_fields(&self, enc: &mut hpack::Encoder, dst: &mut BytesMut) {
+        if self.content_type {
+            enc.header(dst, &CONTENT_TYPE, &GRPC_CONTENT_TYPE);
+        }
+        if let Some(trace) = &self.trace {
+            enc.header_bytes(dst, &names::GRPC_TRACE_BIN, &trace.binary_text(), true);
+        }
+    }
+
     /// Once the message is out, the trailers, for a server that writes them without polling
     /// (see [`crate::http2::AnswerBody`]).
     pub(super) fn fixed_trailers(&self) -> Option<&'static [(http::HeaderName, HeaderValue)]> {

@@ -17,7 +17,8 @@ use super::*;
 
 /// Answers with the request's own body and trailers, plus one trailer of its own; a request
 /// with `x-delay-ms` waits that long first; a request with `x-fixed` is read whole and
-/// answered with its body and the [`FIXED`] trailers, given as fixed ones
+/// answered with its body, a head field `x-head` with the same bytes, written from the body
+/// ([`AnswerBody::head_fields`]), and the [`FIXED`] trailers, given as fixed ones
 /// ([`AnswerBody::fixed_trailers`]); every call still running is counted in `live`.
 #[derive(Clone, Default)]
 struct Echo {
@@ -40,6 +41,9 @@ struct EchoBody {
     _live: Live,
 }
 
+/// The head field an `x-fixed` answer's body carries itself: the request's body.
+static X_HEAD: HeaderName = HeaderName::from_static("x-head");
+
 static FIXED: [(HeaderName, HeaderValue); 2] = [
     (
         HeaderName::from_static("grpc-status"),
@@ -52,6 +56,12 @@ static FIXED: [(HeaderName, HeaderValue); 2] = [
 ];
 
 impl AnswerBody for EchoBody {
+    fn head_fields(&self, enc: &mut hpack::Encoder, dst: &mut BytesMut) {
+        if let Some(Some(body)) = &self.fixed {
+            enc.header_bytes(dst, &X_HEAD, body, true);
+        }
+    }
+
     fn fixed_trailers(&self) -> Option<&'static [(HeaderName, HeaderValue)]> {
         matches!(self.fixed, Some(None)).then_some(&FIXED[..])
     }
@@ -238,7 +248,7 @@ async fn unary_calls_on_one_connection() {
 }
 
 #[tokio::test]
-async fn fixed_trailers_are_written_from_their_list() {
+async fn head_fields_and_fixed_trailers_are_written_from_the_body() {
     let (addr, _stop, _) = start(Echo::default()).await;
     let mut send = client(addr).await;
     // Several calls on one connection: the fields go through the HPACK tables each time.
@@ -249,13 +259,16 @@ async fn fixed_trailers_are_written_from_their_list() {
             .insert("x-fixed", HeaderValue::from_static("1"));
         let (parts, body, trailers) = exchange(&mut send, req, msg.as_bytes(), 1 << 20).await;
         assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["x-head"], msg.as_str());
+        assert_eq!(parts.headers["x-path"], "/pkg.Svc/Fixed");
         assert_eq!(body, msg.as_bytes());
         assert_eq!(trailers.len(), 2, "{trailers:?}");
         assert_eq!(trailers["grpc-status"], "0");
         assert_eq!(trailers["x-fixed"], "yes");
         // Calls answered the usual way still work in between.
-        let (_, body, trailers) =
+        let (parts, body, trailers) =
             exchange(&mut send, request("/pkg.Svc/Echo"), b"plain", 1 << 20).await;
+        assert!(!parts.headers.contains_key("x-head"));
         assert_eq!(body, b"plain");
         assert_eq!(trailers["x-echo"], "end");
     }
@@ -290,21 +303,31 @@ async fn large_bodies_stream_both_ways_under_flow_control() {
 async fn concurrent_calls_answer_out_of_order() {
     let (addr, _stop, _) = start(Echo::default()).await;
     let send = client(addr).await;
-    let calls = (0..100u64).map(|i| {
-        let mut send = send.clone();
-        tokio::spawn(async move {
-            let mut req = request("/slow");
-            req.headers_mut().insert(
-                "x-delay-ms",
-                ((100 - i) % 7 * 10).to_string().parse().unwrap(),
-            );
-            let msg = i.to_string();
-            let (_, body, _) = exchange(&mut send, req, msg.as_bytes(), 64).await;
-            assert_eq!(body, msg.as_bytes());
-        })
-    });
-    for call in calls.collect::<Vec<_>>() {
-        call.await.unwrap();
+    // Two rounds on one connection: the second round's streams get the wakers the first
+    // round's left, and each must still wake its own call.
+    for round in 0..2u64 {
+        let calls = (0..100u64).map(|i| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                let mut req = request("/slow");
+                req.headers_mut().insert(
+                    "x-delay-ms",
+                    ((100 - i + round * 3) % 7 * 10)
+                        .to_string()
+                        .parse()
+                        .unwrap(),
+                );
+                let msg = format!("{round} {i}");
+                let (_, body, _) = exchange(&mut send, req, msg.as_bytes(), 64).await;
+                assert_eq!(body, msg.as_bytes());
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .expect("a call was never woken")
+                .unwrap();
+        }
     }
 }
 
