@@ -27,6 +27,11 @@
 //!   within `readTimeout` fails the read here, as it would there (trying again would double
 //!   the wait); the connection is then closed, as Dapr's Go client closes a connection after
 //!   a time-out, since every reply queued behind the late one is late too.
+//! - **One timer per connection.** Replies come in order, so only the oldest call waiting
+//!   can be the first to be late: the connection's task keeps one timer, set for that call's
+//!   deadline. When it fires it fails that call if it is still waiting, else it is set again
+//!   for the call now oldest: under steady load it fires about once per `readTimeout`,
+//!   instead of a timer set and cancelled for every read.
 //! - **Cancellation is safe.** A call that is dropped (its client went away) leaves its slot
 //!   behind; its replies are read and dropped, so the connection stays in step.
 
@@ -39,7 +44,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use bytes::{Buf, Bytes, BytesMut};
@@ -49,6 +54,7 @@ use tandem_components::{Error, Result};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use crate::client::Failure;
@@ -106,10 +112,16 @@ struct Queue {
 struct Call {
     keys: usize,
     answer: oneshot::Sender<Answer>,
+    /// When its replies are late (`readTimeout` after it was queued).
+    deadline: Option<Instant>,
 }
 
-/// A call's items, or `None` to make it again the shared way.
-type Answer = Option<Vec<KeyRead>>;
+/// A call's items, `Ok(None)` to make it again the shared way, or `Err` when its replies did
+/// not come within `readTimeout`.
+type Answer = Result<Option<Vec<KeyRead>>, Late>;
+
+/// The replies of a call did not come in time.
+struct Late;
 
 impl Pipe {
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -177,37 +189,31 @@ impl Reads {
         what: &'static str,
         keys: &[&str],
     ) -> Option<Result<Vec<KeyRead>>> {
-        let (pipe, answer) = self.send(keys)?;
-        let answer = match self.read_timeout {
-            Some(limit) => match tokio::time::timeout(limit, answer).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    // Replies come in order: the connection is stuck behind this one. Close
-                    // it (as Dapr's Go client does after a time-out); the next read opens
-                    // another.
-                    pipe.close();
-                    let err = RedisError::from(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "timed out waiting for the reply",
-                    ));
-                    return Some(Err(Error::backend(Failure::new(what, err))));
-                }
-            },
-            None => answer.await,
-        };
-        // A closed slot: the connection failed.
-        answer.ok().flatten().map(Ok)
+        let answer = self.send(keys)?;
+        match answer.await {
+            Ok(Ok(items)) => items.map(Ok),
+            Ok(Err(Late)) => {
+                // The connection's task has closed the connection (see `Driver::expire`).
+                let err = RedisError::from(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "timed out waiting for the reply",
+                ));
+                Some(Err(Error::backend(Failure::new(what, err))))
+            }
+            // A closed slot: the connection failed.
+            Err(_) => None,
+        }
     }
 
-    /// Queues the commands for `keys` on the connection it returns; `None` when there is no
-    /// open connection.
-    fn send(&self, keys: &[&str]) -> Option<(Arc<Pipe>, oneshot::Receiver<Answer>)> {
+    /// Queues the commands for `keys`; `None` when there is no open connection.
+    fn send(&self, keys: &[&str]) -> Option<oneshot::Receiver<Answer>> {
         let current = self.shared.pipe.load();
         let Some(pipe) = current.as_ref() else {
             self.dial();
             return None;
         };
         let (answer, slot) = oneshot::channel();
+        let deadline = self.read_timeout.map(|limit| Instant::now() + limit);
         let mut q = pipe.queue();
         if pipe.closed.load(Ordering::Acquire) {
             drop(q);
@@ -228,12 +234,13 @@ impl Reads {
         q.calls.push_back(Call {
             keys: keys.len(),
             answer,
+            deadline,
         });
         drop(q);
         if first {
             pipe.wake.wake();
         }
-        Some((Arc::clone(pipe), slot))
+        Some(slot)
     }
 
     /// Opens a connection in the background, unless one is being opened.
@@ -366,6 +373,10 @@ struct Driver {
     buf: BytesMut,
     /// The oldest call's replies parsed so far (kept for its capacity).
     replies: Vec<Replies>,
+    /// Set for the deadline of a call waiting (see the module's notes), once there is one.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` is set.
+    armed: bool,
 }
 
 impl Driver {
@@ -378,6 +389,8 @@ impl Driver {
             calls: VecDeque::new(),
             buf: BytesMut::with_capacity(BUFFER),
             replies: Vec::new(),
+            timer: None,
+            armed: false,
         }
     }
 
@@ -400,6 +413,9 @@ impl Driver {
             if self.pipe.closed.load(Ordering::Acquire) {
                 return Poll::Ready(Ok(()));
             }
+            if self.expire(cx) {
+                return Poll::Ready(Ok(()));
+            }
             if self.pending.is_empty() {
                 let mut q = self.pipe.queue();
                 std::mem::swap(&mut q.out, &mut self.pending);
@@ -407,6 +423,7 @@ impl Driver {
                 drop(q);
                 if self.pending.is_empty() {
                     self.read(cx)?;
+                    self.arm(cx);
                     return Poll::Pending;
                 }
             }
@@ -420,6 +437,7 @@ impl Driver {
             }
             self.read(cx)?;
             if self.written < self.pending.len() {
+                self.arm(cx);
                 return Poll::Pending;
             }
             self.written = 0;
@@ -428,6 +446,54 @@ impl Driver {
             } else {
                 self.pending.clear();
             }
+        }
+    }
+
+    /// When the timer has fired: fails the oldest call waiting if it is late, and answers
+    /// true (the connection must close: every reply queued behind it is late too); else the
+    /// timer is free to be set for the call now oldest.
+    fn expire(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timer) = self.timer.as_mut().filter(|_| self.armed) else {
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.armed = false;
+        let late = self
+            .calls
+            .front()
+            .and_then(|c| c.deadline)
+            .is_some_and(|d| d <= Instant::now());
+        if late && let Some(call) = self.calls.pop_front() {
+            let _ = call.answer.send(Err(Late));
+        }
+        late
+    }
+
+    /// Sets the timer for the oldest waiting call's deadline, unless it is set already (for
+    /// an earlier one) or no call has a deadline.
+    fn arm(&mut self, cx: &mut Context<'_>) {
+        if self.armed {
+            return;
+        }
+        let Some(deadline) = self.calls.front().and_then(|c| c.deadline) else {
+            return;
+        };
+        let timer = match &mut self.timer {
+            Some(timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => self
+                .timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        // Registers the task with the timer (it cannot have fired yet, or it fires now and
+        // the next poll sees it).
+        if timer.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
         }
     }
 
@@ -490,9 +556,15 @@ fn items(buf: &[u8], replies: &[Replies]) -> Answer {
         Fields::Error(text) => !buf[text.clone()].starts_with(b"WRONGTYPE"),
         Fields::Pair(..) => false,
     }) {
-        return None;
+        return Ok(None);
     }
-    let now = SystemTime::now();
+    // The clock is read only for an item that expires (`PTTL` of 0 or more); the others do
+    // not look at it.
+    let now = if replies.iter().any(|r| r.pttl.is_some_and(|ms| ms >= 0)) {
+        SystemTime::now()
+    } else {
+        UNIX_EPOCH
+    };
     let reads = replies
         .iter()
         .map(|r| match &r.fields {
@@ -505,7 +577,7 @@ fn items(buf: &[u8], replies: &[Replies]) -> Answer {
             ),
         })
         .collect();
-    Some(reads)
+    Ok(Some(reads))
 }
 
 /// Appends one command (a RESP array of bulk strings).

@@ -424,6 +424,15 @@ async fn timed_out_calls_close_the_connection() {
     let mut conn = direct(0).await;
     let (a, b, addr) = two_hashes_read(&reads, &mut conn, "late").await;
 
+    // Reads that come back in time, for longer than `readTimeout` in all: the connection's
+    // one timer fires for calls already answered, and is set again for the next.
+    let steady = Instant::now();
+    while steady.elapsed() < Duration::from_millis(400) {
+        let got = reads.read("get", &[&a]).await.unwrap().unwrap();
+        assert_eq!(item(&got[0]).value.as_ref(), b"a");
+    }
+    assert_eq!(client_addr(&reads, &mut conn).await, addr);
+
     pause(&mut conn, 400).await;
     let started = Instant::now();
     let (one, other, both) = ([b.as_str()], [a.as_str()], [b.as_str(), a.as_str()]);
