@@ -6,8 +6,9 @@
 //! Reads hand back the stored bytes unchanged.
 //!
 //! Prost's `bytes` fields here are `Vec<u8>`: a value written arrives as a `Vec` that becomes
-//! the stored `Bytes` without a copy; a value read is copied once into the answer's `Vec`
-//! (only when the store still shares the buffer).
+//! the stored `Bytes` without a copy; a value read is copied once, into the answer's message
+//! (`GetState` on the lean unary path writes that message itself, see [`answer`]; elsewhere
+//! into the answer's `Vec`, only when the store still shares the buffer).
 
 use dapr::dapr::proto::runtime::v1 as rt;
 use prost::Message as _;
@@ -142,7 +143,7 @@ pub(super) async fn get_item(rt: &Runtime, message: &[u8]) -> StdResult<Option<S
 }
 
 /// The `GetStateResponse` message of `item` (fields in order, empty ones left out, as prost
-/// writes them) after the 5-byte gRPC prefix; a `RESOURCE_EXHAUSTED`-style error when it is
+/// writes them) after the 5-byte gRPC prefix; `OUT_OF_RANGE`, as tonic answers, when it is
 /// over `limit` bytes.
 pub(super) fn answer(item: Option<StateItem>, limit: usize) -> StdResult<bytes::Bytes> {
     use bytes::BufMut;

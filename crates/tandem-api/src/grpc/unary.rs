@@ -342,7 +342,7 @@ pub(super) struct UnaryBody {
     pub(super) trace: Option<SpanContext>,
 }
 
-/// The head fields of a lean answer.
+/// The `content-type` of a lean answer.
 static GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
 
 impl UnaryBody {
