@@ -465,7 +465,7 @@ impl KeyBuf {
             return prefixed(store_name, prefix, key).map(KeyBuf::Heap);
         };
         let len = p.len() + KEY_SEPARATOR.len() + key.len();
-        if len > 160 || key.contains(KEY_SEPARATOR) {
+        if len > 160 || has_separator(key) {
             return prefixed(store_name, prefix, key).map(KeyBuf::Heap);
         }
         let mut buf = [0u8; 160];
@@ -486,9 +486,17 @@ impl KeyBuf {
     }
 }
 
+/// Whether `key` holds [`KEY_SEPARATOR`]: a scan for its two bytes, where `str::contains`
+/// would set up a general substring search for every key read or written.
+fn has_separator(key: &str) -> bool {
+    key.as_bytes()
+        .windows(2)
+        .any(|w| w == KEY_SEPARATOR.as_bytes())
+}
+
 /// The stored form of `key`: `<prefix>||<key>`, or the key itself with `keyPrefix: none`.
 fn prefixed(store_name: &str, prefix: &KeyPrefix, key: &str) -> Result<String, ApiError> {
-    if key.contains(KEY_SEPARATOR) {
+    if has_separator(key) {
         let msg = format!("input key/keyPrefix '{key}' can't contain '{KEY_SEPARATOR}'");
         return Err(ApiError::new(ErrorCode::StateIllegalKey, msg.clone())
             .with_detail(Detail::BadRequest {
@@ -573,7 +581,13 @@ mod tests {
             KeyBuf::new("s", &p, &long).unwrap().as_str(),
             format!("app||{long}")
         );
-        assert!(KeyBuf::new("s", &p, "a||b").is_err());
+        for bad in ["a||b", "||", "a||", "||b", "a|||b"] {
+            assert!(KeyBuf::new("s", &p, bad).is_err(), "{bad}");
+            assert!(prefixed("s", &KeyPrefix::None, bad).is_err(), "{bad}");
+        }
+        for good in ["", "|", "a|b", "a|b|c", "|a|"] {
+            assert!(KeyBuf::new("s", &p, good).is_ok(), "{good}");
+        }
         let err = prefixed("s", &p, "a||b").unwrap_err();
         assert_eq!(err.code, ErrorCode::StateIllegalKey);
         assert_eq!(err.code.code(), "ERR_MALFORMED_REQUEST");
